@@ -1,0 +1,1 @@
+"""The engine: domain records, the Model contract, cohorts, schedules, simulate(), estimation."""

@@ -1,0 +1,35 @@
+"""Typed errors shared by every layer: each says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class MedtwinError(Exception):
+    """Base of every error medtwin raises on purpose."""
+
+
+class ValidationError(MedtwinError, ValueError):
+    """A value, record or file does not meet medtwin's rules.
+
+    ``where`` names the place (a resource, an element path, a parameter), so a user can find it.
+    """
+
+    def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class UnitError(ValidationError):
+    """A unit is unknown, or cannot be converted to the unit a code needs."""
+
+
+class NotFoundError(MedtwinError, LookupError):
+    """A named thing (patient, subject, model, controller) does not exist."""
+
+
+class StoreError(MedtwinError):
+    """The store could not be reached or refused a write; nothing was half-written."""
+
+
+class SimulationError(MedtwinError):
+    """A simulation could not proceed (bad input found at a step, a controller misbehaved)."""

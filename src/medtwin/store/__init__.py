@@ -1,0 +1,1 @@
+"""The event store: append-only, idempotent; SQLite by default, PostgreSQL by URL."""

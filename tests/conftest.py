@@ -1,0 +1,70 @@
+"""Shared fixtures: the reference folder, and a store on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+PG_URL = os.environ.get("MEDTWIN_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def reference() -> Path:
+    """``../shared/reference`` beside the checkout; skip when a fresh clone lacks it."""
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference data folder {REFERENCE} is absent (it ships beside the "
+                    "project checkout in CI, not in a user's clone)")
+    return REFERENCE
+
+
+def _pg_available() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL.replace("postgresql://", "postgresql://", 1),
+                             connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure to connect means: no server here
+        return str(exc).splitlines()[0]
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The PostgreSQL URL; skipped (outside CI) when no server answers, failed in CI."""
+    problem = _pg_available()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {PG_URL} is required in CI: {problem}")
+        pytest.skip(f"no PostgreSQL at {PG_URL} ({problem}); set MEDTWIN_TEST_PG")
+    return PG_URL
+
+
+@pytest.fixture
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """A schema of its own for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"mt_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """An empty EventStore on SQLite (a temp file) and on PostgreSQL (a fresh schema)."""
+    from medtwin.store.event_store import EventStore
+
+    if request.param == "sqlite":
+        s = EventStore.open(tmp_path / "store.sqlite")
+    else:
+        schema = request.getfixturevalue("pg_schema")
+        s = EventStore.open(request.getfixturevalue("pg_url"), schema=schema)
+    yield s
+    s.close()
