@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medtwin.core.errors import UnitError
+from medtwin.interop import units
+
 
 @dataclass(frozen=True, slots=True)
 class CodeSpec:
@@ -67,3 +70,15 @@ VITAL_SIGNS = {"8867-4", "9279-1", "59408-5", "2708-6", "8310-5", "8331-1", "848
 def spec(code: str) -> CodeSpec | None:
     """The spec of a modelled LOINC code, or None when medtwin does not model it."""
     return MODELLED.get(code)
+
+
+def to_canonical(code: str, value: float, unit: str | None, *,
+                 where: str = "value") -> tuple[float, str | None]:
+    """``value`` in the unit medtwin keeps for ``code`` (unchanged for unmodelled codes)."""
+    s = spec(code)
+    if s is None or unit is None or unit == s.unit:
+        return value, unit
+    try:
+        return units.convert(value, unit, s.unit, molar_mass=s.molar_mass), s.unit
+    except UnitError as exc:
+        raise UnitError(f"{exc.message}; LOINC {code} is kept in {s.unit!r}", where=where) from exc

@@ -1,0 +1,1 @@
+"""Command groups of the `medtwin` CLI, one module per area, mounted by `medtwin.cli`."""

@@ -1,0 +1,56 @@
+"""`medtwin news2`: the NEWS2 score from given values or a patient's latest vitals."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from medtwin.core.errors import MedtwinError
+from medtwin.monitor.news2 import ITEMS, Vitals, news2
+from medtwin.monitor.vitals import latest_vitals
+from medtwin.store.event_store import EventStore
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command("news2")
+def news2_cmd(
+    patient: str | None = typer.Option(None, "--patient", help="Score the patient's latest "
+                                       "vitals in the store."),
+    rr: float | None = typer.Option(None, "--rr", help="Respiration rate (/min)."),
+    spo2: float | None = typer.Option(None, "--spo2", help="SpO2 (%)."),
+    scale: int = typer.Option(1, "--scale", help="SpO2 scale: 1, or 2 for hypercapnic "
+                              "respiratory failure (target 88-92%)."),
+    oxygen: bool | None = typer.Option(None, "--oxygen/--air", help="On supplemental oxygen?"),
+    sbp: float | None = typer.Option(None, "--sbp", help="Systolic blood pressure (mmHg)."),
+    pulse: float | None = typer.Option(None, "--pulse", help="Pulse (/min)."),
+    acvpu: str | None = typer.Option(None, "--acvpu", help="A, C, V, P or U."),
+    temp: float | None = typer.Option(None, "--temp", help="Temperature (Celsius)."),
+    db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print the NEWS2 total, each item's points and the risk band."""
+    try:
+        when = None
+        if patient:
+            with EventStore.open(db) as store:
+                vitals, when = latest_vitals(store, patient, spo2_scale=scale)
+        else:
+            vitals = Vitals(respiration_rate=rr, spo2=spo2, on_oxygen=oxygen, systolic_bp=sbp,
+                            pulse=pulse, consciousness=acvpu, temperature=temp,
+                            spo2_scale=scale)
+        result = news2(vitals)
+    except MedtwinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        out = result.to_dict()
+        out["at"] = when.isoformat() if when else None
+        typer.echo(json.dumps(out, indent=2))
+        return
+    for item in ITEMS:
+        shown = result.points.get(item)
+        typer.echo(f"  {item:15s} {'-' if shown is None else shown}")
+    partial = f" (partial: missing {', '.join(result.missing)})" if result.partial else ""
+    typer.echo(f"NEWS2 {result.total}: {result.risk.value} risk{partial}")

@@ -1,0 +1,282 @@
+"""MQTT ingestion: subscribe, validate, append to the store, and only then acknowledge.
+
+QoS 1 with manual acknowledgement on a persistent MQTT 5 session: a message the ingester has
+not yet written is not acknowledged, so the broker delivers it again after a crash or a
+reconnect; the store's idempotency keys then keep the retry from being stored twice. Bad
+messages go to the dead-letter table with the reason and the raw payload; they never stop
+the stream. Several ingesters can share the load through an MQTT 5 shared subscription.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from medtwin.core.errors import MedtwinError, NotFoundError, StoreError, ValidationError
+from medtwin.core.records import Observation
+from medtwin.live.payload import parse_reading, parse_topic
+from medtwin.store.event_store import EventStore
+
+log = logging.getLogger(__name__)
+
+FUTURE_TOLERANCE = timedelta(minutes=5)
+RECENT_IDS = 100_000  # source ids remembered to tell a retry from an out-of-order reading
+
+
+@dataclass
+class IngestStats:
+    """Running counts of one ingester."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    future_dated: int = 0
+    out_of_order: int = 0
+    batches: int = 0
+    store_retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Flagged:
+    """A stored reading with what was unusual about it (told to the twin-sync loop)."""
+
+    observation: Observation
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Msg:
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    """``mqtt://host:port`` (or ``host:port``) to (host, port)."""
+    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
+    if parsed.scheme not in {"mqtt", "tcp"} or not parsed.hostname:
+        raise ValidationError(f"broker URL {url!r} is not mqtt://HOST[:PORT]", where="--broker")
+    return parsed.hostname, parsed.port or 1883
+
+
+@dataclass
+class Ingester:
+    """Subscribes to device readings and appends them to ``store``.
+
+    ``on_stored`` receives each written batch (the sync loop's hook). ``group`` turns the
+    subscription into ``$share/<group>/...`` so that several ingesters split the stream.
+    """
+
+    store: EventStore
+    broker: str = "mqtt://127.0.0.1:1883"
+    prefix: str = "medtwin"
+    client_id: str = "medtwin-ingester"
+    group: str | None = None
+    batch_size: int = 500
+    batch_wait: float = 0.02
+    receive_maximum: int = 2000
+    on_stored: Callable[[list[Flagged]], None] | None = None
+    stats: IngestStats = field(default_factory=IngestStats)
+
+    def __post_init__(self) -> None:
+        self._queue: queue.Queue[_Msg] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._known: set[str] = set()
+        self._latest: dict[tuple[str, str], datetime] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._writer: threading.Thread | None = None
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                   protocol=mqtt.MQTTv5, manual_ack=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._client.reconnect_delay_set(min_delay=0.2, max_delay=5)
+
+    @property
+    def topic(self) -> str:
+        """The subscription filter."""
+        base = f"{self.prefix}/+/+/+/+"
+        return f"$share/{self.group}/{base}" if self.group else base
+
+    # --- MQTT side (paho's network thread) -----------------------------------------------
+    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object,
+                    _p: object) -> None:
+        if getattr(reason, "is_failure", False):
+            log.warning("broker refused the connection: %s", reason)
+            return
+        client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, _c: object, _u: object, _mid: int, reasons: list[object],
+                      _p: object) -> None:
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            log.error("broker refused the subscription to %s: %s", self.topic, reasons)
+            return
+        self._connected.set()  # only now is every new message routed to us
+        log.info("connected to %s, subscribed to %s", self.broker, self.topic)
+
+    def _on_disconnect(self, _c: object, _u: object, _f: object, reason: object,
+                       _p: object) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("broker connection lost (%s); reconnecting", reason)
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self._queue.put(_Msg(msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    # --- life cycle -------------------------------------------------------------------------
+    def start(self, *, wait: float = 10.0) -> Ingester:
+        """Connect (persistent session), subscribe and start writing; returns self."""
+        host, port = broker_address(self.broker)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 24 * 3600  # the broker keeps unacknowledged messages
+        props.ReceiveMaximum = self.receive_maximum
+        self._known = set(self.store.patients()["id"])
+        self._writer = threading.Thread(target=self._write_loop, name="medtwin-ingest-writer",
+                                        daemon=True)
+        self._writer.start()
+        try:
+            self._client.connect(host, port, keepalive=30, clean_start=False, properties=props)
+        except OSError as exc:
+            self._stop.set()
+            raise MedtwinError(f"cannot reach the MQTT broker at {self.broker}: {exc}; is it "
+                               "running? (--broker mqtt://HOST:PORT)") from exc
+        self._client.loop_start()
+        if not self._connected.wait(wait):
+            self.stop()
+            raise MedtwinError(f"the MQTT broker at {self.broker} did not accept the session")
+        return self
+
+    def stop(self, *, drain: float = 10.0) -> None:
+        """Write what has arrived, acknowledge it, then disconnect."""
+        deadline = time.monotonic() + drain
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        if self._writer:
+            self._writer.join(timeout=drain)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def wait_idle(self, *, quiet: float = 0.5, timeout: float = 60.0) -> bool:
+        """Block until nothing has arrived for ``quiet`` seconds (True) or ``timeout``."""
+        end = time.monotonic() + timeout
+        last, seen = time.monotonic(), -1
+        while time.monotonic() < end:
+            now_seen = self.stats.received
+            if now_seen != seen or not self._queue.empty():
+                seen, last = now_seen, time.monotonic()
+            elif time.monotonic() - last >= quiet:
+                return True
+            time.sleep(0.02)
+        return False
+
+    # --- writer thread --------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while not (self._stop.is_set() and self._queue.empty()):
+            try:
+                batch = [self._queue.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            end = time.monotonic() + self.batch_wait
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, end - time.monotonic())))
+                except queue.Empty:
+                    break
+            if not self._write(batch):
+                return  # stopping while the store is away: leave them unacknowledged
+            for m in batch:
+                self._client.ack(m.mid, m.qos)
+
+    def _classify(self, batch: list[_Msg]) -> tuple[list[Flagged], list[tuple[str, str, str]]]:
+        good: list[Flagged] = []
+        bad: list[tuple[str, str, str]] = []
+        now = datetime.now(UTC)
+        for m in batch:
+            try:
+                obs = parse_reading(m.topic, m.payload, prefix=self.prefix)
+                if obs.subject not in self._known:
+                    self._refresh(obs.subject)
+            except (ValidationError, NotFoundError) as exc:
+                bad.append((m.topic, str(exc), m.payload.decode("utf-8", "replace")))
+                continue
+            flags = []
+            if self._seen(obs.source_id):
+                good.append(Flagged(obs))  # a retry: the store will skip it; no new flags
+                continue
+            if obs.time > now + FUTURE_TOLERANCE:
+                flags.append("future-dated")
+            key = (obs.subject, obs.code)
+            if key in self._latest and obs.time < self._latest[key]:
+                flags.append("out-of-order")
+            else:
+                self._latest[key] = obs.time
+            good.append(Flagged(obs, tuple(flags)))
+        return good, bad
+
+    def _seen(self, source_id: str) -> bool:
+        """True if this ingester saw ``source_id`` recently (a bounded memory of retries)."""
+        if source_id in self._recent:
+            self._recent.move_to_end(source_id)
+            return True
+        self._recent[source_id] = None
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+        return False
+
+    def _refresh(self, patient: str) -> None:
+        try:
+            self.store.patient(patient)
+        except NotFoundError as exc:
+            raise NotFoundError(f"unknown patient {patient!r}; import the patient before its "
+                                "devices publish") from exc
+        self._known.add(patient)
+
+    def _write(self, batch: list[_Msg]) -> bool:
+        self.stats.received += len(batch)
+        good, bad = self._classify(batch)
+        delay = 0.1
+        while True:
+            try:
+                result = self.store.append([], [g.observation for g in good], dead_letters=bad)
+                break
+            except StoreError as exc:
+                self.stats.store_retries += 1
+                log.warning("store write failed, retrying in %.1fs: %s", delay, exc)
+                if self._stop.wait(delay):
+                    return False
+                delay = min(delay * 2, 5.0)
+        self.stats.batches += 1
+        self.stats.stored += result.stored
+        self.stats.duplicates += result.duplicates
+        self.stats.dead_lettered += len(bad)
+        self.stats.future_dated += sum("future-dated" in g.flags for g in good)
+        self.stats.out_of_order += sum("out-of-order" in g.flags for g in good)
+        if self.on_stored and good:
+            try:
+                self.on_stored(good)
+            except Exception:  # the hook must never stop ingestion
+                log.exception("on_stored hook failed")
+        return True
+
+
+def topic_for(prefix: str, site: str, patient: str, device: str, metric: str) -> str:
+    """The topic a device publishes a reading on (validated)."""
+    topic = f"{prefix}/{site}/{patient}/{device}/{metric}"
+    parse_topic(topic, prefix)
+    return topic

@@ -1,0 +1,1 @@
+"""Early-warning scores (NEWS2), alert rules and forecast-based alerts."""

@@ -1,0 +1,59 @@
+"""Assemble a NEWS2 set of vitals from a patient's latest stored observations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from medtwin.core.records import Observation
+from medtwin.interop.codes import BLOOD_PRESSURE_PANELS
+from medtwin.monitor.news2 import Vitals
+from medtwin.store.event_store import EventStore
+
+RR, PULSE, SBP = "9279-1", "8867-4", "8480-6"
+SPO2 = ("59408-5", "2708-6")
+TEMP = ("8310-5", "8331-1")
+O2_FLOW, FIO2, ACVPU_CODE = "3151-8", "3150-0", "67775-7"
+# SNOMED CT answers for level of consciousness -> ACVPU
+ACVPU_SNOMED = {"248234008": "A", "286933003": "C", "130987000": "C", "450847001": "V",
+                "450848006": "P", "422768004": "U"}
+CODES = [RR, PULSE, SBP, *SPO2, *TEMP, O2_FLOW, FIO2, ACVPU_CODE, *BLOOD_PRESSURE_PANELS]
+
+
+def _value(obs: Observation, item: str) -> float | str | bool | None:
+    if item == "systolic_bp" and obs.code != SBP:
+        comp = next((c for c in obs.components if c.code == SBP), None)
+        return comp.value if comp else None
+    if item == "on_oxygen":
+        if obs.value is None:
+            return None
+        return obs.value > (21.0 if obs.code == FIO2 else 0.0)
+    if item == "consciousness":
+        return ACVPU_SNOMED.get(obs.value_code or "")
+    return obs.value
+
+
+_ITEM_OF = {RR: "respiration_rate", PULSE: "pulse", SBP: "systolic_bp", O2_FLOW: "on_oxygen",
+            FIO2: "on_oxygen", ACVPU_CODE: "consciousness",
+            **{c: "spo2" for c in SPO2}, **{c: "temperature" for c in TEMP},
+            **{c: "systolic_bp" for c in BLOOD_PRESSURE_PANELS}}
+
+
+def latest_vitals(store: EventStore, patient_id: str, *, at: datetime | None = None,
+                  window: timedelta = timedelta(hours=1), spo2_scale: int = 1
+                  ) -> tuple[Vitals, datetime | None]:
+    """The latest value of each NEWS2 item taken within ``window`` of the newest reading.
+
+    Returns the vitals and the time of the newest reading (None when there is none).
+    Items with no reading in the window stay ``None`` (the score is then partial).
+    """
+    obs = store.timeline(patient_id, kinds=["observation"], codes=CODES, until=at)
+    if not obs:
+        return Vitals(spo2_scale=spo2_scale), None
+    newest = obs[-1].time
+    values: dict[str, object] = {}
+    for o in obs:  # time-ordered: later readings overwrite earlier ones
+        if o.time >= newest - window:
+            v = _value(o, _ITEM_OF[o.code])
+            if v is not None:
+                values[_ITEM_OF[o.code]] = v
+    return Vitals(spo2_scale=spo2_scale, **values), newest  # type: ignore[arg-type]
