@@ -88,3 +88,9 @@ def publisher(broker: Broker) -> Iterator[Publisher]:
     p = Publisher(broker)
     yield p
     p.close()
+
+
+@pytest.fixture
+def new_publisher(broker: Broker) -> Iterator[type[Publisher]]:
+    """The Publisher class, for a test that needs another publisher after a restart."""
+    yield Publisher

@@ -106,7 +106,7 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(tmp_path, bro
         assert values == {f"m/r{i}" for i in range(400)}
 
 
-def test_ingestion_resumes_after_the_broker_restarts(store, broker, publisher):
+def test_ingestion_resumes_after_the_broker_restarts(store, broker, publisher, new_publisher):
     _patients(store, 1)
     ing = Ingester(store, broker=broker.url, client_id=f"ing-restart-{os.getpid()}").start()
     try:
@@ -117,9 +117,7 @@ def test_ingestion_resumes_after_the_broker_restarts(store, broker, publisher):
         broker.stop()
         time.sleep(1.0)
         broker.start()
-        from tests.live.conftest import Publisher
-
-        again = Publisher(broker)
+        again = new_publisher(broker)
         for i in range(50, 100):
             again.send("medtwin/w/p0/m/hr", _reading(i))
         again.close()
