@@ -5,11 +5,22 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from datetime import UTC, datetime, timedelta
+from itertools import groupby
+from pathlib import Path
 
 import typer
 
 from medtwin.core.errors import MedtwinError
+from medtwin.core.records import Patient
 from medtwin.live.ingest import Ingester
+from medtwin.live.publish import DevicePublisher, paced
+from medtwin.live.streams import (
+    ecg_heart_rate,
+    numerics_frame,
+    replay_readings,
+    simulated_ward,
+)
 from medtwin.store.event_store import EventStore
 
 app = typer.Typer(add_completion=False)
@@ -46,3 +57,58 @@ def live_cmd(
     except MedtwinError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+
+
+@app.command("stream")
+def stream_cmd(
+    patients: int = typer.Option(10, "--patients", min=1, help="Simulated patients."),
+    rate: float = typer.Option(1.0, "--rate", help="Ticks per second (each tick: every vital "
+                               "of every patient); 0 = as fast as possible."),
+    steps: int = typer.Option(60, "--steps", min=1, help="Ticks to publish."),
+    interval: float = typer.Option(60.0, "--interval", help="Patient-time seconds per tick."),
+    deteriorating: float = typer.Option(0.2, "--deteriorating", help="Fraction who worsen."),
+    replay: Path | None = typer.Option(None, "--replay", help="A WFDB record to replay: "
+                                       "minute numerics, or an ECG (heart rate by R peaks)."),
+    speed: float = typer.Option(60.0, "--speed", help="Replay speed (x real time)."),
+    patient: str = typer.Option("replay-0001", "--patient", help="Patient id for a replay."),
+    broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker", help="MQTT broker URL."),
+    site: str = typer.Option("ward1", "--site"),
+    seed: int = typer.Option(0, "--seed", min=0),
+    register: bool = typer.Option(False, "--register", help="Add the patients to --db first "
+                                  "(the ingester refuses readings of unknown patients)."),
+    db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
+) -> None:
+    """Publish live readings of simulated patients, or replay a recorded signal."""
+    start = datetime.now(UTC).replace(microsecond=0)
+    try:
+        if replay is not None:
+            frame = numerics_frame(replay) if _is_numerics(replay) else ecg_heart_rate(replay)
+            readings = sorted(replay_readings(frame, patient=patient, start=start,
+                                              source=replay.stem), key=lambda r: r.time)
+            ids = [patient]
+            step = timedelta(seconds=1.0)
+            batches = [list(g) for _, g in groupby(
+                readings, key=lambda r: int((r.time - start) / (step * speed)))]
+            tick_rate = 1.0
+        else:
+            batches = simulated_ward(patients, start=start, interval=timedelta(seconds=interval),
+                                     steps=steps, seed=seed, deteriorating=deteriorating)
+            ids = [f"sim-{p:04d}" for p in range(patients)]
+            tick_rate = rate
+        if register:
+            with EventStore.open(db) as store:
+                store.append([Patient(id=i, source_id=f"Patient/{i}") for i in ids])
+        with DevicePublisher(broker=broker, site=site) as pub:
+            total = paced(batches, pub, rate=tick_rate)
+    except MedtwinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"published {total} readings for {len(ids)} patient(s) to {broker}")
+
+
+def _is_numerics(record: Path) -> bool:
+    """Minute numerics have a sampling frequency far below an ECG's."""
+    import wfdb
+
+    return float(wfdb.rdheader(str(record.with_suffix("")) if record.suffix else str(record)
+                               ).fs) < 1.0

@@ -1,0 +1,86 @@
+"""Publish readings to the broker as devices do (QoS 1), paced in wall-clock time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+
+from medtwin.core.errors import MedtwinError
+from medtwin.live.ingest import broker_address, topic_for
+from medtwin.live.streams import Reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DevicePublisher:
+    """A QoS 1 publisher standing in for a site's devices."""
+
+    broker: str = "mqtt://127.0.0.1:1883"
+    prefix: str = "medtwin"
+    site: str = "ward1"
+    device: str = "monitor"
+    client_id: str = ""
+    inflight: int = 1000
+    sent: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                   protocol=mqtt.MQTTv5)
+        self._client.max_inflight_messages_set(self.inflight)
+        self._client.max_queued_messages_set(0)
+        self._acked = threading.Semaphore(0)
+        self._client.on_publish = lambda *_: self._acked.release()
+
+    def __enter__(self) -> DevicePublisher:
+        host, port = broker_address(self.broker)
+        try:
+            self._client.connect(host, port)
+        except OSError as exc:
+            raise MedtwinError(f"cannot reach the MQTT broker at {self.broker}: {exc}") from exc
+        self._client.loop_start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def publish(self, readings: Iterable[Reading]) -> int:
+        """Queue readings for publication; returns how many."""
+        n = 0
+        for r in readings:
+            topic = topic_for(self.prefix, self.site, r.patient, self.device, r.metric)
+            self._client.publish(topic, r.payload(), qos=1)
+            n += 1
+        self.sent += n
+        return n
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until the broker acknowledged everything sent so far."""
+        end = time.monotonic() + timeout
+        while self.sent > 0:
+            if not self._acked.acquire(timeout=max(0.0, end - time.monotonic())):
+                raise MedtwinError(f"broker did not acknowledge {self.sent} message(s) in time")
+            self.sent -= 1
+
+
+def paced(batches: Iterable[list[Reading]], publisher: DevicePublisher, *, rate: float,
+          stop: threading.Event | None = None) -> int:
+    """Publish one batch every 1/rate seconds (as fast as possible when rate <= 0)."""
+    total, t0 = 0, time.monotonic()
+    for k, batch in enumerate(batches):
+        if stop is not None and stop.is_set():
+            break
+        if rate > 0:
+            delay = t0 + k / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        total += publisher.publish(batch)
+    publisher.flush()
+    return total
