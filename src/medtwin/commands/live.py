@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -21,6 +22,8 @@ from medtwin.live.streams import (
     replay_readings,
     simulated_ward,
 )
+from medtwin.live.sync import MonitorLoop
+from medtwin.store.alerts import AlertStore
 from medtwin.store.event_store import EventStore
 
 app = typer.Typer(add_completion=False)
@@ -44,8 +47,9 @@ def live_cmd(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with EventStore.open(db) as store:
+            monitor = MonitorLoop(store, broker=broker, prefix=prefix).start()
             ingester = Ingester(store, broker=broker, prefix=prefix, client_id=client_id,
-                                group=group).start()
+                                group=group, on_stored=monitor.on_stored).start()
             typer.echo(f"ingesting {ingester.topic} from {broker} into {store!r}", err=True)
             try:
                 while not stop.wait(report_every):
@@ -53,7 +57,8 @@ def live_cmd(
             except KeyboardInterrupt:
                 pass
             ingester.stop()
-            typer.echo(f"stopped: {ingester.stats}", err=True)
+            monitor.stop()
+            typer.echo(f"stopped: {ingester.stats}; alerts raised: {monitor.raised}", err=True)
     except MedtwinError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -112,3 +117,36 @@ def _is_numerics(record: Path) -> bool:
 
     return float(wfdb.rdheader(str(record.with_suffix("")) if record.suffix else str(record)
                                ).fs) < 1.0
+
+
+@app.command("alerts")
+def alerts_cmd(
+    patient: str | None = typer.Option(None, "--patient", help="Only this patient."),
+    all_: bool = typer.Option(False, "--all", help="Include resolved alerts."),
+    ack: int | None = typer.Option(None, "--ack", help="Acknowledge the alert with this id."),
+    by: str = typer.Option("cli", "--by", help="Who acknowledges."),
+    db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List active alerts (newest first), or acknowledge one."""
+    try:
+        with EventStore.open(db) as store:
+            alerts = AlertStore(store)
+            if ack is not None:
+                a = alerts.acknowledge(ack, by)
+                typer.echo(json.dumps(a.to_dict()) if as_json else f"acknowledged {a.id}")
+                return
+            rows = alerts.all(patient) if all_ else alerts.active(patient)
+    except MedtwinError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps([a.to_dict() for a in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("no active alerts")
+    for a in rows:
+        state = "resolved" if a.resolved else ("acked by " + a.acknowledged_by
+                                                if a.acknowledged_by else "active")
+        typer.echo(f"{a.id:5d}  sev {a.severity}  {a.patient_id}  {a.rule:12s}  {a.message}  "
+                   f"[{state}]")

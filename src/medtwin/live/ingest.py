@@ -54,6 +54,7 @@ class Flagged:
 
     observation: Observation
     flags: tuple[str, ...] = ()
+    site: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +217,9 @@ class Ingester:
                 bad.append((m.topic, str(exc), m.payload.decode("utf-8", "replace")))
                 continue
             flags = []
+            site = parse_topic(m.topic, self.prefix).site
             if self._seen(obs.source_id):
-                good.append(Flagged(obs))  # a retry: the store will skip it; no new flags
+                good.append(Flagged(obs, (), site))  # a retry: the store skips it; no flags
                 continue
             if obs.time > now + FUTURE_TOLERANCE:
                 flags.append("future-dated")
@@ -226,7 +228,7 @@ class Ingester:
                 flags.append("out-of-order")
             else:
                 self._latest[key] = obs.time
-            good.append(Flagged(obs, tuple(flags)))
+            good.append(Flagged(obs, tuple(flags), site))
         return good, bad
 
     def _seen(self, source_id: str) -> bool:

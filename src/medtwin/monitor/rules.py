@@ -1,0 +1,80 @@
+"""Alert rules on a patient's vitals: the NEWS2 band, thresholds, and a rising-score trend.
+
+Each rule either fires (with a severity 1-3 and a message) or is clear; a clear rule
+resolves its active alert. Severities: 1 advisory, 2 urgent, 3 emergency.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from medtwin.monitor.news2 import News2, Risk, Vitals
+
+_SEVERITY = {Risk.LOW: 0, Risk.LOW_MEDIUM: 1, Risk.MEDIUM: 2, Risk.HIGH: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What one rule says now."""
+
+    rule: str
+    severity: int  # 0 = clear
+    message: str = ""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """Fire when a vital crosses a limit, e.g. SpO2 < 90."""
+
+    rule: str
+    item: str
+    op: str
+    limit: float
+    severity: int = 2
+
+    def check(self, v: Vitals) -> Finding:
+        value = getattr(v, self.item)
+        cmp: Callable[[float, float], bool] = {"<": operator.lt, "<=": operator.le,
+                                               ">": operator.gt, ">=": operator.ge}[self.op]
+        if value is not None and cmp(value, self.limit):
+            return Finding(self.rule, self.severity, f"{self.item} {value:g} {self.op} "
+                           f"{self.limit:g}", {"value": value, "limit": self.limit})
+        return Finding(self.rule, 0)
+
+
+DEFAULT_THRESHOLDS = (
+    Threshold("spo2-low", "spo2", "<", 90.0),
+    Threshold("pulse-high", "pulse", ">", 130.0),
+    Threshold("pulse-low", "pulse", "<", 40.0),
+    Threshold("sbp-low", "systolic_bp", "<=", 90.0),
+    Threshold("rr-high", "respiration_rate", ">=", 25.0),
+)
+
+
+def news2_finding(score: News2) -> Finding:
+    """The NEWS2 band as an alert: low-medium 1, medium 2, high 3; low is clear."""
+    sev = _SEVERITY[score.risk]
+    if not sev:
+        return Finding("news2", 0)
+    partial = " (partial set)" if score.partial else ""
+    return Finding("news2", sev, f"NEWS2 {score.total}: {score.risk.value} risk{partial}",
+                   score.to_dict())
+
+
+def trend_finding(now: News2, before: News2 | None, *, rise: int = 3) -> Finding:
+    """Fire when NEWS2 rose by ``rise`` or more since the earlier score."""
+    if before is not None and now.total - before.total >= rise:
+        return Finding("news2-rising", 1, f"NEWS2 rose from {before.total} to {now.total}",
+                       {"before": before.total, "now": now.total})
+    return Finding("news2-rising", 0)
+
+
+def evaluate(vitals: Vitals, score: News2, earlier: News2 | None = None,
+             thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS) -> list[Finding]:
+    """Every rule's finding for one patient now."""
+    return [news2_finding(score), trend_finding(score, earlier),
+            *(t.check(vitals) for t in thresholds)]

@@ -1,0 +1,166 @@
+"""Alerts: raised once, then acknowledged, escalated or resolved, never edited in place.
+
+``alerts`` holds one immutable row per raised alert; ``alert_events`` records what happened
+to it later (acknowledged, resolved). An alert is active until a resolved event exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    insert,
+    select,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from medtwin.core.errors import NotFoundError, StoreError
+from medtwin.store.event_store import EventStore
+from medtwin.store.schema import UTCDateTime, metadata
+
+_pk = BigInteger().with_variant(Integer, "sqlite")
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", _pk, primary_key=True, autoincrement=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("severity", Integer, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("data_time", UTCDateTime),
+    Index("ix_alerts_patient_rule", "patient_id", "rule"),
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", _pk, primary_key=True, autoincrement=True),
+    Column("alert_id", _pk, ForeignKey("alerts.id"), nullable=False),
+    Column("kind", String(16), nullable=False),  # acknowledged | resolved
+    Column("by", String(200)),
+    Column("at", UTCDateTime, nullable=False),
+    Index("ix_alert_events_alert", "alert_id"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A raised alert and its current state."""
+
+    id: int
+    patient_id: str
+    rule: str
+    severity: int
+    message: str
+    detail: dict[str, Any]
+    raised_at: datetime
+    data_time: datetime | None
+    acknowledged_by: str | None = None
+    resolved: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (also the MQTT alert payload)."""
+        return {"id": self.id, "patient": self.patient_id, "rule": self.rule,
+                "severity": self.severity, "message": self.message, "detail": self.detail,
+                "raised_at": self.raised_at.isoformat(),
+                "data_time": self.data_time.isoformat() if self.data_time else None,
+                "acknowledged_by": self.acknowledged_by, "resolved": self.resolved}
+
+
+class AlertStore:
+    """Alert persistence on an :class:`EventStore`'s database."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.engine = store.engine
+
+    def active(self, patient_id: str | None = None) -> list[Alert]:
+        """Alerts not yet resolved (newest first), for one patient or all."""
+        return [a for a in self.all(patient_id) if not a.resolved]
+
+    def all(self, patient_id: str | None = None) -> list[Alert]:
+        """Every alert with its state (newest first)."""
+        q = select(alerts).order_by(alerts.c.id.desc())
+        if patient_id is not None:
+            q = q.where(alerts.c.patient_id == patient_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).mappings().all()
+            ids = [r["id"] for r in rows]
+            events = conn.execute(select(alert_events).where(alert_events.c.alert_id.in_(ids))
+                                  .order_by(alert_events.c.id)).mappings().all() if ids else []
+        acked: dict[int, str | None] = {}
+        resolved: set[int] = set()
+        for e in events:
+            if e["kind"] == "acknowledged":
+                acked[e["alert_id"]] = e["by"]
+            elif e["kind"] == "resolved":
+                resolved.add(e["alert_id"])
+        return [Alert(id=r["id"], patient_id=r["patient_id"], rule=r["rule"],
+                      severity=r["severity"], message=r["message"],
+                      detail=json.loads(r["detail"]), raised_at=r["raised_at"],
+                      data_time=r["data_time"], acknowledged_by=acked.get(r["id"]),
+                      resolved=r["id"] in resolved) for r in rows]
+
+    def raise_alert(self, patient_id: str, rule: str, severity: int, message: str,
+                    detail: dict[str, Any], data_time: datetime | None) -> Alert | None:
+        """Raise unless the same rule is already active for the patient at >= severity.
+
+        A higher severity escalates: the old alert is resolved and a new one raised.
+        Returns the new alert, or None when it was a repeat (no alert storm).
+        """
+        now = datetime.now(UTC)
+        try:
+            with self.engine.begin() as conn:
+                open_ = conn.execute(
+                    select(alerts.c.id, alerts.c.severity)
+                    .where(and_(alerts.c.patient_id == patient_id, alerts.c.rule == rule))
+                    .where(~alerts.c.id.in_(select(alert_events.c.alert_id)
+                                            .where(alert_events.c.kind == "resolved")))
+                ).all()
+                if any(sev >= severity for _, sev in open_):
+                    return None
+                if open_:
+                    conn.execute(insert(alert_events), [
+                        {"alert_id": i, "kind": "resolved", "by": "escalated", "at": now}
+                        for i, _ in open_])
+                new_id = conn.execute(insert(alerts).values(
+                    patient_id=patient_id, rule=rule, severity=severity, message=message,
+                    detail=json.dumps(detail, sort_keys=True), raised_at=now,
+                    data_time=data_time)).inserted_primary_key[0]
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not store the alert: {exc}") from exc
+        return Alert(id=new_id, patient_id=patient_id, rule=rule, severity=severity,
+                     message=message, detail=detail, raised_at=now, data_time=data_time)
+
+    def resolve(self, patient_id: str, rule: str) -> int:
+        """Resolve the active alerts of a rule for a patient (its condition cleared)."""
+        open_ids = [a.id for a in self.active(patient_id) if a.rule == rule]
+        if open_ids:
+            with self.engine.begin() as conn:
+                conn.execute(insert(alert_events), [
+                    {"alert_id": i, "kind": "resolved", "by": "cleared", "at": datetime.now(UTC)}
+                    for i in open_ids])
+        return len(open_ids)
+
+    def acknowledge(self, alert_id: int, by: str) -> Alert:
+        """Record that ``by`` has seen the alert; NotFoundError if there is no such alert."""
+        with self.engine.begin() as conn:
+            if conn.scalar(select(alerts.c.id).where(alerts.c.id == alert_id)) is None:
+                raise NotFoundError(f"no alert {alert_id}; `medtwin alerts` lists them")
+            conn.execute(insert(alert_events).values(alert_id=alert_id, kind="acknowledged",
+                                                     by=by, at=datetime.now(UTC)))
+        return next(a for a in self.all() if a.id == alert_id)
