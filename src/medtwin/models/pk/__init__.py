@@ -1,0 +1,1 @@
+"""Pharmacokinetic models: closed-form linear compartments, ODE models, population specs."""

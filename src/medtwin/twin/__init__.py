@@ -1,0 +1,1 @@
+"""Twins: a model + a posterior + a state, kept in step with events."""
