@@ -1,0 +1,94 @@
+"""Where-am-I while validating a model file: file name, key path and line for error messages."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from medtwin.ops.errors import ModelFileError
+from medtwin.ops.yamlio import line_of
+
+_SCI = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
+@dataclass(frozen=True)
+class Where:
+    """A position in a model file: the file, the dotted key path and the node holding it."""
+
+    file: str
+    path: str
+    node: Any = None
+    key: Any = None
+
+    def at(self, key: Any, node: Any = None) -> Where:
+        """The position of ``key`` inside this one (``node`` is the container holding it)."""
+        sub = f"{self.path}.{key}" if self.path else str(key)
+        if isinstance(key, int):
+            sub = f"{self.path}[{key}]"
+        return Where(self.file, sub, node, key)
+
+    def child(self, key: Any) -> Where:
+        """The position of ``self.value[key]``: the value here becomes the container."""
+        return self.at(key, self.value)
+
+    @property
+    def value(self) -> Any:
+        """The value at this position (the whole node when there is no key)."""
+        if self.key is None:
+            return self.node
+        return self.node[self.key]
+
+    @property
+    def line(self) -> int | None:
+        """1-based line in the file, when known."""
+        if self.node is None:
+            return None
+        return line_of(self.node, self.key)
+
+    def fail(self, message: str, fix: str) -> NoReturn:
+        """Raise :class:`ModelFileError` for this position."""
+        raise ModelFileError(message, file=self.file, key=self.path, line=self.line, fix=fix)
+
+
+def number(w: Where, *, positive: bool = False, nonneg: bool = False,
+           integer: bool = False) -> float:
+    """Read a number at ``w``, checking its sign (and integrality)."""
+    v = w.value
+    if isinstance(v, str) and _SCI.fullmatch(v.strip()):
+        v = float(v)  # YAML 1.1 reads 1e-9 (no dot) as text; take it as the number meant
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        w.fail(f"expected a number, got {v!r}", "write a plain number, e.g. 3 or 2.5")
+    if v != v or v in (float("inf"), float("-inf")):
+        w.fail(f"expected a finite number, got {v!r}", "write a finite number")
+    if integer and int(v) != v:
+        w.fail(f"expected a whole number, got {v!r}", "write an integer, e.g. 2")
+    if positive and v <= 0:
+        w.fail(f"must be > 0, got {v!r}", "use a positive value")
+    if nonneg and v < 0:
+        w.fail(f"must be >= 0, got {v!r}", "use zero or a positive value (rates cannot be "
+               "negative)")
+    return int(v) if integer else float(v)
+
+
+def mapping(w: Where, what: str) -> dict:
+    """Check that the value at ``w`` is a mapping."""
+    if not isinstance(w.value, dict):
+        w.fail(f"{what} must be a mapping (key: value), got {type(w.value).__name__}",
+               f"write {what} as indented 'key: value' lines")
+    return w.value
+
+
+def need(w: Where, key: str, what: str) -> Where:
+    """The position of a required key inside the mapping at ``w``."""
+    d = w.value
+    if not isinstance(d, dict) or key not in d:
+        w.fail(f"{what} lacks required key '{key}'", f"add '{key}:' under {w.path or 'the top'}")
+    return w.child(key)
+
+
+def unknown_keys(w: Where, allowed: set[str]) -> None:
+    """Refuse keys outside ``allowed`` (a typo should not be silently ignored)."""
+    for k in w.value:
+        if k not in allowed:
+            w.child(k).fail(f"unknown key '{k}'", f"use one of {sorted(allowed)}")
