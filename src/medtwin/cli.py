@@ -47,8 +47,10 @@ def _root(
 # --- store and FHIR commands (issue 2) ---------------------------------------------------
 # @@STORE-COMMANDS@@
 def _open_store(db: str | None) -> EventStore:
+    from medtwin.security.crypto import load_keyring
+
     try:
-        return EventStore.open(db)
+        return EventStore.open(db, keyring=load_keyring())
     except MedtwinError as exc:
         _fail(exc)
 
@@ -131,14 +133,29 @@ def export_cmd(
     patient: str = typer.Argument(..., help="Patient id (see `medtwin patients`)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     bundle_type: str = typer.Option("collection", "--type", help="collection or transaction."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="HIPAA Safe Harbor: drop the "
+                                    "identifiers, shift dates per patient (intervals kept)."),
+    table: bool = typer.Option(False, "--table", help="With --deidentify: a CSV table."),
 ) -> None:
     """Write a patient's record as a FHIR R4 Bundle to stdout."""
+    from medtwin.core.records import Consent
+
     if bundle_type not in {"collection", "transaction"}:
         _fail(ValueError("--type must be collection or transaction"))
     with _open_store(db) as store:
         try:
-            bundle = to_bundle(store.patient(patient), store.timeline(patient),
-                               bundle_type=bundle_type)
+            who = store.patient(patient)
+            records = [r for r in store.timeline(patient) if not isinstance(r, Consent)]
+            if deidentify:
+                from medtwin.security.deid import Deidentifier
+
+                deid = Deidentifier(store.keyring.pseudonym_secret)  # type: ignore[union-attr]
+                if table:
+                    typer.echo(deid.frame(who, records).to_csv(index=False), nl=False)
+                    return
+                bundle = deid.bundle(who, records)
+            else:
+                bundle = to_bundle(who, records, bundle_type=bundle_type)
         except MedtwinError as exc:
             _fail(exc)
     typer.echo(json.dumps(bundle, indent=2))
@@ -180,6 +197,79 @@ def demo_cmd(
 
 # --- simulation commands (issue 3) -------------------------------------------------------
 # @@SIMULATION-COMMANDS@@
+simulate_app = typer.Typer(help="Simulate one virtual patient (a twin) and write its trace.",
+                           no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
+
+
+def _plot_trace(df: object, path: Path, title: str) -> None:
+    """BG/CGM, meals and insulin of a trace: PNG (matplotlib) or HTML (plotly) by suffix."""
+    if path.suffix.lower() in (".html", ".htm"):
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=3, cols=1, shared_xaxes=True,
+                            subplot_titles=("glucose [mg/dL]", "CHO [g/min]", "insulin [U/min]"))
+        fig.add_scatter(x=df["time"], y=df["BG"], name="BG", row=1, col=1)
+        fig.add_scatter(x=df["time"], y=df["CGM"], name="CGM", row=1, col=1)
+        fig.add_bar(x=df["time"], y=df["CHO"], name="CHO", row=2, col=1)
+        fig.add_scatter(x=df["time"], y=df["insulin"], name="insulin", row=3, col=1)
+        fig.update_layout(title=title)
+        fig.write_html(str(path), include_plotlyjs=True)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(3, 1, sharex=True, figsize=(10, 7))
+    ax[0].plot(df["time"], df["BG"], label="BG")
+    ax[0].plot(df["time"], df["CGM"], label="CGM", alpha=0.7)
+    ax[0].axhspan(70, 180, color="green", alpha=0.08)
+    ax[0].set_ylabel("glucose [mg/dL]")
+    ax[0].legend()
+    ax[1].plot(df["time"], df["CHO"])
+    ax[1].set_ylabel("CHO [g/min]")
+    ax[2].plot(df["time"], df["insulin"])
+    ax[2].set_ylabel("insulin [U/min]")
+    ax[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@simulate_app.command("glucose")
+def simulate_glucose_cmd(
+    subject: str = typer.Option("adult#001", help="UVA/Padova subject, e.g. adult#001."),
+    meal: list[str] = typer.Option(  # noqa: B008
+        ["07:00=50", "12:00=70", "19:00=80"], "--meal", help="Daily meal HH:MM=grams (repeat)."
+    ),
+    controller: str = typer.Option("basal-bolus", help="Controller: basal-bolus or pid."),
+    sensor: str = typer.Option("none", help="CGM: none (noise-free, 1 min), dexcom, ..."),
+    pump: str = typer.Option("insulet", help="Pump: insulet, cozmo or none."),
+    seed: int = typer.Option(1, help="Sensor-noise seed."),
+    days: int = typer.Option(1, help="Days to simulate from midnight."),
+    out: Path = typer.Option(Path("trace.csv"), help="Per-minute trace (CSV)."),  # noqa: B008
+    plot: Path | None = typer.Option(None, help="Plot of the trace (.png or .html)."),  # noqa: B008
+) -> None:
+    """Simulate one subject (UVA/Padova, simglucose 0.2.11 conventions) and write the trace."""
+    from medtwin.devices.scenario import parse_meal, simulate_scenario
+
+    try:
+        meals = [parse_meal(m) for m in meal]
+        df = simulate_scenario(subject, meals, controller=controller, sensor=sensor, pump=pump,
+                               seed=seed, days=days)
+        df.to_csv(out, index=False)
+        if plot is not None:
+            _plot_trace(df, plot, f"{subject}, {controller}, sensor {sensor}")
+    except (MedtwinError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        f"{subject}: {days} day(s), BG mean {df['BG'].mean():.1f} mg/dL "
+        f"(min {df['BG'].min():.1f}, max {df['BG'].max():.1f}), insulin "
+        f"{df['insulin'].sum():.1f} U, CHO {df['CHO'].sum():.0f} g -> {out}"
+    )
+
 trial_app = typer.Typer(help="In-silico trials: cohort x meals x controller x days -> outcomes.",
                         no_args_is_help=True)
 app.add_typer(trial_app, name="trial")
@@ -211,6 +301,10 @@ def trial_glucose_cmd(
     from medtwin.trials.protocol import FixedMeals, RandomMeals
     from medtwin.trials.runner import Trial, load_cohort, run_trial
 
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        import distributed  # noqa: F401  (its import sets its loggers to INFO; quiet them after)
+
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         chosen = load_cohort(cohort, subjects)
         meals = FixedMeals.parse(meal) if meal else RandomMeals()
@@ -234,6 +328,25 @@ def trial_glucose_cmd(
         + " ".join(f"{z}:{c}" for z, c in zones.items()) + f" -> {out}"
     )
 
+
+
+# --- command groups mounted from medtwin.commands (one module per area) ------------------
+# each line: from medtwin.commands.<area> import app as _<area>_app; app.add_typer(...)
+# @@MOUNT-COMMANDS@@
+from medtwin.commands.ops import app as _ops_app; app.add_typer(_ops_app, name="ops")  # noqa: E402, E702, I001
+from medtwin.commands.pk import app as _pk_app; app.add_typer(_pk_app, name="pk")  # noqa: E402, E702, I001
+from medtwin.commands.pk import dose_cmd as _dose_cmd; app.command("dose")(_dose_cmd)  # noqa: E402, E702, I001
+from medtwin.commands.security import user_app as _user_app; app.add_typer(_user_app, name="user")  # noqa: E402,E501,E702,I001
+from medtwin.commands.security import key_app as _key_app; app.add_typer(_key_app, name="key")  # noqa: E402,E501,E702,I001
+from medtwin.commands.security import audit_app as _audit_app; app.add_typer(_audit_app, name="audit")  # noqa: E402,E501,E702,I001
+from medtwin.commands.security import keys_app as _keys_app; app.add_typer(_keys_app, name="keys")  # noqa: E402,E501,E702,I001
+from medtwin.commands.security import serve_app as _serve_app; app.add_typer(_serve_app, name="serve")  # noqa: E402,E501,E702,I001
+from medtwin.commands.monitor import app as _monitor_app  # noqa: E402
+
+app.registered_commands += _monitor_app.registered_commands
+from medtwin.commands.live import app as _live_app  # noqa: E402
+
+app.registered_commands += _live_app.registered_commands
 
 
 def main() -> None:

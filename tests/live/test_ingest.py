@@ -65,9 +65,14 @@ def test_stream_is_stored_exactly_with_duplicates_and_bad_messages(store, broker
 
 
 def _run_ingester(broker, db, client_id):
-    return subprocess.Popen([sys.executable, "-m", "medtwin.cli", "live", "--broker", broker.url,
-                             "--db", db, "--client-id", client_id, "--report-every", "0.5"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """Start `medtwin live` and return once it says it is subscribed."""
+    proc = subprocess.Popen([sys.executable, "-m", "medtwin.cli", "live", "--broker", broker.url,
+                             "--db", db, "--client-id", client_id, "--report-every", "60"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # `medtwin live` prints "ingesting ..." once subscribed
+        if line.startswith("ingesting"):
+            return proc
+    raise AssertionError(f"the ingester did not start (exit {proc.wait()})")
 
 
 def _wait_count(store, n, timeout=30.0):
@@ -86,9 +91,7 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_nothing_twice(tmp_path, bro
     db = str(tmp_path / "live.sqlite")
     with EventStore.open(db) as store:
         _patients(store, 1)
-        proc = _run_ingester(broker, db, "ing-kill")
-        assert _wait_count(store, 0) == 0
-        time.sleep(1.5)  # let it connect and subscribe (its session then persists)
+        proc = _run_ingester(broker, db, "ing-kill")  # subscribed: its session persists
         for i in range(400):
             publisher.send("medtwin/w/p0/m/hr", _reading(i))
             if i == 200:

@@ -45,7 +45,9 @@ def test_deteriorating_patients_raise_alerts_that_are_published(store, broker):
     finally:
         ing.stop()
         monitor.stop()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 15  # QoS 1 alerts may still be on their way
+        while len(got) < len(AlertStore(store).all()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         sub.disconnect()
         sub.loop_stop()
     stored = AlertStore(store).all()

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import select
 
 from medtwin.core.errors import NotFoundError, StoreError
 from medtwin.core.records import Intervention, Observation, Patient
 from medtwin.store import schema
+from medtwin.store.engine import MIGRATIONS
 from medtwin.store.event_store import EventStore
 
 T0 = datetime(2026, 1, 5, 8, tzinfo=UTC)
@@ -107,4 +109,6 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 def test_postgres_schema_is_isolated_and_migrated(pg_url, pg_schema):
     with EventStore.open(pg_url, schema=pg_schema) as s, s.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT current_schema()").scalar() == pg_schema
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+        assert head is not None and int(head) >= 3  # security (0002) and alerts (0003) exist
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == head

@@ -291,6 +291,46 @@ class Device(_Record):
 
 
 @dataclass(frozen=True, slots=True)
+class Consent(_Record):
+    """A patient's consent decision (FHIR Consent), e.g. to the research use of their data.
+
+    ``scope`` is the Consent.scope code (``research``, ``patient-privacy``, ...);
+    ``provision`` is ``permit`` or ``deny``; ``purposes`` are the provision's purpose codes
+    (e.g. ``HRESCH``); ``start``/``end`` bound the period the provision applies to.
+    """
+
+    subject: str
+    source_id: str
+    status: str
+    scope: str | None = None
+    provision: str | None = None
+    purposes: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+    time: datetime | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _need_text(self.subject, "Consent.patient")
+        _need_text(self.source_id, "Consent.source_id")
+        for name in ("purposes", "categories"):
+            object.__setattr__(self, name, tuple(getattr(self, name) or ()))
+        for name in ("time", "start", "end"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, utc(v, where=f"Consent.{name}"))
+
+    def permits_research(self, at: datetime) -> bool:
+        """Whether this consent, at time ``at``, permits research use of the patient's data."""
+        research = self.scope == "research" or bool({"HRESCH", "CLINTRCH", "BIORCH"}
+                                                     & set(self.purposes))
+        in_period = (self.start is None or self.start <= at) and (self.end is None
+                                                                  or at < self.end)
+        return (self.status == "active" and research and self.provision != "deny"
+                and in_period)
+
+
+@dataclass(frozen=True, slots=True)
 class Patient(_Record):
     """A subject's demographics.
 
@@ -310,7 +350,8 @@ class Patient(_Record):
         _need_text(self.id, "Patient.id")
 
 
-ClinicalRecord = Observation | Intervention | Condition | Encounter | MedicationRequest | Device
+ClinicalRecord = (Observation | Intervention | Condition | Encounter | MedicationRequest | Device
+                  | Consent)
 
 KIND_OF: dict[type, str] = {
     Observation: "observation",
@@ -319,5 +360,6 @@ KIND_OF: dict[type, str] = {
     Encounter: "encounter",
     MedicationRequest: "medication_request",
     Device: "device",
+    Consent: "consent",
 }
 RECORD_OF_KIND: dict[str, type] = {v: k for k, v in KIND_OF.items()}

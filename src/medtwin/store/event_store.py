@@ -4,6 +4,10 @@ Every record is appended with an idempotency key (its kind, source id and conten
 re-importing a file or a retried message stores nothing twice. A record whose source id was
 seen before with other content is a new version: it is appended too, and reads show the
 latest version. Nothing is updated in place. One ``append`` is one transaction.
+
+Identifying fields are sealed by an :class:`IdentityCipher` (medtwin's ``security.crypto.
+KeyRing``) handed in at open, and stored as ``{"enc": ciphertext}``; a store opened without
+one keeps them as plain JSON (tests, throw-away stores) and refuses to show sealed ones.
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -77,16 +81,26 @@ def _record_row(rec: ClinicalRecord) -> dict[str, Any]:
     }
 
 
+class IdentityCipher(Protocol):
+    """Seals and opens JSON values bound to a context (the patient id)."""
+
+    def encrypt_json(self, value: Any, *, context: str) -> str: ...
+
+    def decrypt_json(self, token: str, *, context: str) -> Any: ...
+
+
 class EventStore:
     """medtwin's store on one database (SQLite file by default, PostgreSQL by URL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, keyring: IdentityCipher | None = None) -> None:
         self.engine = engine
+        self.keyring = keyring
 
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, *, schema: str | None = None,
-             create: bool = True) -> EventStore:
-        """Open (and by default create or migrate) the store at ``db`` (path or URL)."""
+             create: bool = True, keyring: IdentityCipher | None = None) -> EventStore:
+        """Open (and by default create or migrate) the store at ``db`` (path or URL);
+        ``keyring`` seals identifying fields at rest."""
         engine = make_engine(db, schema=schema)
         try:
             if create:
@@ -95,7 +109,7 @@ class EventStore:
             engine.dispose()
             raise StoreError(f"cannot open the store at {describe(engine)}: {exc.orig or exc}"
                              "; check the URL and that the server is running") from exc
-        return cls(engine)
+        return cls(engine, keyring=keyring)
 
     def close(self) -> None:
         """Release connections."""
@@ -180,9 +194,42 @@ class EventStore:
              "birth_year": p.birth_year, "deceased": p.deceased, "recorded_at": now}
             for p in new.values()])
         conn.execute(self._insert_ignore(t.patient_identity), [
-            {"patient_id": p.id, "data": p.identity, "recorded_at": now}
+            {"patient_id": p.id, "data": self._seal(p.id, p.identity), "recorded_at": now}
             for p in new.values()])
         return len(new)
+
+    def _seal(self, patient_id: str, identity: dict[str, Any]) -> dict[str, Any]:
+        if self.keyring is None:
+            return identity
+        return {"enc": self.keyring.encrypt_json(identity, context=patient_id)}
+
+    def _open_identity(self, patient_id: str, data: Any,
+                       keyring: IdentityCipher | None = None) -> dict[str, Any]:
+        keyring = keyring or self.keyring
+        if isinstance(data, dict) and set(data) == {"enc"} and isinstance(data["enc"], str):
+            if keyring is None:
+                raise StoreError(f"the identity of patient {patient_id!r} is encrypted; open "
+                                 "the store with its key ring (MEDTWIN_KEY or MEDTWIN_KEY_FILE)")
+            return keyring.decrypt_json(data["enc"], context=patient_id)
+        return data or {}
+
+    def reseal_identities(self, keyring: IdentityCipher) -> int:
+        """Re-encrypt every identity under ``keyring``'s current key (key rotation; plain
+        rows get sealed too) in one transaction; ``keyring`` must still hold the old keys.
+        Each value is checked to open again before it is written. Returns the row count."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(select(t.patient_identity.c.patient_id,
+                                       t.patient_identity.c.data)).all()
+            for pid, data in rows:
+                plain = self._open_identity(pid, data, keyring)
+                sealed = keyring.encrypt_json(plain, context=pid)
+                if keyring.decrypt_json(sealed, context=pid) != plain:
+                    raise StoreError(f"re-encryption of patient {pid!r} did not round-trip")
+                conn.execute(update(t.patient_identity)
+                             .where(t.patient_identity.c.patient_id == pid)
+                             .values(data={"enc": sealed}))
+        self.keyring = keyring
+        return len(rows)
 
     # --- reading ---------------------------------------------------------------------------
     def patients(self) -> pd.DataFrame:
@@ -209,7 +256,7 @@ class EventStore:
                 t.patient_identity.c.patient_id == patient_id))
         return Patient(id=row["id"], source_id=row["source_id"], gender=row["gender"],
                        birth_year=row["birth_year"], deceased=bool(row["deceased"]),
-                       identity=ident or {})
+                       identity=self._open_identity(patient_id, ident))
 
     def _select(self, patient_id: str, kinds: Iterable[str] | None, codes: Iterable[str] | None,
                 since: datetime | None, until: datetime | None) -> Any:
@@ -260,6 +307,26 @@ class EventStore:
             "unit": [r.unit for r in rows],
             "source_id": [r.source_id for r in rows],
         })
+
+    def records_after(self, patient_id: str, after_seq: int, *,
+                      kinds: Iterable[str] | None = None, limit: int = 1000
+                      ) -> list[tuple[int, ClinicalRecord]]:
+        """(sequence number, record) of the patient's events appended after ``after_seq``, in
+        append order: what a live feed pushes next. ``after_seq=-1`` means "from now": it
+        returns only the current last number, with a ``None``-free empty list."""
+        q = (select(t.events.c.seq, t.events.c.kind, t.events.c.payload)
+             .where(t.events.c.patient_id == patient_id, t.events.c.seq > after_seq)
+             .order_by(t.events.c.seq).limit(limit))
+        if kinds:
+            q = q.where(t.events.c.kind.in_(list(kinds)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [(r.seq, RECORD_OF_KIND[r.kind].from_dict(r.payload)) for r in rows]
+
+    def last_seq(self) -> int:
+        """The number of the last appended event (0 for an empty store)."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.max(t.events.c.seq))) or 0)
 
     def counts(self, patient_id: str | None = None) -> dict[str, int]:
         """Number of stored events by kind (all versions), for one patient or all."""

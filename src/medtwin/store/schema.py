@@ -98,3 +98,72 @@ dead_letters = Table(
     Column("payload", Text, nullable=False),
     Column("recorded_at", UTCDateTime, nullable=False),
 )
+
+# --- security (issue 6): identities, care teams, device keys, the audit chain ---------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", Text),
+    Column("patient_id", String(64)),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("token_version", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+care_team_members = Table(
+    "care_team_members",
+    metadata,
+    Column("team", String(100), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id"), primary_key=True),
+    Index("ix_care_team_members_user", "user_id"),
+)
+
+care_team_patients = Table(
+    "care_team_patients",
+    metadata,
+    Column("team", String(100), primary_key=True),
+    Column("patient_id", String(64), primary_key=True),
+    Index("ix_care_team_patients_patient", "patient_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("device_id", String(200), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=False),
+    Column("time", UTCDateTime, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("role", String(16)),
+    Column("action", String(32), nullable=False),
+    Column("resource", String(200), nullable=False),
+    Column("patient_id", String(64)),
+    Column("source", String(64)),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text),
+    Column("body_hash", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("hash", String(64), nullable=False),
+)

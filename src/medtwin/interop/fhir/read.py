@@ -22,6 +22,7 @@ from medtwin.core.records import (
     ClinicalRecord,
     Component,
     Condition,
+    Consent,
     Device,
     Encounter,
     Intervention,
@@ -36,7 +37,7 @@ from medtwin.interop.fhir.validate import validate_bundle_shell, validate_resour
 
 KIND_EXTENSION = "https://medtwin.dev/fhir/StructureDefinition/intervention-kind"
 MAPPED_TYPES = {"Patient", "Encounter", "Observation", "Condition", "MedicationRequest",
-                "MedicationAdministration", "Device", "DeviceMetric"}
+                "MedicationAdministration", "Device", "DeviceMetric", "Consent"}
 
 
 @dataclass
@@ -354,6 +355,22 @@ class _Mapper:
         return Device(source_id=source_id, subject=self.subject(r, "patient", required=False)
                       or None, kind="device", code=t.get("code"), system=t.get("system"),
                       display=t.get("display") or name, status=r.get("status"))
+
+    def _Consent(self, r: dict[str, Any], source_id: str) -> Consent:
+        prov = r.get("provision") or {}
+        period = prov.get("period") or {}
+        purposes = [p.get("code") for p in prov.get("purpose") or [] if p.get("code")]
+        cats = [_coding(c).get("code") for c in r.get("category") or []]
+        when = r.get("dateTime")
+        return Consent(
+            subject=self.subject(r, "patient"), source_id=source_id,
+            status=r.get("status", "unknown"), scope=_coding(r.get("scope")).get("code"),
+            provision=prov.get("type"), purposes=tuple(purposes),
+            categories=tuple(c for c in cats if c),
+            time=parse_fhir_datetime(when, where="Consent.dateTime") if when else None,
+            start=parse_fhir_datetime(period["start"]) if period.get("start") else None,
+            end=parse_fhir_datetime(period["end"]) if period.get("end") else None,
+        )
 
     def _DeviceMetric(self, r: dict[str, Any], source_id: str) -> Device:
         t = _coding(r.get("type"))

@@ -1,0 +1,57 @@
+"""The FastAPI app factory: settings and the store are built at the edge and handed in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from medtwin import __version__
+from medtwin.api import openapi, problems
+from medtwin.api.deps import Services, build_services
+from medtwin.api.jobs import TrialJobs
+from medtwin.api.limits import BodySizeLimit
+from medtwin.api.routes import audit, auth, fhir, health, live, patients, research, trials, users
+from medtwin.api.settings import Settings
+from medtwin.security.crypto import KeyRing
+from medtwin.store.event_store import EventStore
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """medtwin's service: patients and timelines, FHIR R4 endpoints, de-identified
+research data, in-silico trials, live readings. Every endpoint but `/health` needs an
+identity: `POST /auth/token` (OAuth2 password flow) gives a bearer JWT; devices use an API
+key as the bearer credential. Every access to patient data is audited in a hash chain."""
+
+
+def create_app(settings: Settings, store: EventStore, keyring: KeyRing) -> FastAPI:
+    """The service over an open ``store`` (the caller closes it)."""
+    if not settings.security_enabled:
+        log.warning("SECURITY IS OFF: no authentication, no audit (benchmark mode)")
+    if settings.secret_generated:
+        log.warning("no MEDTWIN_SECRET: a random one was made; tokens end with this process")
+    svc = build_services(settings, store, keyring)
+    jobs = TrialJobs(max_subjects=settings.trial_max_subjects)
+    svc.extras["trials"] = jobs
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        jobs.close()
+
+    app = FastAPI(title="medtwin", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.services = svc
+    problems.install(app)
+    for module in (health, auth, users, patients, fhir, research, audit, trials, live):
+        app.include_router(module.router)
+    openapi.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def services_of(app: FastAPI) -> Services:
+    """The services an app was built with (for tests and tools)."""
+    return app.state.services

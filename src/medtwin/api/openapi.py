@@ -1,0 +1,53 @@
+"""The OpenAPI document, completed with the error responses every operation can give."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from medtwin.api.problems import _TITLES
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+OUTCOME = {"type": "object", "properties": {"resourceType": {"const": "OperationOutcome"},
+                                            "issue": {"type": "array"}},
+           "required": ["resourceType", "issue"]}
+
+
+def _error(path: str, code: str) -> dict[str, Any]:
+    fhir = path.startswith("/fhir")
+    ctype = "application/fhir+json" if fhir else "application/problem+json"
+    return {"description": _TITLES.get(int(code), "Error"),
+            "content": {ctype: {"schema": OUTCOME if fhir else PROBLEM}}}
+
+
+def install(app: FastAPI) -> None:
+    """Replace ``app.openapi`` with one whose 4xx responses are documented as they are sent:
+    problem+json (or OperationOutcome under /fhir), 401/403 wherever a token is needed, 413
+    wherever a body is read, 429 on login."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                          routes=app.routes)
+        for path, item in doc.get("paths", {}).items():
+            for method, op in item.items():
+                codes = set(op.get("responses", {})) | {"422"}
+                if path != "/health":
+                    codes |= {"401"} if path.startswith("/auth") else {"401", "403"}
+                if "{" in path:
+                    codes.add("404")
+                if method in {"post", "put", "patch"}:
+                    codes.add("413")
+                if path == "/auth/token":
+                    codes.add("429")
+                for code in sorted(codes):
+                    if code.startswith(("4", "5")):
+                        op["responses"][code] = _error(path, code)
+        doc.setdefault("components", {}).setdefault("schemas", {})
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,228 @@
+"""Request and response bodies (kept apart: what comes in is never what goes out)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,100}$")]
+Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=100,
+                                        pattern=r"^[^\s\x00-\x1f]+$")]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem body."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[str] | None = None
+
+
+# --- auth ---------------------------------------------------------------------------------
+class TokenOut(BaseModel):
+    """An OAuth2 token response."""
+
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class RefreshIn(_In):
+    """A refresh token to exchange for new tokens."""
+
+    refresh_token: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+# --- users, teams, keys -------------------------------------------------------------------
+class UserIn(_In):
+    """A new user."""
+
+    username: Name
+    role: Literal["clinician", "patient", "researcher", "admin"]
+    password: Annotated[str, StringConstraints(min_length=10, max_length=1024)]
+    patient_id: Id | None = None
+
+
+class UserOut(BaseModel):
+    """A user as the admin sees it (never the password hash)."""
+
+    id: str
+    username: str
+    role: str
+    patient_id: str | None
+    disabled: bool
+
+
+class TeamMemberIn(_In):
+    """A clinician to add to a care team."""
+
+    username: Name
+
+
+class TeamPatientIn(_In):
+    """A patient to add to a care team."""
+
+    patient_id: Id
+
+
+class DeviceKeyIn(_In):
+    """A device to issue an API key for, bound to one patient."""
+
+    device_id: Name
+    patient_id: Id
+
+
+class DeviceKeyOut(BaseModel):
+    """The new key: shown once, only its hash is stored."""
+
+    api_key: str
+    device_id: str
+    patient_id: str
+
+
+# --- patients -----------------------------------------------------------------------------
+class PatientSummary(BaseModel):
+    """A patient in a list (no identifying fields)."""
+
+    id: str
+    gender: str | None
+    birth_year: int | None
+    events: int
+
+
+class PatientOut(BaseModel):
+    """A patient with identity fields (for those allowed to see them)."""
+
+    id: str
+    gender: str | None
+    birth_year: int | None
+    deceased: bool
+    identity: dict[str, Any]
+
+
+class TimelineItem(BaseModel):
+    """One event of a timeline."""
+
+    kind: str
+    time: datetime | None
+    code: str | None
+    display: str | None
+    value: float | None
+    unit: str | None
+    source_id: str
+
+
+class TimelineOut(BaseModel):
+    """A patient's events in time order."""
+
+    patient_id: str
+    count: int
+    items: list[TimelineItem]
+
+
+class ObservationIn(_In):
+    """A numeric reading to store (e.g. from a device)."""
+
+    code: Code
+    time: AwareDatetime
+    value: float = Field(allow_inf_nan=False)
+    unit: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    system: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "http://loinc.org"
+    display: Annotated[str, StringConstraints(max_length=200)] | None = None
+    source_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-./_:]{1,150}$")] | None \
+        = None
+
+
+class StoredOut(BaseModel):
+    """What a write stored."""
+
+    stored: int
+    duplicates: int
+    patients_added: int = 0
+    source_ids: list[str] = []
+
+
+# --- research -----------------------------------------------------------------------------
+class ResearchPatient(BaseModel):
+    """A consenting patient under a pseudonym."""
+
+    pseudonym: str
+    gender: str | None
+    birth_year: int | None
+
+
+class ResearchRow(BaseModel):
+    """One de-identified event (dates shifted per patient)."""
+
+    time: datetime | None
+    kind: str
+    code: str | None
+    display: str | None
+    value: float | None
+    unit: str | None
+
+
+class ResearchTimeline(BaseModel):
+    """A de-identified timeline."""
+
+    pseudonym: str
+    count: int
+    items: list[ResearchRow]
+
+
+# --- audit --------------------------------------------------------------------------------
+class VerifyOut(BaseModel):
+    """The audit chain check."""
+
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problems: list[str]
+
+
+# --- trials -------------------------------------------------------------------------------
+class TrialIn(_In):
+    """An in-silico glucose trial to run in the background."""
+
+    cohort: Literal["uva-padova"] = "uva-padova"
+    subjects: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9#*?,_\- ]{1,200}$")] | None \
+        = None
+    controller: Annotated[str, StringConstraints(pattern=r"^[a-z0-9\-_]{1,40}$")] = "pid"
+    days: float = Field(1.0, gt=0, le=365)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class TrialJobOut(BaseModel):
+    """A trial job's state."""
+
+    id: str
+    status: Literal["queued", "running", "done", "failed"]
+    error: str | None = None
+    submitted_by: str
+
+
+class TrialResultOut(BaseModel):
+    """A finished trial: one outcome row per subject."""
+
+    id: str
+    meta: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
+class HealthOut(BaseModel):
+    """Liveness and store reachability."""
+
+    status: Literal["ok", "degraded"]
+    store: Literal["ok", "unreachable"]
+    version: str

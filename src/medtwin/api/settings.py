@@ -1,0 +1,90 @@
+"""Service settings, validated once at start; production refuses unsafe configurations."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from medtwin.core.errors import ValidationError
+from medtwin.security.crypto import key_configured
+
+KNOWN_BAD_SECRETS = frozenset({"", "secret", "changeme", "change-me", "changethis",
+                               "medtwin", "development", "dev", "test", "password"})
+ENV_PREFIX = "MEDTWIN_"
+
+
+class Settings(BaseModel):
+    """What the service needs to start; build with :meth:`from_env` at the edge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["development", "production"] = "development"
+    secret: SecretStr | None = Field(None, description="JWT signing secret (>= 32 chars).")
+    db: str | None = None
+    access_ttl_minutes: int = Field(15, ge=1, le=24 * 60)
+    refresh_ttl_hours: int = Field(8, ge=1, le=24 * 30)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    login_attempts: int = Field(5, ge=1, le=1000)
+    login_window_seconds: int = Field(60, ge=1)
+    argon2_memory_kib: int = Field(65536, ge=8)
+    argon2_time_cost: int = Field(3, ge=1)
+    ws_poll_seconds: float = Field(1.0, gt=0, le=60)
+    trial_max_subjects: int = Field(30, ge=1)
+    trial_max_days: float = Field(7.0, gt=0)
+    key_explicit: bool = Field(False, description="An encryption key was configured.")
+    security_enabled: bool = Field(True, description="Benchmarks only: False turns auth and "
+                                   "audit off; refused in production.")
+    secret_generated: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("secret") and data.get(
+                "mode", "development") == "development":
+            data = {**data, "secret": secrets.token_urlsafe(48), "secret_generated": True}
+        return data
+
+    @model_validator(mode="after")
+    def _safe_for_production(self) -> Settings:
+        if self.mode != "production":
+            return self
+        value = self.secret.get_secret_value() if self.secret else ""
+        if value.lower() in KNOWN_BAD_SECRETS or self.secret_generated:
+            raise ValueError("production mode needs MEDTWIN_SECRET set to a random value")
+        if len(value) < 32:
+            raise ValueError("MEDTWIN_SECRET must have at least 32 characters")
+        if not self.key_explicit:
+            raise ValueError("production mode needs an encryption key: set MEDTWIN_KEY or "
+                             "MEDTWIN_KEY_FILE")
+        if not self.security_enabled:
+            raise ValueError("security cannot be switched off in production mode")
+        return self
+
+    @property
+    def token_secret(self) -> str:
+        """The JWT secret."""
+        assert self.secret is not None
+        return self.secret.get_secret_value()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``MEDTWIN_*`` variables (``security_enabled`` is never read from the
+        environment); :class:`ValidationError` says what is wrong."""
+        env = os.environ if env is None else env
+        data: dict[str, Any] = {}
+        for name in cls.model_fields:
+            if name in {"security_enabled", "secret_generated", "key_explicit"}:
+                continue
+            value = env.get(ENV_PREFIX + name.upper())
+            if value is not None and value != "":
+                data[name] = value
+        data["key_explicit"] = key_configured(env)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**data)
+        except ValueError as exc:
+            raise ValidationError(f"invalid service settings: {exc}", where="settings") from None

@@ -1,0 +1,1 @@
+"""Identities, roles, per-patient access, the audit chain, PHI encryption, de-identification."""

@@ -1,0 +1,228 @@
+"""Encryption of identifying fields at rest: AES-256-GCM under keys kept outside the database.
+
+A :class:`KeyRing` holds named 256-bit keys and which one is current. New data is sealed
+under the current key; any key of the ring opens what it sealed, so rotation can re-encrypt
+at leisure. Keys come from ``MEDTWIN_KEY`` (one base64 key) or a JSON key file
+(``MEDTWIN_KEY_FILE``, or a file created with 0600 permissions in the user data directory
+for the embedded demo). The ring also holds the secret that keys pseudonyms and date
+shifts of de-identification, so those stay stable across key rotations.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from medtwin.core.errors import MedtwinError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "mtenc1"
+ENV_KEY = "MEDTWIN_KEY"
+ENV_KEY_FILE = "MEDTWIN_KEY_FILE"
+
+
+class KeyRingError(MedtwinError):
+    """A key is missing, malformed, or does not open the data (wrong key or tampered data)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def new_key() -> bytes:
+    """A fresh random 256-bit key."""
+    return AESGCM.generate_key(bit_length=256)
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a key (a hash prefix; reveals nothing of the key)."""
+    return hashlib.sha256(b"medtwin-key-id\x00" + key).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    """Named AES-256 keys, the current one, and the pseudonym secret."""
+
+    keys: Mapping[str, bytes]
+    current: str
+    pseudonym_secret: bytes
+
+    def __post_init__(self) -> None:
+        if self.current not in self.keys:
+            raise KeyRingError(f"current key {self.current!r} is not in the key ring")
+        for kid, key in self.keys.items():
+            if len(key) != 32:
+                raise KeyRingError(f"key {kid!r} must be 32 bytes (AES-256), got {len(key)}")
+
+    @classmethod
+    def generate(cls) -> KeyRing:
+        """A new ring with one random key."""
+        key = new_key()
+        return cls({key_id(key): key}, key_id(key), secrets.token_bytes(32))
+
+    @classmethod
+    def from_key(cls, key: bytes) -> KeyRing:
+        """A ring of one key; the pseudonym secret is derived from it."""
+        secret = hmac.new(key, b"medtwin-pseudonyms", hashlib.sha256).digest()
+        return cls({key_id(key): key}, key_id(key), secret)
+
+    # --- sealing ----------------------------------------------------------------------------
+    def encrypt(self, plaintext: bytes, *, context: str) -> str:
+        """Seal ``plaintext`` under the current key; ``context`` (e.g. the patient id) is bound
+        as associated data, so a ciphertext moved to another row no longer opens."""
+        nonce = secrets.token_bytes(12)
+        ct = AESGCM(self.keys[self.current]).encrypt(nonce, plaintext, context.encode())
+        return f"{PREFIX}:{self.current}:{_b64(nonce + ct)}"
+
+    def decrypt(self, token: str, *, context: str) -> bytes:
+        """Open a sealed value; :class:`KeyRingError` if no key of the ring opens it."""
+        try:
+            prefix, kid, body = token.split(":", 2)
+        except ValueError:
+            raise KeyRingError("not an encrypted value") from None
+        if prefix != PREFIX:
+            raise KeyRingError(f"unknown encryption format {prefix!r}")
+        key = self.keys.get(kid)
+        if key is None:
+            raise KeyRingError(f"the data was sealed with key {kid!r}, which is not in the key "
+                            "ring; restore the key file that holds it")
+        raw = _unb64(body)
+        try:
+            return AESGCM(key).decrypt(raw[:12], raw[12:], context.encode())
+        except InvalidTag:
+            raise KeyRingError("the encrypted value does not open: it was changed or moved "
+                            "(authentication failed)") from None
+
+    def encrypt_json(self, value: Any, *, context: str) -> str:
+        """Seal a JSON-ready value."""
+        return self.encrypt(json.dumps(value, sort_keys=True).encode(), context=context)
+
+    def decrypt_json(self, token: str, *, context: str) -> Any:
+        """Open a value sealed by :meth:`encrypt_json`."""
+        return json.loads(self.decrypt(token, context=context))
+
+    def key_of(self, token: str) -> str:
+        """The id of the key a sealed value was sealed with."""
+        return token.split(":", 2)[1]
+
+    def rotated(self) -> KeyRing:
+        """A ring with a new current key; old keys stay so existing data still opens."""
+        key = new_key()
+        return KeyRing({**self.keys, key_id(key): key}, key_id(key), self.pseudonym_secret)
+
+    def without_old_keys(self) -> KeyRing:
+        """The ring reduced to its current key (after every value was re-encrypted)."""
+        return KeyRing({self.current: self.keys[self.current]}, self.current,
+                       self.pseudonym_secret)
+
+    # --- files ------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        """The key file content."""
+        return json.dumps({"format": "medtwin-keyring-1", "current": self.current,
+                           "keys": {k: _b64(v) for k, v in self.keys.items()},
+                           "pseudonym_secret": _b64(self.pseudonym_secret)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str = "key file") -> KeyRing:
+        """Parse a key file."""
+        try:
+            data = json.loads(text)
+            return cls({k: _unb64(v) for k, v in data["keys"].items()}, data["current"],
+                       _unb64(data["pseudonym_secret"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise KeyRingError(f"{where} is not a medtwin key file: {exc}") from None
+
+    def save(self, path: Path) -> None:
+        """Write the key file atomically with owner-only (0600) permissions."""
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def default_key_file() -> Path:
+    """``keys.json`` in the user data directory (used when no key is configured)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("medtwin", appauthor=False)) / "keys.json"
+
+
+def load_key_file(path: Path) -> KeyRing:
+    """Read a key file; refuse one that others can read."""
+    try:
+        mode = path.stat().st_mode & 0o077
+        text = path.read_text()
+    except OSError as exc:
+        raise KeyRingError(f"cannot read key file {path}: {exc.strerror}") from None
+    if mode:
+        raise KeyRingError(f"key file {path} is readable by others; run `chmod 600 {path}`")
+    return KeyRing.from_json(text, where=str(path))
+
+
+def _create_once(path: Path) -> KeyRing:
+    """Create a key file unless another process beat us to it (then use theirs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ring = KeyRing.generate()
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ring.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)  # atomic: fails if the file exists, never leaves half a file
+        log.warning("created a new encryption key file at %s; back it up: without it the "
+                    "identifying fields stored under it cannot be read", path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return load_key_file(path)
+
+
+def load_keyring(env: Mapping[str, str] | None = None, *, create: bool = True) -> KeyRing:
+    """The key ring configured by ``MEDTWIN_KEY`` / ``MEDTWIN_KEY_FILE``, else the default
+    key file (created on first use when ``create``)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_KEY):
+        try:
+            key = _unb64(env[ENV_KEY].strip())
+        except ValueError:
+            raise KeyRingError(f"{ENV_KEY} is not base64") from None
+        if len(key) != 32:
+            raise KeyRingError(f"{ENV_KEY} must be a base64 32-byte key; make one with "
+                            "`python -c 'import secrets,base64;print(base64.urlsafe_b64encode("
+                            "secrets.token_bytes(32)).decode())'`")
+        return KeyRing.from_key(key)
+    if env.get(ENV_KEY_FILE):
+        return load_key_file(Path(env[ENV_KEY_FILE]).expanduser())
+    path = default_key_file()
+    if path.exists() or not create:
+        return load_key_file(path)
+    return _create_once(path)
+
+
+def key_configured(env: Mapping[str, str] | None = None) -> bool:
+    """Whether a key was given explicitly (production refuses the implicit default file)."""
+    env = os.environ if env is None else env
+    return bool(env.get(ENV_KEY) or env.get(ENV_KEY_FILE))

@@ -1,0 +1,216 @@
+"""Users, care teams and device API keys, kept in the store's database."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from medtwin.core.errors import NotFoundError, ValidationError
+from medtwin.security.passwords import PasswordHasher
+from medtwin.security.roles import Principal, Role
+from medtwin.store import schema as t
+
+KEY_PREFIX = "mtk"
+_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user row (never carries the password hash out)."""
+
+    id: str
+    username: str
+    role: Role
+    patient_id: str | None
+    disabled: bool
+    token_version: int
+
+    def principal(self) -> Principal:
+        """This user as a caller."""
+        return Principal(self.id, self.username, self.role, self.patient_id)
+
+
+def _user(row: object) -> User:
+    r = row._mapping  # type: ignore[attr-defined]
+    return User(r["id"], r["username"], Role(r["role"]), r["patient_id"], bool(r["disabled"]),
+                int(r["token_version"]))
+
+
+def _check_name(value: str, where: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValidationError("use 1-100 letters, digits or . _ @ -", where=where)
+    return value
+
+
+class Directory:
+    """Reads and changes users, care teams and device keys."""
+
+    def __init__(self, engine: Engine, hasher: PasswordHasher) -> None:
+        self.engine = engine
+        self.hasher = hasher
+
+    # --- users ------------------------------------------------------------------------------
+    def add_user(self, username: str, role: Role | str, password: str | None = None, *,
+                 patient_id: str | None = None) -> User:
+        """Create a user; a patient-user names the patient they are."""
+        _check_name(username, "username")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise ValidationError(f"unknown role {role!r}; use one of "
+                                  f"{', '.join(r.value for r in Role)}", where="role") from None
+        if role is Role.PATIENT and not patient_id:
+            raise ValidationError("a patient user needs the patient id they are",
+                                  where="patient_id")
+        if role is Role.DEVICE:
+            raise ValidationError("devices authenticate with API keys: `medtwin key add`",
+                                  where="role")
+        if password is None:
+            raise ValidationError("a password is required", where="password")
+        row = {"id": uuid.uuid4().hex, "username": username, "role": role.value,
+               "password_hash": self.hasher.hash(password),
+               "patient_id": patient_id if role is Role.PATIENT else None,
+               "disabled": False, "token_version": 0, "created_at": datetime.now(UTC)}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(t.users), row)
+        except IntegrityError:
+            raise ValidationError(f"user {username!r} already exists", where="username") from None
+        return self.user(row["id"])
+
+    def user(self, user_id: str) -> User:
+        """A user by id; :class:`NotFoundError` if none."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.users).where(t.users.c.id == user_id)).first()
+        if row is None:
+            raise NotFoundError(f"no user with id {user_id!r}")
+        return _user(row)
+
+    def find(self, username: str) -> User | None:
+        """A user by name, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.users).where(t.users.c.username == username)).first()
+        return _user(row) if row else None
+
+    def users(self) -> list[User]:
+        """All users, by name."""
+        with self.engine.connect() as conn:
+            return [_user(r) for r in conn.execute(select(t.users).order_by(t.users.c.username))]
+
+    def authenticate(self, username: str, password: str) -> User | None:
+        """The enabled user with this name and password, else None (same cost either way)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.users).where(t.users.c.username == username)).first()
+        hashed = row._mapping["password_hash"] if row is not None else None
+        ok = self.hasher.verify(hashed, password)
+        if not ok or row is None:
+            return None
+        user = _user(row)
+        return None if user.disabled else user
+
+    def disable(self, username: str) -> User:
+        """Disable a user and invalidate every token they hold (the version moves on)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(update(t.users).where(t.users.c.username == username).values(
+                disabled=True, token_version=t.users.c.token_version + 1)).rowcount
+        if not done:
+            raise NotFoundError(f"no user {username!r}; `medtwin user list` shows them")
+        found = self.find(username)
+        assert found is not None
+        return found
+
+    # --- care teams -------------------------------------------------------------------------
+    def add_to_team(self, team: str, *, user_id: str | None = None,
+                    patient_id: str | None = None) -> None:
+        """Put a clinician and/or a patient in a care team (idempotent)."""
+        _check_name(team, "team")
+        with self.engine.begin() as conn:
+            if user_id is not None:
+                exists = conn.scalar(select(t.care_team_members.c.user_id).where(
+                    t.care_team_members.c.team == team,
+                    t.care_team_members.c.user_id == user_id))
+                if not exists:
+                    conn.execute(insert(t.care_team_members), {"team": team, "user_id": user_id})
+            if patient_id is not None:
+                exists = conn.scalar(select(t.care_team_patients.c.patient_id).where(
+                    t.care_team_patients.c.team == team,
+                    t.care_team_patients.c.patient_id == patient_id))
+                if not exists:
+                    conn.execute(insert(t.care_team_patients),
+                                 {"team": team, "patient_id": patient_id})
+
+    def remove_from_team(self, team: str, patient_id: str) -> None:
+        """Take a patient out of a care team."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(t.care_team_patients).where(
+                t.care_team_patients.c.team == team,
+                t.care_team_patients.c.patient_id == patient_id))
+
+    def teams_of(self, user_id: str) -> list[str]:
+        """The care teams a user belongs to."""
+        with self.engine.connect() as conn:
+            return sorted(conn.scalars(select(t.care_team_members.c.team).where(
+                t.care_team_members.c.user_id == user_id)))
+
+    def in_care_team(self, user_id: str, patient_id: str) -> bool:
+        """Whether the user and the patient share a care team (one indexed query)."""
+        m, p = t.care_team_members, t.care_team_patients
+        q = (select(m.c.team).join(p, p.c.team == m.c.team)
+             .where(m.c.user_id == user_id, p.c.patient_id == patient_id).limit(1))
+        with self.engine.connect() as conn:
+            return conn.scalar(q) is not None
+
+    def care_patients(self, user_id: str) -> set[str]:
+        """Ids of every patient in the user's care teams."""
+        m, p = t.care_team_members, t.care_team_patients
+        q = select(p.c.patient_id).join(m, p.c.team == m.c.team).where(m.c.user_id == user_id)
+        with self.engine.connect() as conn:
+            return set(conn.scalars(q))
+
+    # --- device keys ------------------------------------------------------------------------
+    def add_device_key(self, device_id: str, patient_id: str) -> str:
+        """Create an API key binding ``device_id`` to ``patient_id``; the key is returned once
+        and only its hash is stored."""
+        _check_name(device_id, "device")
+        if not isinstance(patient_id, str) or not patient_id.strip():
+            raise ValidationError("give the patient id the device reports for", where="patient")
+        kid, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(insert(t.api_keys), {
+                "key_id": kid, "secret_hash": _digest(secret), "device_id": device_id,
+                "patient_id": patient_id, "revoked": False, "created_at": datetime.now(UTC)})
+        return f"{KEY_PREFIX}_{kid}_{secret}"
+
+    def revoke_device_key(self, key_id: str) -> None:
+        """Revoke a device key at once."""
+        with self.engine.begin() as conn:
+            if not conn.execute(update(t.api_keys).where(t.api_keys.c.key_id == key_id)
+                                .values(revoked=True)).rowcount:
+                raise NotFoundError(f"no device key {key_id!r}")
+
+    def device_principal(self, api_key: str) -> Principal | None:
+        """The device an API key belongs to, or None for an unknown/revoked/forged key."""
+        parts = api_key.split("_", 2)
+        if len(parts) != 3 or parts[0] != KEY_PREFIX:
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.api_keys).where(t.api_keys.c.key_id == parts[1])
+                               ).mappings().first()
+        if row is None or row["revoked"] or not hmac.compare_digest(
+                row["secret_hash"], _digest(parts[2])):
+            return None
+        return Principal(f"device:{row['key_id']}", row["device_id"], Role.DEVICE,
+                         row["patient_id"])
+
+
+def _digest(secret: str) -> str:
+    """SHA-256 of a high-entropy key secret (a slow hash adds nothing for 256-bit secrets)."""
+    return hashlib.sha256(secret.encode()).hexdigest()

@@ -1,0 +1,52 @@
+"""The WebSocket feed of a patient's readings, and background trial jobs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from starlette.websockets import WebSocketDisconnect
+
+OBS = {"code": "8867-4", "time": "2024-03-01T10:00:00Z", "value": 99, "unit": "/min"}
+
+
+def test_websocket_pushes_new_readings_to_the_care_team(world):
+    h = world.headers["clinician"]
+    with world.client.websocket_connect("/ws/patients/p1/readings", headers=h) as ws:
+        r = world.client.post("/patients/p1/observations", json=OBS,
+                              headers=world.headers["device"])
+        assert r.status_code == 201
+        msg = ws.receive_json()
+    assert msg["type"] == "reading" and msg["observation"]["value"] == 99.0
+    assert any(e.resource == "live-readings" and e.outcome == "success" for e in world.audit())
+
+
+@pytest.mark.parametrize("who", ["researcher", "device", None])
+def test_websocket_refuses_others(world, who):
+    token = world.headers[who]["Authorization"].split()[1] if who else "forged"
+    with pytest.raises(WebSocketDisconnect) as err, world.client.websocket_connect(
+            f"/ws/patients/p1/readings?token={token}") as ws:
+        ws.receive_json()
+    assert err.value.code == 1008
+    assert world.audit()[-1].outcome == "denied"
+
+
+def test_trial_job_runs_in_the_background(world):
+    h = world.headers["researcher"]
+    r = world.client.post("/trials", json={"subjects": "adult#001", "days": 0.25,
+                                           "controller": "basal-bolus"}, headers=h)
+    assert r.status_code == 202, r.text
+    job = r.json()["id"]
+    assert world.client.get(f"/trials/{job}", headers=world.headers["clinician"]
+                            ).status_code == 404  # only its submitter (or an admin)
+    deadline = time.monotonic() + 60
+    while (status := world.client.get(f"/trials/{job}", headers=h).json()["status"]) in {
+            "queued", "running"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status == "done"
+    result = world.client.get(f"/trials/{job}/result", headers=h).json()
+    assert len(result["rows"]) == 1 and result["rows"][0]["mean [mg/dL]"] > 40
+    bad = world.client.post("/trials", json={"controller": "nope"}, headers=h)
+    assert bad.status_code == 422 and "nope" in bad.json()["detail"]
+    assert world.client.post("/trials", json={}, headers=world.headers["patient"]
+                             ).status_code == 403
