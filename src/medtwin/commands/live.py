@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from medtwin.commands._common import open_store
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import Patient
 from medtwin.live.ingest import Ingester
@@ -24,7 +25,6 @@ from medtwin.live.streams import (
 )
 from medtwin.live.sync import MonitorLoop
 from medtwin.store.alerts import AlertStore
-from medtwin.store.event_store import EventStore
 
 app = typer.Typer(add_completion=False)
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def live_cmd(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with EventStore.open(db) as store:
+        with open_store(db) as store:
             monitor = MonitorLoop(store, broker=broker, prefix=prefix).start()
             ingester = Ingester(store, broker=broker, prefix=prefix, client_id=client_id,
                                 group=group, on_stored=monitor.on_stored).start()
@@ -101,7 +101,7 @@ def stream_cmd(
             ids = [f"sim-{p:04d}" for p in range(patients)]
             tick_rate = rate
         if register:
-            with EventStore.open(db) as store:
+            with open_store(db) as store:
                 store.append([Patient(id=i, source_id=f"Patient/{i}") for i in ids])
         with DevicePublisher(broker=broker, site=site) as pub:
             total = paced(batches, pub, rate=tick_rate)
@@ -130,7 +130,7 @@ def alerts_cmd(
 ) -> None:
     """List active alerts (newest first), or acknowledge one."""
     try:
-        with EventStore.open(db) as store:
+        with open_store(db) as store:
             alerts = AlertStore(store)
             if ack is not None:
                 a = alerts.acknowledge(ack, by)

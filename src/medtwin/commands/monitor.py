@@ -6,10 +6,10 @@ import json
 
 import typer
 
+from medtwin.commands._common import open_store
 from medtwin.core.errors import MedtwinError
 from medtwin.monitor.news2 import ITEMS, Vitals, news2
 from medtwin.monitor.vitals import latest_vitals
-from medtwin.store.event_store import EventStore
 
 app = typer.Typer(add_completion=False)
 
@@ -34,7 +34,7 @@ def news2_cmd(
     try:
         when = None
         if patient:
-            with EventStore.open(db) as store:
+            with open_store(db) as store:
                 vitals, when = latest_vitals(store, patient, spo2_scale=scale)
         else:
             vitals = Vitals(respiration_rate=rr, spo2=spo2, on_oxygen=oxygen, systolic_bp=sbp,

@@ -46,6 +46,7 @@ class IngestStats:
     out_of_order: int = 0
     batches: int = 0
     store_retries: int = 0
+    failed_batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +200,25 @@ class Ingester:
                     batch.append(self._queue.get(timeout=max(0.0, end - time.monotonic())))
                 except queue.Empty:
                     break
-            if not self._write(batch):
+            try:
+                written = self._write(batch)
+            except Exception:  # a bug must not silently kill the writer: log, keep unacked
+                log.exception("ingestion of a batch failed; it stays unacknowledged")
+                self.stats.failed_batches += 1
+                if self._stop.wait(1.0):
+                    return
+                self._requeue(batch)
+                continue
+            if not written:
                 return  # stopping while the store is away: leave them unacknowledged
             for m in batch:
                 self._client.ack(m.mid, m.qos)
+
+    def _requeue(self, batch: list[_Msg]) -> None:
+        """Put a failed batch back (it was never acknowledged), to be tried again."""
+        self.stats.received -= len(batch)
+        for m in batch:
+            self._queue.put(m)
 
     def _classify(self, batch: list[_Msg]) -> tuple[list[Flagged], list[tuple[str, str, str]]]:
         good: list[Flagged] = []
@@ -242,11 +258,9 @@ class Ingester:
         return False
 
     def _refresh(self, patient: str) -> None:
-        try:
-            self.store.patient(patient)
-        except NotFoundError as exc:
+        if not self.store.has_patient(patient):
             raise NotFoundError(f"unknown patient {patient!r}; import the patient before its "
-                                "devices publish") from exc
+                                "devices publish")
         self._known.add(patient)
 
     def _write(self, batch: list[_Msg]) -> bool:

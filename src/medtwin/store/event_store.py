@@ -244,14 +244,19 @@ class EventStore:
             return pd.DataFrame(conn.execute(q).mappings().all(),
                                 columns=["id", "gender", "birth_year", "deceased", "events"])
 
+    def has_patient(self, patient_id: str) -> bool:
+        """Whether ``patient_id`` is stored (reads no identifying field)."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(t.patients.c.id).where(t.patients.c.id == patient_id)
+                               ) is not None
+
     def patient(self, patient_id: str) -> Patient:
         """One patient with identity fields; :class:`NotFoundError` if not stored."""
         with self.engine.connect() as conn:
             row = conn.execute(select(t.patients).where(t.patients.c.id == patient_id)
                                ).mappings().first()
             if row is None:
-                raise NotFoundError(f"no patient {patient_id!r} in the store; "
-                                    "`medtwin patients` lists them")
+                raise _unknown_patient(patient_id)
             ident = conn.scalar(select(t.patient_identity.c.data).where(
                 t.patient_identity.c.patient_id == patient_id))
         return Patient(id=row["id"], source_id=row["source_id"], gender=row["gender"],
@@ -275,7 +280,8 @@ class EventStore:
 
     def _rows(self, patient_id: str, kinds: Iterable[str] | None, codes: Iterable[str] | None,
               since: datetime | None, until: datetime | None) -> list[Any]:
-        self.patient(patient_id)  # NotFoundError for an unknown patient
+        if not self.has_patient(patient_id):
+            raise _unknown_patient(patient_id)
         with self.engine.connect() as conn:
             rows = conn.execute(self._select(patient_id, kinds, codes, since, until)).all()
         latest: dict[tuple[str, str], Any] = {}
@@ -342,6 +348,10 @@ class EventStore:
             rows = conn.execute(select(t.dead_letters).order_by(t.dead_letters.c.id)).mappings()
             return pd.DataFrame(rows.all(),
                                 columns=["id", "source", "reason", "payload", "recorded_at"])
+
+
+def _unknown_patient(patient_id: str) -> NotFoundError:
+    return NotFoundError(f"no patient {patient_id!r} in the store; `medtwin patients` lists them")
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:

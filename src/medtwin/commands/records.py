@@ -1,0 +1,147 @@
+"""Records commands: import FHIR, list patients, read a timeline, export, synthesise, demo."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from medtwin.commands._common import DB_HELP, fail, open_store, progress
+from medtwin.core.errors import MedtwinError
+from medtwin.core.records import KIND_OF
+from medtwin.interop.fhir.write import to_bundle
+from medtwin.interop.importer import import_paths, iter_fhir_files
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command("import")
+def import_cmd(
+    paths: list[Path] = typer.Argument(..., help="FHIR JSON files or folders."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel parser processes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Import FHIR R4 bundles or resources; print read / stored / duplicates / rejected."""
+    store = open_store(db)
+    try:
+        files = list(iter_fhir_files(paths))
+        with progress(len(files), "import") as bar:
+            summary = import_paths(store, files, workers=workers, progress=bar.update)
+    except (MedtwinError, FileNotFoundError) as exc:
+        fail(exc)
+    finally:
+        store.close()
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.text())
+    if summary.files_refused or summary.rejected:
+        raise typer.Exit(1)
+
+
+@app.command("patients")
+def patients_cmd(
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List stored patients (no identifying fields)."""
+    with open_store(db) as store:
+        df = store.patients()
+    if as_json:
+        typer.echo(df.to_json(orient="records", indent=2))
+    elif df.empty:
+        typer.echo("no patients; `medtwin import PATH` or `medtwin demo` adds some")
+    else:
+        typer.echo(df.to_string(index=False))
+
+
+@app.command("timeline")
+def timeline_cmd(
+    patient: str = typer.Argument(..., help="Patient id (see `medtwin patients`)."),
+    code: list[str] = typer.Option(None, "--code", help="LOINC (or other) code; repeatable."),
+    since: datetime | None = typer.Option(None, "--since", help="ISO time, e.g. 2020-01-01."),
+    until: datetime | None = typer.Option(None, "--until", help="ISO time (exclusive)."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+) -> None:
+    """Show a patient's timeline, filtered by code and time."""
+    since, until = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t
+                    for t in (since, until))
+    with open_store(db) as store:
+        try:
+            if as_json:
+                recs = store.timeline(patient, codes=code or None, since=since, until=until)
+                typer.echo(json.dumps([{"kind": KIND_OF[type(r)], **r.to_dict()} for r in recs],
+                                      indent=2))
+                return
+            df = store.timeline_frame(patient, codes=code or None, since=since, until=until)
+        except MedtwinError as exc:
+            fail(exc)
+    typer.echo(df.to_string(index=False) if not df.empty else "no records match")
+
+
+@app.command("export")
+def export_cmd(
+    patient: str = typer.Argument(..., help="Patient id (see `medtwin patients`)."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    bundle_type: str = typer.Option("collection", "--type", help="collection or transaction."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="HIPAA Safe Harbor: drop the "
+                                    "identifiers, shift dates per patient (intervals kept)."),
+    table: bool = typer.Option(False, "--table", help="With --deidentify: a CSV table."),
+) -> None:
+    """Write a patient's record as a FHIR R4 Bundle to stdout."""
+    from medtwin.core.records import Consent
+
+    if bundle_type not in {"collection", "transaction"}:
+        fail(ValueError("--type must be collection or transaction"))
+    with open_store(db) as store:
+        try:
+            who = store.patient(patient)
+            records = [r for r in store.timeline(patient) if not isinstance(r, Consent)]
+            if deidentify:
+                from medtwin.security.deid import Deidentifier
+
+                deid = Deidentifier(store.keyring.pseudonym_secret)  # type: ignore[union-attr]
+                if table:
+                    typer.echo(deid.frame(who, records).to_csv(index=False), nl=False)
+                    return
+                bundle = deid.bundle(who, records)
+            else:
+                bundle = to_bundle(who, records, bundle_type=bundle_type)
+        except MedtwinError as exc:
+            fail(exc)
+    typer.echo(json.dumps(bundle, indent=2))
+
+
+@app.command("synth")
+def synth_cmd(
+    out: Path = typer.Argument(..., help="Folder to write one FHIR bundle per patient into."),
+    patients: int = typer.Option(6, "--patients", min=1, max=10_000),
+    days: int = typer.Option(2, "--days", min=1, max=365),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    """Write seeded synthetic patients as FHIR R4 transaction bundles (for demos and tests)."""
+    from medtwin.interop.fhir.synthetic import generate_patients, write_bundles
+
+    try:
+        paths = write_bundles(generate_patients(patients, seed=seed, days=days), out)
+    except MedtwinError as exc:
+        fail(exc)
+    typer.echo(f"wrote {len(paths)} bundles to {out}")
+
+
+@app.command("demo")
+def demo_cmd(
+    db: str | None = typer.Option(None, "--db", help="Store for the demo (default: a fresh "
+                                  "medtwin-demo.sqlite in the user data directory)."),
+    patients: int = typer.Option(6, "--patients", min=1, max=200),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    """Create a fresh store, generate synthetic patients, import them and summarise."""
+    from medtwin.demo import run_demo
+
+    try:
+        report = run_demo(db, n_patients=patients, seed=seed)
+    except MedtwinError as exc:
+        fail(exc)
+    typer.echo(report)
