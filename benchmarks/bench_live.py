@@ -144,17 +144,49 @@ def ingest_rate(port: int, store: EventStore, n: int, patients: int) -> tuple[fl
     return n / (stamps[-1] - t0[0]), stored
 
 
-def latency(port: int, store: EventStore, patients: int, seconds: float) -> np.ndarray:
-    """Publish-to-alert latency: each patient sends 1 reading/s; one critical SpO2 each."""
+def paced_publisher(port: int, patients: int, seconds: float, out: mp.Queue) -> None:
+    """Each patient sends one SpO2 reading a second, spread evenly over the second (devices
+    are not synchronised); one critical reading per patient after the first 5 s. Puts the
+    wall-clock send time of each critical reading on ``out``."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(5000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    rng = np.random.default_rng(0)
+    critical_at = rng.integers(min(5, int(seconds) - 3), int(seconds) - 2, size=patients)
+    tag = uuid.uuid4().hex[:6]
+    now = datetime.now(UTC)  # after everything stored before: these are the newest readings
     sent: dict[str, float] = {}
-    lat: list[float] = []
+    t_start = time.monotonic()
+    for s in range(int(seconds)):
+        for p in range(patients):
+            delay = t_start + s + p / patients - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            spo2 = 80 if s == critical_at[p] else 97
+            body = json.dumps({"code": "59408-5", "value": spo2, "unit": "%",
+                               "time": (now + timedelta(seconds=s + p / patients)).isoformat(),
+                               "id": f"{tag}-{p}-{s}"})
+            if spo2 == 80:
+                sent[f"p{p}"] = time.time()
+            c.publish(f"medtwin/bench/p{p}/oxi/spo2", body, qos=1)
+    c.disconnect()
+    c.loop_stop()
+    out.put(sent)
+
+
+def latency(port: int, store: EventStore, patients: int, seconds: float) -> np.ndarray:
+    """Publish-to-alert latency (ms) of the critical readings, read back from the alert topic
+    by a subscriber in this process while a separate process publishes."""
+    received: dict[str, float] = {}
     ready = threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 
     def on_alert(_c, _u, m):  # noqa: ANN001
         a = json.loads(m.payload)
-        if a["rule"] == "spo2-low" and a["patient"] in sent:
-            lat.append(time.perf_counter() - sent[a["patient"]])
+        if a["rule"] == "spo2-low":
+            received.setdefault(a["patient"], time.time())
 
     sub.on_message = on_alert
     sub.on_subscribe = lambda *_: ready.set()
@@ -166,34 +198,18 @@ def latency(port: int, store: EventStore, patients: int, seconds: float) -> np.n
     monitor = MonitorLoop(store, broker=url).start()
     ing = Ingester(store, broker=url, client_id=f"lat-{uuid.uuid4().hex}",
                    on_stored=monitor.on_stored).start()
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    pub.max_inflight_messages_set(5000)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    rng = np.random.default_rng(0)
-    critical_at = rng.integers(2, max(3, int(seconds) - 2), size=patients)
-    tag = uuid.uuid4().hex[:6]
-    t_start = time.monotonic()
-    for s in range(int(seconds)):
-        for p in range(patients):
-            pid = f"p{p}"
-            spo2 = 80 if s == critical_at[p] else 97
-            body = json.dumps({"code": "59408-5", "value": spo2, "unit": "%",
-                               "time": (T0 + timedelta(seconds=s)).isoformat(),
-                               "id": f"{tag}-{p}-{s}"})
-            if spo2 == 80:
-                sent[pid] = time.perf_counter()
-            pub.publish(f"medtwin/bench/{pid}/oxi/spo2", body, qos=1)
-        delay = t_start + s + 1 - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    pub = ctx.Process(target=paced_publisher, args=(port, patients, seconds, out))
+    pub.start()
+    sent = out.get(timeout=seconds + 120)
+    pub.join()
     time.sleep(3)
     ing.stop()
     monitor.stop()
-    for c in (pub, sub):
-        c.disconnect()
-        c.loop_stop()
-    return np.array(lat) * 1000
+    sub.disconnect()
+    sub.loop_stop()
+    return np.array([received[p] - t for p, t in sent.items() if p in received]) * 1000
 
 
 def soak(port: int, store: EventStore, seconds: float, rate: int) -> tuple[float, float]:

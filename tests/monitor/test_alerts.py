@@ -60,4 +60,9 @@ def test_monitor_raises_each_rule_once_and_resolves_on_recovery(store):
     store.append([], _vitals("p1", T0 + timedelta(hours=1), rr=16, spo2=97, hr=70, sbp=120,
                              temp=37.0, n=9))
     loop.check("p1")
+    assert len(AlertStore(store).active("p1")) == 6  # clear, but not yet for 30 min
+    store.append([], _vitals("p1", T0 + timedelta(hours=1, minutes=30), rr=16, spo2=97, hr=70,
+                             sbp=120, temp=37.0, n=10))
+    loop.check("p1")
     assert AlertStore(store).active("p1") == []
+    assert len(seen) == 6  # and nothing was raised again on the way down

@@ -1,9 +1,14 @@
 """The loop after ingestion: for each patient with new readings, score, alert and publish.
 
-Ingestion hands each stored batch to :meth:`MonitorLoop.on_stored`; a worker thread then
-re-scores the touched patients from the store (NEWS2 over their latest vitals, threshold
-and trend rules), raises or resolves alerts (de-duplicated in :class:`AlertStore`), and
-publishes new ones on ``<prefix>/alerts/<site>/<patient>``.
+Ingestion hands each stored batch to :meth:`MonitorLoop.on_stored`. A worker thread keeps
+each patient's monitoring state in memory (latest value of every NEWS2 item, recent scores,
+the rules with an active alert), warmed from the store the first time it sees the patient,
+so scoring a new reading costs no database read. It scores NEWS2, applies the threshold and
+trend rules (and any hooks, such as a twin's forecast), raises or resolves alerts (no alert
+storm: a rule alerts once per severity level, and resolves only after staying clear), writes
+a whole round's alerts in one transaction, and publishes new ones on
+``<prefix>/alerts/<site>/<patient>``. One loop per store: it trusts its own memory of which
+alerts are active; the store stays the truth, and a restarted loop rebuilds from it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,47 +26,75 @@ from datetime import datetime, timedelta
 import paho.mqtt.client as mqtt
 
 from medtwin.live.ingest import Flagged, broker_address
-from medtwin.monitor.news2 import News2, news2
-from medtwin.monitor.rules import evaluate
-from medtwin.monitor.vitals import CODES, latest_vitals
-from medtwin.store.alerts import Alert, AlertStore
+from medtwin.monitor.news2 import news2
+from medtwin.monitor.rules import Finding, evaluate
+from medtwin.monitor.vitals import CODES, latest_items, vital_item, vitals_from_items
+from medtwin.store.alerts import Alert, AlertStore, Raise
 from medtwin.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 
+Hook = Callable[[str, datetime], list[Finding]]
+
+
+@dataclass
+class _Patient:
+    """What the loop remembers of one patient."""
+
+    site: str
+    items: dict[str, tuple[datetime, object]] = field(default_factory=dict)
+    scores: deque[tuple[datetime, int]] = field(default_factory=deque)
+    active: dict[str, int] = field(default_factory=dict)
+    clear_since: dict[str, datetime] = field(default_factory=dict)
+
 
 @dataclass
 class MonitorLoop:
-    """Scores patients as their readings arrive and publishes the alerts that result."""
+    """Scores patients as their readings arrive and publishes the alerts that result.
+
+    An alert resolves only after its rule has been clear for ``resolve_after`` (data time),
+    so a value hovering at a threshold does not raise, resolve and raise again.
+    ``hooks`` are extra rule sources called with (patient, newest reading time), e.g. a
+    twin's forecast-based hypoglycaemia finding; their findings are alerted like the rest.
+    """
 
     store: EventStore
     broker: str | None = "mqtt://127.0.0.1:1883"
     prefix: str = "medtwin"
     trend_window: timedelta = timedelta(hours=6)
+    vitals_window: timedelta = timedelta(hours=1)
+    resolve_after: timedelta = timedelta(minutes=30)
     on_alert: Callable[[Alert], None] | None = None
+    hooks: list[Hook] = field(default_factory=list)
     raised: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.alerts = AlertStore(self.store)
-        self._todo: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._todo: queue.Queue[list[Flagged]] = queue.Queue()
         self._stop = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
+        self._patients: dict[str, _Patient] = {}
 
+    # --- life cycle ---------------------------------------------------------------------------
     def start(self) -> MonitorLoop:
         """Connect the alert publisher (when a broker is given) and start the worker."""
         if self.broker:
             host, port = broker_address(self.broker)
             self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+            self._client.max_inflight_messages_set(1000)
             self._client.connect(host, port)
             self._client.loop_start()
         self._thread = threading.Thread(target=self._run, name="medtwin-monitor", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
         """Finish the queued work, then stop."""
-        while not self._todo.empty():
+        end = time.monotonic() + timeout
+        while (not self._todo.empty() or not self._idle.is_set()) and time.monotonic() < end:
             time.sleep(0.01)
         self._stop.set()
         if self._thread:
@@ -70,59 +104,106 @@ class MonitorLoop:
             self._client.loop_stop()
 
     def on_stored(self, batch: list[Flagged]) -> None:
-        """Ingester hook: queue every patient whose vitals changed."""
-        for key in {(f.site, f.observation.subject) for f in batch
-                    if f.observation.code in CODES}:
-            self._todo.put(key)
+        """Ingester hook: queue the stored readings."""
+        self._todo.put(batch)
 
+    # --- worker -------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                first = self._todo.get(timeout=0.1)
+                batches = [self._todo.get(timeout=0.1)]
             except queue.Empty:
                 continue
-            pending = {first}
+            self._idle.clear()
             while not self._todo.empty():  # coalesce bursts: score each patient once
-                pending.add(self._todo.get_nowait())
-            for site, patient in pending:
-                try:
-                    self.check(patient, site)
-                except Exception:  # one patient's failure must not stop the others
-                    log.exception("monitoring failed for a patient")
+                batches.append(self._todo.get_nowait())
+            touched: set[str] = set()
+            for batch in batches:
+                for f in batch:
+                    if self._remember(f):
+                        touched.add(f.observation.subject)
+            try:
+                self._evaluate(touched)
+            except Exception:  # a failed round is logged; the next readings try again
+                log.exception("monitoring round failed")
+            self._idle.set()
+
+    def _state(self, patient: str, site: str) -> _Patient:
+        state = self._patients.get(patient)
+        if state is None:  # first sight: warm from the store, which is the truth
+            state = _Patient(site=site, items=latest_items(self.store, patient))
+            state.active = {a.rule: a.severity for a in self.alerts.active(patient)}
+            self._patients[patient] = state
+        return state
+
+    def _remember(self, f: Flagged) -> bool:
+        obs = f.observation
+        if obs.code not in CODES:
+            return False
+        hit = vital_item(obs)
+        state = self._state(obs.subject, f.site)
+        if hit is None:
+            return False
+        item, value = hit
+        if item not in state.items or state.items[item][0] <= obs.time:
+            state.items[item] = (obs.time, value)
+        return True
 
     def check(self, patient: str, site: str = "ward1") -> list[Alert]:
-        """Score one patient now; raise/resolve alerts; publish the new ones."""
-        vitals, when = latest_vitals(self.store, patient)
-        if when is None:
-            return []
-        score = news2(vitals)
-        earlier = self._score_at_window_start(patient, when)
-        new: list[Alert] = []
-        for f in evaluate(vitals, score, earlier):
-            if f.severity == 0:
-                self.alerts.resolve(patient, f.rule)
-                continue
-            alert = self.alerts.raise_alert(patient, f.rule, f.severity, f.message, f.detail,
-                                            when)
-            if alert is not None:
-                new.append(alert)
-                self._publish(alert, site)
+        """Re-read one patient's readings from the store and evaluate now."""
+        state = self._state(patient, site)
+        state.items = latest_items(self.store, patient)
+        return self._evaluate({patient})
+
+    def _evaluate(self, patients: set[str]) -> list[Alert]:
+        """Score each patient; raise and resolve their alerts in one transaction; publish."""
+        raises: list[Raise] = []
+        resolves: list[tuple[str, str]] = []
+        for patient in patients:
+            try:
+                self._findings(patient, raises, resolves)
+            except Exception:  # one patient's failure must not stop the others
+                log.exception("monitoring failed for a patient")
+        new = self.alerts.apply(raises, resolves)
+        for alert in new:
+            self._publish(alert, self._patients[alert.patient_id].site)
         self.raised += len(new)
         return new
 
-    def _score_at_window_start(self, patient: str, when: datetime) -> News2 | None:
-        """NEWS2 as it stood when the trend window began (or at its first set inside it)."""
+    def _findings(self, patient: str, raises: list[Raise],
+                  resolves: list[tuple[str, str]]) -> None:
+        state = self._patients[patient]
+        vitals, when = vitals_from_items(state.items, window=self.vitals_window)
+        if when is None:
+            return
+        score = news2(vitals)
+        earlier = self._earlier(state, when)
+        state.scores.append((when, score.total))
+        while state.scores and state.scores[0][0] < when - 2 * self.trend_window:
+            state.scores.popleft()
+        findings = evaluate(vitals, score, earlier)
+        for hook in self.hooks:
+            findings += hook(patient, when)
+        for f in findings:
+            current = state.active.get(f.rule)
+            if f.severity == 0:
+                since = state.clear_since.setdefault(f.rule, when)
+                if current is not None and when - since >= self.resolve_after:
+                    resolves.append((patient, f.rule))
+                    del state.active[f.rule]
+                continue
+            state.clear_since.pop(f.rule, None)
+            if current is not None and current >= f.severity:
+                continue  # already alerted at this level: no storm
+            raises.append(Raise(patient, f.rule, f.severity, f.message, f.detail, when))
+            state.active[f.rule] = f.severity
+
+    def _earlier(self, state: _Patient, when: datetime) -> int | None:
+        """The NEWS2 total when the trend window began (or the first one inside it)."""
         start = when - self.trend_window
-        vitals, t = latest_vitals(self.store, patient, at=start)
-        if t is None:
-            first = self.store.timeline(patient, kinds=["observation"], codes=CODES,
-                                        since=start, until=when)
-            if not first:
-                return None
-            vitals, t = latest_vitals(self.store, patient,
-                                      at=first[0].time + timedelta(microseconds=1),
-                                      window=timedelta(0))
-        return news2(vitals) if t is not None else None
+        before = [s for t, s in state.scores if t <= start]
+        inside = [s for t, s in state.scores if start < t <= when]
+        return before[-1] if before else (inside[0] if inside else None)
 
     def _publish(self, alert: Alert, site: str) -> None:
         if self._client is not None:
@@ -130,3 +211,4 @@ class MonitorLoop:
                                  json.dumps(alert.to_dict()), qos=1)
         if self.on_alert:
             self.on_alert(alert)
+

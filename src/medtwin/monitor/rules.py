@@ -65,15 +65,15 @@ def news2_finding(score: News2) -> Finding:
                    score.to_dict())
 
 
-def trend_finding(now: News2, before: News2 | None, *, rise: int = 3) -> Finding:
-    """Fire when NEWS2 rose by ``rise`` or more since the earlier score."""
-    if before is not None and now.total - before.total >= rise:
-        return Finding("news2-rising", 1, f"NEWS2 rose from {before.total} to {now.total}",
-                       {"before": before.total, "now": now.total})
+def trend_finding(now: News2, before: int | None, *, rise: int = 3) -> Finding:
+    """Fire when NEWS2 rose by ``rise`` or more since the earlier total ``before``."""
+    if before is not None and now.total - before >= rise:
+        return Finding("news2-rising", 1, f"NEWS2 rose from {before} to {now.total}",
+                       {"before": before, "now": now.total})
     return Finding("news2-rising", 0)
 
 
-def evaluate(vitals: Vitals, score: News2, earlier: News2 | None = None,
+def evaluate(vitals: Vitals, score: News2, earlier: int | None = None,
              thresholds: tuple[Threshold, ...] = DEFAULT_THRESHOLDS) -> list[Finding]:
     """Every rule's finding for one patient now."""
     return [news2_finding(score), trend_finding(score, earlier),

@@ -38,6 +38,27 @@ _ITEM_OF = {RR: "respiration_rate", PULSE: "pulse", SBP: "systolic_bp", O2_FLOW:
             **{c: "systolic_bp" for c in BLOOD_PRESSURE_PANELS}}
 
 
+def vital_item(obs: Observation) -> tuple[str, object] | None:
+    """The NEWS2 item an observation measures and its value, or None if it measures none."""
+    item = _ITEM_OF.get(obs.code)
+    if item is None:
+        return None
+    value = _value(obs, item)
+    return None if value is None else (item, value)
+
+
+def vitals_from_items(items: dict[str, tuple[datetime, object]], *,
+                      window: timedelta = timedelta(hours=1), spo2_scale: int = 1
+                      ) -> tuple[Vitals, datetime | None]:
+    """Vitals from the latest (time, value) of each item, keeping those within ``window`` of
+    the newest; also returns the newest time."""
+    if not items:
+        return Vitals(spo2_scale=spo2_scale), None
+    newest = max(t for t, _ in items.values())
+    values = {k: v for k, (t, v) in items.items() if t >= newest - window}
+    return Vitals(spo2_scale=spo2_scale, **values), newest  # type: ignore[arg-type]
+
+
 def latest_vitals(store: EventStore, patient_id: str, *, at: datetime | None = None,
                   window: timedelta = timedelta(hours=1), spo2_scale: int = 1
                   ) -> tuple[Vitals, datetime | None]:
@@ -46,14 +67,16 @@ def latest_vitals(store: EventStore, patient_id: str, *, at: datetime | None = N
     Returns the vitals and the time of the newest reading (None when there is none).
     Items with no reading in the window stay ``None`` (the score is then partial).
     """
-    obs = store.timeline(patient_id, kinds=["observation"], codes=CODES, until=at)
-    if not obs:
-        return Vitals(spo2_scale=spo2_scale), None
-    newest = obs[-1].time
-    values: dict[str, object] = {}
-    for o in obs:  # time-ordered: later readings overwrite earlier ones
-        if o.time >= newest - window:
-            v = _value(o, _ITEM_OF[o.code])
-            if v is not None:
-                values[_ITEM_OF[o.code]] = v
-    return Vitals(spo2_scale=spo2_scale, **values), newest  # type: ignore[arg-type]
+    return vitals_from_items(latest_items(store, patient_id, at=at), window=window,
+                             spo2_scale=spo2_scale)
+
+
+def latest_items(store: EventStore, patient_id: str, *, at: datetime | None = None
+                 ) -> dict[str, tuple[datetime, object]]:
+    """The latest stored (time, value) of each NEWS2 item before ``at``."""
+    items: dict[str, tuple[datetime, object]] = {}
+    for o in store.timeline(patient_id, kinds=["observation"], codes=CODES, until=at):
+        hit = vital_item(o)
+        if hit is not None:  # time-ordered: later readings overwrite earlier ones
+            items[hit[0]] = (o.time, hit[1])
+    return items

@@ -82,6 +82,18 @@ class Alert:
                 "acknowledged_by": self.acknowledged_by, "resolved": self.resolved}
 
 
+@dataclass(frozen=True, slots=True)
+class Raise:
+    """An alert to raise (see :meth:`AlertStore.apply`)."""
+
+    patient_id: str
+    rule: str
+    severity: int
+    message: str
+    detail: dict[str, Any]
+    data_time: datetime | None
+
+
 class AlertStore:
     """Alert persistence on an :class:`EventStore`'s database."""
 
@@ -145,6 +157,43 @@ class AlertStore:
             raise StoreError(f"could not store the alert: {exc}") from exc
         return Alert(id=new_id, patient_id=patient_id, rule=rule, severity=severity,
                      message=message, detail=detail, raised_at=now, data_time=data_time)
+
+    def apply(self, raises: list[Raise], resolves: list[tuple[str, str]]) -> list[Alert]:
+        """Raise and resolve many alerts in one transaction (the monitor's batched path).
+
+        The caller has already de-duplicated (it knows which rules are active); a raise
+        resolves any alert still open for the same patient and rule (an escalation).
+        """
+        if not raises and not resolves:
+            return []
+        now = datetime.now(UTC)
+        closing = {(r.patient_id, r.rule) for r in raises} | set(resolves)
+        patients = sorted({p for p, _ in closing})
+        out: list[Alert] = []
+        try:
+            with self.engine.begin() as conn:
+                resolved = select(alert_events.c.alert_id).where(
+                    alert_events.c.kind == "resolved")
+                open_rows = conn.execute(
+                    select(alerts.c.id, alerts.c.patient_id, alerts.c.rule)
+                    .where(alerts.c.patient_id.in_(patients), ~alerts.c.id.in_(resolved))
+                ).all()
+                ends = [{"alert_id": i, "kind": "resolved",
+                         "by": "cleared" if (p, r) in set(resolves) else "escalated", "at": now}
+                        for i, p, r in open_rows if (p, r) in closing]
+                if ends:
+                    conn.execute(insert(alert_events), ends)
+                for r in raises:
+                    new_id = conn.execute(insert(alerts).values(
+                        patient_id=r.patient_id, rule=r.rule, severity=r.severity,
+                        message=r.message, detail=json.dumps(r.detail, sort_keys=True),
+                        raised_at=now, data_time=r.data_time)).inserted_primary_key[0]
+                    out.append(Alert(id=new_id, patient_id=r.patient_id, rule=r.rule,
+                                     severity=r.severity, message=r.message, detail=r.detail,
+                                     raised_at=now, data_time=r.data_time))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"could not store alerts: {exc}") from exc
+        return out
 
     def resolve(self, patient_id: str, rule: str) -> int:
         """Resolve the active alerts of a rule for a patient (its condition cleared)."""
