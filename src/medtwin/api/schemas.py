@@ -226,3 +226,18 @@ class HealthOut(BaseModel):
     status: Literal["ok", "degraded"]
     store: Literal["ok", "unreachable"]
     version: str
+
+
+class AlertOut(BaseModel):
+    """An alert and its state."""
+
+    id: int
+    patient: str
+    rule: str
+    severity: int = Field(ge=1, le=3, description="1 advisory, 2 urgent, 3 emergency")
+    message: str
+    detail: dict[str, Any]
+    raised_at: datetime
+    data_time: datetime | None
+    acknowledged_by: str | None
+    resolved: bool

@@ -104,11 +104,21 @@ class AlertStore:
         """Alerts not yet resolved (newest first), for one patient or all."""
         return [a for a in self.all(patient_id) if not a.resolved]
 
+    def get(self, alert_id: int) -> Alert:
+        """One alert with its state; :class:`NotFoundError` if there is none."""
+        found = self._read(select(alerts).where(alerts.c.id == alert_id))
+        if not found:
+            raise NotFoundError(f"no alert {alert_id}; `medtwin alerts` lists them")
+        return found[0]
+
     def all(self, patient_id: str | None = None) -> list[Alert]:
         """Every alert with its state (newest first)."""
         q = select(alerts).order_by(alerts.c.id.desc())
         if patient_id is not None:
             q = q.where(alerts.c.patient_id == patient_id)
+        return self._read(q)
+
+    def _read(self, q: Any) -> list[Alert]:
         with self.engine.connect() as conn:
             rows = conn.execute(q).mappings().all()
             ids = [r["id"] for r in rows]
@@ -212,4 +222,4 @@ class AlertStore:
                 raise NotFoundError(f"no alert {alert_id}; `medtwin alerts` lists them")
             conn.execute(insert(alert_events).values(alert_id=alert_id, kind="acknowledged",
                                                      by=by, at=datetime.now(UTC)))
-        return next(a for a in self.all() if a.id == alert_id)
+        return self.get(alert_id)
