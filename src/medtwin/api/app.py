@@ -13,7 +13,18 @@ from medtwin.api import openapi, problems
 from medtwin.api.deps import Services, build_services
 from medtwin.api.jobs import TrialJobs
 from medtwin.api.limits import BodySizeLimit
-from medtwin.api.routes import audit, auth, fhir, health, live, patients, research, trials, users
+from medtwin.api.routes import (
+    alerts,
+    audit,
+    auth,
+    fhir,
+    health,
+    live,
+    patients,
+    research,
+    trials,
+    users,
+)
 from medtwin.api.settings import Settings
 from medtwin.security.crypto import KeyRing
 from medtwin.store.event_store import EventStore
@@ -26,8 +37,10 @@ identity: `POST /auth/token` (OAuth2 password flow) gives a bearer JWT; devices 
 key as the bearer credential. Every access to patient data is audited in a hash chain."""
 
 
-def create_app(settings: Settings, store: EventStore, keyring: KeyRing) -> FastAPI:
-    """The service over an open ``store`` (the caller closes it)."""
+def create_app(settings: Settings, store: EventStore, keyring: KeyRing, *,
+               dashboard: bool = False) -> FastAPI:
+    """The service over an open ``store`` (the caller closes it); ``dashboard`` also serves
+    the web dashboard under ``/ui`` (once per process: NiceGUI's page registry is global)."""
     if not settings.security_enabled:
         log.warning("SECURITY IS OFF: no authentication, no audit (benchmark mode)")
     if settings.secret_generated:
@@ -45,10 +58,14 @@ def create_app(settings: Settings, store: EventStore, keyring: KeyRing) -> FastA
                   lifespan=lifespan)
     app.state.services = svc
     problems.install(app)
-    for module in (health, auth, users, patients, fhir, research, audit, trials, live):
+    for module in (health, auth, users, patients, alerts, fhir, research, audit, trials, live):
         app.include_router(module.router)
     openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if dashboard:
+        from medtwin.ui.mount import mount_ui
+
+        mount_ui(app, svc)
     return app
 
 

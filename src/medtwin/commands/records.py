@@ -136,12 +136,30 @@ def demo_cmd(
                                   "medtwin-demo.sqlite in the user data directory)."),
     patients: int = typer.Option(6, "--patients", min=1, max=200),
     seed: int = typer.Option(0, "--seed", min=0),
+    serve: bool | None = typer.Option(None, "--serve/--no-serve", help="Run the platform "
+                                      "live (devices, broker, monitor, dashboard) after "
+                                      "building the store (default: when run in a terminal)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port on 127.0.0.1."),
+    duration: float | None = typer.Option(None, "--duration", min=1.0, help="Stop the live "
+                                          "demo after this many seconds (default: Ctrl-C)."),
+    broker: str | None = typer.Option(None, "--broker", help="Use this MQTT broker "
+                                      "(mqtt://HOST:PORT) instead of the embedded one."),
 ) -> None:
-    """Create a fresh store, generate synthetic patients, import them and summarise."""
-    from medtwin.demo import run_demo
+    """Create a fresh store with synthetic patients; in a terminal, then run it all live."""
+    import sys
 
+    from medtwin.demo import live_demo, run_demo
+
+    live = sys.stdout.isatty() if serve is None else serve
     try:
+        if live:
+            live_demo(db, n_patients=patients, seed=seed, port=port, duration=duration,
+                      broker=broker, echo=typer.echo)
+            return
         report = run_demo(db, n_patients=patients, seed=seed)
     except MedtwinError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+        return
     typer.echo(report)

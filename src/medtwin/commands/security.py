@@ -236,7 +236,8 @@ def serve(db: str | None = typer.Option(None, "--db", help=DB_HELP),
         _fail(exc)
     store = open_secure_store(settings.db)
     try:
-        app = create_app(settings, store, store.keyring)  # type: ignore[arg-type]
+        app = create_app(settings, store, store.keyring,  # type: ignore[arg-type]
+                         dashboard=True)
         uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
     finally:
         store.close()

@@ -1,0 +1,179 @@
+"""What the dashboard reads and changes, through the service's policy and audit trail.
+
+Every function takes the caller (a :class:`Principal` from :mod:`medtwin.ui.session`) and
+checks it with the same :class:`AccessPolicy` the API uses; every read or write of patient
+data appends an audit entry, as an API call would. A refusal raises :class:`UiDeniedError` with
+the policy's message; a hidden patient looks exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import pandas as pd
+from starlette.requests import Request
+
+from medtwin.api.deps import Services
+from medtwin.core.errors import MedtwinError, NotFoundError
+from medtwin.monitor.news2 import News2, Risk, news2
+from medtwin.monitor.vitals import latest_items, vitals_from_items
+from medtwin.security.policy import AccessDeniedError, Action, Grant
+from medtwin.security.roles import Principal, Role
+from medtwin.store.alerts import Alert, AlertStore
+
+CGM, GLUCOSE_LAB = "99504-3", "2339-0"
+CHART_CODES = {"8867-4": ("Heart rate", "/min"), "9279-1": ("Respiratory rate", "/min"),
+               "59408-5": ("SpO2", "%"), "8480-6": ("Systolic BP", "mmHg"),
+               "8310-5": ("Temperature", "°C"), CGM: ("CGM glucose", "mg/dL"),
+               GLUCOSE_LAB: ("Blood glucose", "mg/dL")}
+RISK_ORDER = {Risk.HIGH: 3, Risk.MEDIUM: 2, Risk.LOW_MEDIUM: 1, Risk.LOW: 0}
+SHOWN_VITALS = (("pulse", "HR", "/min"), ("respiration_rate", "RR", "/min"),
+                ("spo2", "SpO2", "%"), ("systolic_bp", "SBP", "mmHg"),
+                ("temperature", "Temp", "°C"))
+
+
+class UiDeniedError(MedtwinError):
+    """The caller may not see or do this (the policy's reason is the message)."""
+
+
+@dataclass(frozen=True)
+class WardRow:
+    """One patient on the ward overview."""
+
+    patient_id: str
+    name: str
+    mrn: str
+    vitals: dict[str, str]
+    score: News2 | None
+    alerts: list[Alert] = field(default_factory=list)
+    last_reading: datetime | None = None
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        """Higher is sicker: band, score, then number of active alerts."""
+        if self.score is None:
+            return (-1, -1, len(self.alerts))
+        return (RISK_ORDER[self.score.risk], self.score.total, len(self.alerts))
+
+
+def _check(svc: Services, request: Request | None, who: Principal, patient_id: str,
+           action: Action, resource: str) -> Grant:
+    try:
+        return svc.policy.check(who, patient_id, action)
+    except AccessDeniedError as exc:
+        svc.record(request, who, action.value, resource, "denied", patient_id=patient_id,
+                   detail=str(exc))
+        raise UiDeniedError(str(exc)) from None
+
+
+def visible_patients(svc: Services, request: Request | None, who: Principal) -> list[str]:
+    """The ids of the patients the caller may list (audited, as ``GET /patients``)."""
+    try:
+        svc.policy.require_role(who, Role.CLINICIAN, Role.PATIENT)
+    except AccessDeniedError as exc:
+        svc.record(request, who, "read", "ward", "denied", detail=str(exc))
+        raise UiDeniedError("the ward shows identified clinical data: it is for clinicians and "
+                       "patients (admins use the API with a break-glass reason; researchers "
+                       "use /research)") from None
+    ids = svc.policy.visible_patients(who, list(svc.store.patients()["id"]))
+    svc.record(request, who, "read", "ward", "success", detail=f"{len(ids)} listed")
+    return ids
+
+
+def _name(svc: Services, patient_id: str) -> tuple[str, str]:
+    ident = svc.store.patient(patient_id).identity or {}
+    names = ident.get("name") or [{}]
+    return names[0].get("text", patient_id[:8]), ident.get("mrn", "")
+
+
+def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[str], *,
+              audit: bool) -> list[WardRow]:
+    """Latest vitals, NEWS2 and active alerts per patient, sickest first.
+
+    ``audit`` records one read per patient (on opening the page; the live refresh of an open
+    page is covered by that entry, as the API's WebSocket audits once per subscription).
+    """
+    rows = []
+    alerts = AlertStore(svc.store)
+    for pid in ids:
+        _check(svc, request, who, pid, Action.READ, "ward-summary")
+        items = latest_items(svc.store, pid)
+        try:
+            v, when = vitals_from_items(items)
+            score = news2(v) if when is not None else None
+        except MedtwinError:  # an implausible stored value: show it, do not score it
+            score, when = None, max((t for t, _ in items.values()), default=None)
+        shown = {}
+        for item, label, unit in SHOWN_VITALS:
+            if item in items:
+                value = items[item][1]
+                shown[label] = f"{value:.1f} {unit}" if item == "temperature" else \
+                    f"{value:.0f} {unit}"
+        name, mrn = _name(svc, pid)
+        rows.append(WardRow(pid, name, mrn, shown, score, alerts.active(pid), when))
+        if audit:
+            svc.record(request, who, "read", "ward-summary", "success", patient_id=pid)
+    return sorted(rows, key=lambda r: r.rank, reverse=True)
+
+
+@dataclass(frozen=True)
+class PatientData:
+    """What the patient page shows (identified: clinicians and the patient themselves)."""
+
+    patient_id: str
+    name: str
+    mrn: str
+    series: pd.DataFrame  # time, code, value, unit
+    alerts: list[Alert]
+
+
+def patient_data(svc: Services, request: Request | None, who: Principal, patient_id: str, *,
+                 hours: float = 48.0, audit: bool = True) -> PatientData:
+    """The charted series of the last ``hours`` and all alerts of one patient."""
+    grant = _check(svc, request, who, patient_id, Action.READ, "patient-page")
+    try:
+        name, mrn = _name(svc, patient_id)
+        frame = svc.store.timeline_frame(patient_id, kinds=["observation"],
+                                         codes=list(CHART_CODES))
+    except NotFoundError:
+        raise UiDeniedError(f"no patient {patient_id!r}") from None
+    if len(frame):
+        frame = frame[frame["time"] >= frame["time"].max() - timedelta(hours=hours)]
+    bp = svc.store.timeline(patient_id, kinds=["observation"], codes=["85354-9", "55284-4"])
+    sbp = [(o.time, c.value) for o in bp for c in o.components if c.code == "8480-6"]
+    if sbp:
+        extra = pd.DataFrame({"time": pd.to_datetime([t for t, _ in sbp], utc=True),
+                              "code": "8480-6", "value": [v for _, v in sbp], "unit": "mmHg"})
+        extra = extra[extra["time"] >= frame["time"].min()] if len(frame) else extra
+        frame = pd.concat([frame[["time", "code", "value", "unit"]], extra], ignore_index=True)
+    if audit:
+        svc.record(request, who, grant.action.value, "patient-page", "success",
+                   patient_id=patient_id)
+    series = frame[["time", "code", "value", "unit"]].sort_values("time") if len(frame) else \
+        pd.DataFrame(columns=["time", "code", "value", "unit"])
+    return PatientData(patient_id, name, mrn, series, AlertStore(svc.store).all(patient_id))
+
+
+def acknowledge(svc: Services, request: Request | None, who: Principal, alert_id: int
+                ) -> Alert:
+    """Record that the caller has seen an alert (needs write access to its patient)."""
+    store = AlertStore(svc.store)
+    alert = next((a for a in store.all() if a.id == alert_id), None)
+    if alert is None:
+        raise UiDeniedError(f"no alert {alert_id}")
+    _check(svc, request, who, alert.patient_id, Action.WRITE, f"alert:{alert_id}")
+    done = store.acknowledge(alert_id, who.label)
+    svc.record(request, who, "acknowledge", f"alert:{alert_id}", "success",
+               patient_id=alert.patient_id)
+    return done
+
+
+def require_admin(svc: Services, request: Request | None, who: Principal, resource: str
+                  ) -> None:
+    """Refuse non-admins (audited)."""
+    try:
+        svc.policy.require_role(who, Role.ADMIN)
+    except AccessDeniedError as exc:
+        svc.record(request, who, "access", resource, "denied", detail=str(exc))
+        raise UiDeniedError(str(exc)) from None

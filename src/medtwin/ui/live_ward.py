@@ -1,0 +1,120 @@
+"""The live half of ``medtwin demo``: broker, simulated bedside devices, ingester, monitor.
+
+Everything runs in this process: an :class:`EmbeddedBroker` (or a given broker URL), a
+publisher thread standing in for the ward's monitors and CGMs, the :class:`Ingester` that
+stores each reading, and the :class:`MonitorLoop` that scores NEWS2 and raises alerts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from medtwin.live.ingest import Ingester
+from medtwin.live.publish import DevicePublisher
+from medtwin.live.streams import Reading, simulated_ward
+from medtwin.live.sync import MonitorLoop
+from medtwin.store.event_store import EventStore
+from medtwin.ui.mqtt_broker import EmbeddedBroker
+
+log = logging.getLogger(__name__)
+
+CGM_CODE = "99504-3"
+
+
+def cgm_walk(patient: str, *, seed: int, target: float = 150.0) -> Iterator[int]:
+    """A generator of CGM values [mg/dL]: mean-reverting with meal-like excursions."""
+    rng = np.random.default_rng(seed)
+    g = target + rng.normal(0, 20)
+    bump = 0.0
+    while True:
+        if rng.random() < 0.02:
+            bump += rng.uniform(40, 90)
+        bump *= 0.97
+        g += 0.05 * (target + bump - g) + rng.normal(0, 2.5)
+        g = float(np.clip(g, 40, 400))
+        yield round(g)
+
+
+@dataclass
+class LiveWard:
+    """Simulated devices for ``vitals`` patients (deteriorating ones first in the list) and
+    CGMs for ``cgm`` patients, published every ``tick`` seconds of wall-clock time."""
+
+    store: EventStore
+    vitals: Sequence[str]
+    deteriorating: int
+    cgm: Sequence[str] = ()
+    tick: float = 2.0
+    onset_ticks: int = 60
+    seed: int = 0
+    broker_url: str | None = None
+    site: str = "ward1"
+    published: int = field(default=0, init=False)
+
+    def start(self) -> LiveWard:
+        """Start the broker (unless a URL was given), monitor, ingester and devices."""
+        self._broker = None
+        if self.broker_url is None:
+            self._broker = EmbeddedBroker()
+            self.broker_url = self._broker.start()
+        self._stop = threading.Event()
+        self.monitor = MonitorLoop(self.store, broker=self.broker_url).start()
+        self.ingester = Ingester(self.store, broker=self.broker_url,
+                                 client_id=f"medtwin-demo-{self.seed}",
+                                 on_stored=self.monitor.on_stored).start()
+        self._publisher = DevicePublisher(broker=self.broker_url, site=self.site).__enter__()
+        self._thread = threading.Thread(target=self._run, name="medtwin-demo-devices",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _batches(self) -> Iterator[list[Reading]]:
+        n = len(self.vitals)
+        ward = simulated_ward(max(n, 1), start=datetime.now(UTC), interval=timedelta(seconds=1),
+                              steps=10**9, seed=self.seed,
+                              deteriorating=self.deteriorating / max(n, 1),
+                              onset_steps=self.onset_ticks) if n else None
+        cgms = {p: cgm_walk(p, seed=self.seed + k) for k, p in enumerate(self.cgm)}
+        while True:
+            now = datetime.now(UTC).replace(microsecond=0)
+            batch: list[Reading] = []
+            if ward is not None:
+                for r in next(ward):
+                    idx = int(r.patient.rsplit("-", 1)[1])
+                    batch.append(dataclasses.replace(r, patient=self.vitals[idx], time=now,
+                                                     id=f"demo-{self.vitals[idx]}-{r.metric}-"
+                                                        f"{now.isoformat()}"))
+            for p, walk in cgms.items():
+                batch.append(Reading(patient=p, metric="cgm", time=now, code=CGM_CODE,
+                                     value=float(next(walk)), unit="mg/dL",
+                                     id=f"demo-{p}-cgm-{now.isoformat()}"))
+            yield batch
+
+    def _run(self) -> None:
+        batches = self._batches()
+        while not self._stop.is_set():
+            try:
+                self.published += self._publisher.publish(next(batches))
+            except Exception:  # the demo's devices must not die silently
+                log.exception("publishing simulated readings failed")
+            self._stop.wait(self.tick)
+
+    def stop(self) -> None:
+        """Stop devices, then drain ingestion and monitoring, then the broker."""
+        self._stop.set()
+        self._thread.join(5)
+        try:
+            self._publisher.__exit__(None, None, None)
+        except Exception:  # a broker gone first must not block shutdown
+            log.warning("device publisher did not flush before shutdown")
+        self.ingester.stop(drain=5)
+        self.monitor.stop()
+        if self._broker is not None:
+            self._broker.stop()

@@ -1,0 +1,113 @@
+"""The dashboard's data layer: the service's policy and audit apply, as through the API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from starlette.requests import Request
+
+from medtwin.api.deps import build_services
+from medtwin.api.settings import Settings
+from medtwin.core.records import Observation, Patient
+from medtwin.security.crypto import KeyRing
+from medtwin.store.alerts import AlertStore
+from medtwin.store.event_store import EventStore
+from medtwin.ui import access, session
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+VITALS = {"8867-4": ("/min", 128), "9279-1": ("/min", 26), "59408-5": ("%", 90),
+          "8480-6": ("mm[Hg]", 88), "8310-5": ("Cel", 39.4)}
+
+
+def _request() -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/ui/login", "headers": [],
+                    "client": ("127.0.0.1", 5000), "query_string": b""})
+
+
+@pytest.fixture
+def svc(tmp_path):
+    store = EventStore.open(str(tmp_path / "ui.sqlite"), keyring=KeyRing.generate())
+    settings = Settings(argon2_memory_kib=8, argon2_time_cost=1)
+    s = build_services(settings, store, store.keyring)
+    pats = [Patient(id=p, source_id=f"Patient/{p}", identity={"name": [{"text": f"Name {p}"}],
+                                                                "mrn": f"MRN-{p}"})
+            for p in ("p1", "p2", "p3")]
+    store.append(pats)
+    sick = [Observation("p1", code, T0, value, unit, f"o-{code}")
+            for code, (unit, value) in VITALS.items()]
+    well = [Observation("p2", "8867-4", T0, 72.0, "/min", "o-hr2")]
+    store.append(records=sick + well)
+    north = s.directory.add_user("dr.north", "clinician", "pw-north-123")
+    s.directory.add_user("admin", "admin", "pw-admin-123")
+    s.directory.add_to_team("north", user_id=north.id, patient_id="p1")
+    s.directory.add_to_team("north", patient_id="p2")
+    s.directory.add_to_team("south", patient_id="p3")
+    yield s
+    store.close()
+
+
+def test_clinician_sees_only_their_care_team_sickest_first(svc):
+    storage: dict = {}
+    who = session.sign_in(svc, _request(), storage, "dr.north", "pw-north-123")
+    ids = access.visible_patients(svc, None, who)
+    assert sorted(ids) == ["p1", "p2"]
+    rows = access.ward_rows(svc, None, who, ids, audit=True)
+    assert [r.patient_id for r in rows] == ["p1", "p2"]
+    assert rows[0].score.risk.value == "high" and rows[0].score.total >= 7
+    assert rows[0].name == "Name p1" and rows[0].vitals["HR"] == "128 /min"
+    with pytest.raises(access.UiDeniedError, match="no patient"):
+        access.patient_data(svc, None, who, "p3")
+    entries = svc.audit.entries()
+    assert {(e.action, e.patient_id) for e in entries if e.resource == "ward-summary"} == {
+        ("read", "p1"), ("read", "p2")}
+    assert any(e.outcome == "denied" and e.patient_id == "p3" for e in entries)
+
+
+def test_acknowledge_is_checked_and_audited(svc):
+    alerts = AlertStore(svc.store)
+    mine = alerts.raise_alert("p1", "news2", 3, "NEWS2 high", {}, T0)
+    theirs = alerts.raise_alert("p3", "news2", 3, "NEWS2 high", {}, T0)
+    who = session.sign_in(svc, _request(), {}, "dr.north", "pw-north-123")
+    done = access.acknowledge(svc, None, who, mine.id)
+    assert done.acknowledged_by == "clinician:dr.north"
+    with pytest.raises(access.UiDeniedError):
+        access.acknowledge(svc, None, who, theirs.id)
+    assert next(a for a in alerts.all() if a.id == theirs.id).acknowledged_by is None
+    acks = [e for e in svc.audit.entries() if e.resource.startswith("alert:")]
+    assert [(e.action, e.outcome, e.patient_id) for e in acks] == [
+        ("acknowledge", "success", "p1"), ("write", "denied", "p3")]
+    assert svc.audit.verify().ok
+
+
+def test_roles_without_clinical_access_are_refused_on_the_ward(svc):
+    admin = session.sign_in(svc, _request(), {}, "admin", "pw-admin-123")
+    with pytest.raises(access.UiDeniedError, match="clinicians and patients"):
+        access.visible_patients(svc, None, admin)
+    access.require_admin(svc, None, admin, "admin-page")
+    clin = session.sign_in(svc, _request(), {}, "dr.north", "pw-north-123")
+    with pytest.raises(access.UiDeniedError):
+        access.require_admin(svc, None, clin, "admin-page")
+
+
+def test_session_sign_in_out_expiry_and_revocation(svc):
+    storage: dict = {}
+    with pytest.raises(session.SignInError, match="wrong user name or password"):
+        session.sign_in(svc, _request(), storage, "dr.north", "nope")
+    assert session.current(svc, _request(), storage) is None
+    who = session.sign_in(svc, _request(), storage, "dr.north", "pw-north-123")
+    assert session.current(svc, _request(), storage) == who
+    # an expired access token is renewed by the refresh token
+    storage[session.ACCESS] = svc.tokens.issue(who.id, "clinician", 0,
+                                               now=datetime.now(UTC) - timedelta(hours=1))
+    assert session.current(svc, _request(), storage) == who
+    # an expired refresh token ends the session
+    old = datetime.now(UTC) - timedelta(days=2)
+    storage[session.ACCESS] = svc.tokens.issue(who.id, "clinician", 0, now=old)
+    storage[session.REFRESH] = svc.tokens.issue(who.id, "clinician", 0, kind="refresh", now=old)
+    assert session.current(svc, _request(), storage) is None and not storage
+    session.sign_in(svc, _request(), storage, "dr.north", "pw-north-123")
+    svc.directory.disable("dr.north")  # revoked at once
+    assert session.current(svc, _request(), storage) is None
+    session.sign_out(svc, None, storage, who)
+    assert [e.action for e in svc.audit.entries()].count("login") == 3
