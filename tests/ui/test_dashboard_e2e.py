@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def demo(tmp_path_factory):
     env.pop("MEDTWIN_DB", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "medtwin.cli", "demo", "--db", str(tmp / "demo.sqlite"),
-         "--patients", "6", "--serve", "--port", str(port), "--duration", "60"],
+         "--patients", "6", "--serve", "--port", str(port), "--duration", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
     lines: list[str] = []
     deadline = time.monotonic() + 40
@@ -111,25 +112,37 @@ def test_clinician_flow_in_a_real_browser(demo, tmp_path):
         page.screenshot(path=str(tmp_path / "ward.png"), full_page=True)
         if os.environ.get("MEDTWIN_SCREENSHOT_DOCS"):
             page.screenshot(path=str(ROOT / "docs" / "dashboard.png"))
-        # the sickest patient first: open it, acknowledge its alert
-        cards.first.locator("a").click()
-        page.wait_for_selector("text=Alerts", timeout=15000)
-        page.wait_for_selector("[data-alert]", timeout=15000)
-        ack = page.get_by_role("button", name="Acknowledge").first
-        if ack.count():
+        # a patient with an active alert (the deteriorating ones alert within a few minutes
+        # of the demo's start; sorted by risk, they come first): open it, acknowledge
+        alerting = page.locator("[data-patient]", has_text="active alert")
+        alerting.first.wait_for(timeout=180000)
+        alerting.first.locator("a").click()
+        page.wait_for_selector("text=Alerts", timeout=60000)
+        page.wait_for_selector("[data-alert]", timeout=60000)
+        acked = page.locator("[data-alert]", has_text="acknowledged by clinician:dr.north")
+        for _ in range(3):  # a click can race the live re-render of the list: a user retries
+            ack = page.get_by_role("button", name="Acknowledge").first
+            if not ack.count():
+                break
             ack.click()
-            page.wait_for_selector("text=acknowledged by clinician:dr.north", timeout=10000)
+            try:
+                acked.first.wait_for(timeout=20000)
+                break
+            except Exception:  # playwright's TimeoutError: try the next click
+                continue
+        assert acked.count() >= 1, page.locator("[data-alert]").all_inner_texts()
         page.screenshot(path=str(tmp_path / "patient.png"), full_page=True)
         browser.close()
     hosts = {urlparse(u).hostname for u in requests if u.startswith(("http", "ws"))}
     assert hosts == {"127.0.0.1"}, hosts
 
 
-def test_the_demo_stops_by_itself_within_its_duration(demo):
+def test_the_demo_stops_cleanly_on_ctrl_c(demo):
     *_, proc = demo
+    proc.send_signal(signal.SIGINT)
     try:
-        out, _ = proc.communicate(timeout=75)
+        out, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("the demo did not stop after --duration")
+        pytest.fail("the demo did not stop on Ctrl-C")
     assert proc.returncode == 0 and "stopped:" in out

@@ -23,8 +23,9 @@ from medtwin.live.streams import (
     replay_readings,
     simulated_ward,
 )
-from medtwin.live.sync import MonitorLoop
+from medtwin.live.sync import GlucoseHook, MonitorLoop
 from medtwin.store.alerts import AlertStore
+from medtwin.twin.glucose_sync import GlucoseSync
 
 app = typer.Typer(add_completion=False)
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def live_cmd(
     group: str | None = typer.Option(None, "--group", help="Share the stream with other "
                                      "ingesters of this group (MQTT 5 shared subscription)."),
     report_every: float = typer.Option(10.0, "--report-every", help="Seconds between logs."),
+    glucose_twin: bool = typer.Option(True, "--glucose-twin/--no-glucose-twin",
+                                      help="Keep a glucose twin per CGM patient and alert on "
+                                      "predicted lows."),
 ) -> None:
     """Run ingestion until Ctrl-C or SIGTERM; every acknowledged reading is stored."""
     logging.getLogger("medtwin").setLevel(logging.INFO)
@@ -47,7 +51,8 @@ def live_cmd(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         with open_store(db) as store:
-            monitor = MonitorLoop(store, broker=broker, prefix=prefix).start()
+            hooks = [GlucoseHook(GlucoseSync(store))] if glucose_twin else []
+            monitor = MonitorLoop(store, broker=broker, prefix=prefix, hooks=hooks).start()
             ingester = Ingester(store, broker=broker, prefix=prefix, client_id=client_id,
                                 group=group, on_stored=monitor.on_stored).start()
             typer.echo(f"ingesting {ingester.topic} from {broker} into {store!r}", err=True)

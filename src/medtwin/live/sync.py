@@ -21,20 +21,40 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
 from medtwin.live.ingest import Flagged, broker_address
 from medtwin.monitor.news2 import news2
-from medtwin.monitor.rules import Finding, evaluate
+from medtwin.monitor.rules import GLUCOSE_CODES as GLUCOSE_RULE_CODES
+from medtwin.monitor.rules import Finding, evaluate, glucose_findings
 from medtwin.monitor.vitals import CODES, latest_items, vital_item, vitals_from_items
 from medtwin.store.alerts import Alert, AlertStore, Raise
 from medtwin.store.event_store import EventStore
+from medtwin.twin.glucose import GLUCOSE_CODES
+from medtwin.twin.glucose_sync import GlucoseSync
 
 log = logging.getLogger(__name__)
 
-Hook = Callable[[str, datetime], list[Finding]]
+class Hook(Protocol):
+    """An extra rule source run when a patient gets readings with one of its ``codes``."""
+
+    codes: frozenset[str]
+
+    def __call__(self, patient: str) -> list[Finding]: ...
+
+
+@dataclass
+class GlucoseHook:
+    """The glucose twin as a hook: assimilate new CGM readings, warn of a predicted low."""
+
+    sync: GlucoseSync
+    codes: frozenset[str] = frozenset(GLUCOSE_CODES)
+
+    def __call__(self, patient: str) -> list[Finding]:
+        return self.sync.update(patient)
 
 
 @dataclass
@@ -46,6 +66,8 @@ class _Patient:
     scores: deque[tuple[datetime, int]] = field(default_factory=deque)
     active: dict[str, int] = field(default_factory=dict)
     clear_since: dict[str, datetime] = field(default_factory=dict)
+    hook_time: datetime | None = None  # newest reading a hook reacted to
+    glucose: deque[tuple[datetime, float]] = field(default_factory=lambda: deque(maxlen=64))
 
 
 @dataclass
@@ -54,8 +76,9 @@ class MonitorLoop:
 
     An alert resolves only after its rule has been clear for ``resolve_after`` (data time),
     so a value hovering at a threshold does not raise, resolve and raise again.
-    ``hooks`` are extra rule sources called with (patient, newest reading time), e.g. a
-    twin's forecast-based hypoglycaemia finding; their findings are alerted like the rest.
+    ``hooks`` are extra rule sources run for a patient whose new readings carry one of the
+    hook's codes, e.g. :class:`GlucoseHook` (the twin's forecast of a low); their findings
+    are alerted like the rest.
     """
 
     store: EventStore
@@ -118,12 +141,19 @@ class MonitorLoop:
             while not self._todo.empty():  # coalesce bursts: score each patient once
                 batches.append(self._todo.get_nowait())
             touched: set[str] = set()
+            hooked: dict[str, set[int]] = {}
             for batch in batches:
                 for f in batch:
                     if self._remember(f):
                         touched.add(f.observation.subject)
+                    for i, hook in enumerate(self.hooks):
+                        if f.observation.code in hook.codes:
+                            hooked.setdefault(f.observation.subject, set()).add(i)
+                            state = self._state(f.observation.subject, f.site)
+                            state.hook_time = max(state.hook_time or f.observation.time,
+                                                  f.observation.time)
             try:
-                self._evaluate(touched)
+                self._evaluate(touched, hooked)
             except Exception:  # a failed round is logged; the next readings try again
                 log.exception("monitoring round failed")
             self._idle.set()
@@ -133,11 +163,24 @@ class MonitorLoop:
         if state is None:  # first sight: warm from the store, which is the truth
             state = _Patient(site=site, items=latest_items(self.store, patient))
             state.active = {a.rule: a.severity for a in self.alerts.active(patient)}
+            self._load_glucose(patient, state)
             self._patients[patient] = state
         return state
 
+    def _load_glucose(self, patient: str, state: _Patient) -> None:
+        """The recent glucose readings from the store (what the trend rule looks at)."""
+        recent = self.store.timeline(patient, kinds=["observation"],
+                                     codes=sorted(GLUCOSE_RULE_CODES))[-state.glucose.maxlen:]
+        state.glucose.clear()
+        state.glucose.extend((o.time, o.value) for o in recent if o.value is not None)
+
     def _remember(self, f: Flagged) -> bool:
         obs = f.observation
+        if obs.code in GLUCOSE_RULE_CODES and obs.value is not None:
+            state = self._state(obs.subject, f.site)
+            if not state.glucose or state.glucose[-1][0] <= obs.time:  # in time order only
+                state.glucose.append((obs.time, obs.value))
+            return True
         if obs.code not in CODES:
             return False
         hit = vital_item(obs)
@@ -153,15 +196,19 @@ class MonitorLoop:
         """Re-read one patient's readings from the store and evaluate now."""
         state = self._state(patient, site)
         state.items = latest_items(self.store, patient)
-        return self._evaluate({patient})
+        self._load_glucose(patient, state)
+        return self._evaluate({patient}, {patient: set(range(len(self.hooks)))})
 
-    def _evaluate(self, patients: set[str]) -> list[Alert]:
+    def _evaluate(self, patients: set[str], hooked: dict[str, set[int]]) -> list[Alert]:
         """Score each patient; raise and resolve their alerts in one transaction; publish."""
         raises: list[Raise] = []
         resolves: list[tuple[str, str]] = []
-        for patient in patients:
+        for patient in patients | set(hooked):
             try:
-                self._findings(patient, raises, resolves)
+                findings, when = self._findings(patient) if patient in patients else ([], None)
+                for i in sorted(hooked.get(patient, ())):
+                    findings += self.hooks[i](patient)
+                self._decide(patient, findings, when, raises, resolves)
             except Exception:  # one patient's failure must not stop the others
                 log.exception("monitoring failed for a patient")
         new = self.alerts.apply(raises, resolves)
@@ -170,20 +217,27 @@ class MonitorLoop:
         self.raised += len(new)
         return new
 
-    def _findings(self, patient: str, raises: list[Raise],
-                  resolves: list[tuple[str, str]]) -> None:
+    def _findings(self, patient: str) -> tuple[list[Finding], datetime | None]:
+        """The vital-sign rules' findings and the newest reading time."""
         state = self._patients[patient]
+        glucose = glucose_findings(list(state.glucose))
+        g_when = state.glucose[-1][0] if state.glucose else None
         vitals, when = vitals_from_items(state.items, window=self.vitals_window)
         if when is None:
-            return
+            return glucose, g_when
         score = news2(vitals)
         earlier = self._earlier(state, when)
         state.scores.append((when, score.total))
         while state.scores and state.scores[0][0] < when - 2 * self.trend_window:
             state.scores.popleft()
-        findings = evaluate(vitals, score, earlier)
-        for hook in self.hooks:
-            findings += hook(patient, when)
+        return evaluate(vitals, score, earlier) + glucose, max(when, g_when or when)
+
+    def _decide(self, patient: str, findings: list[Finding], when: datetime | None,
+                raises: list[Raise], resolves: list[tuple[str, str]]) -> None:
+        """Turn findings into raises and resolutions (no storm, resolve after staying clear)."""
+        state = self._patients[patient]
+        when = max((t for t in (when, state.hook_time) if t is not None),
+                   default=datetime.now(UTC))
         for f in findings:
             current = state.active.get(f.rule)
             if f.severity == 0:

@@ -1,4 +1,5 @@
-"""Alert rules on a patient's vitals: the NEWS2 band, thresholds, and a rising-score trend.
+"""Alert rules on a patient's vitals (the NEWS2 band, thresholds, a rising-score trend) and
+on glucose (low now, low soon by the CGM trend).
 
 Each rule either fires (with a severity 1-3 and a message) or is clear; a clear rule
 resolves its active alert. Severities: 1 advisory, 2 urgent, 3 emergency.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
+
+import numpy as np
 
 from medtwin.monitor.news2 import News2, Risk, Vitals
 
@@ -78,3 +82,33 @@ def evaluate(vitals: Vitals, score: News2, earlier: int | None = None,
     """Every rule's finding for one patient now."""
     return [news2_finding(score), trend_finding(score, earlier),
             *(t.check(vitals) for t in thresholds)]
+
+
+GLUCOSE_CODES = frozenset({"99504-3", "2339-0", "2345-7", "41653-7", "15074-8", "14749-6"})
+
+
+def glucose_findings(readings: list[tuple[datetime, float]], *, low: float = 70.0,
+                     urgent: float = 54.0, horizon: float = 30.0,
+                     window: timedelta = timedelta(minutes=20)) -> list[Finding]:
+    """CGM/glucose rules, as CGM devices alert: low now (< 70, urgent < 54 mg/dL), and low
+    soon (the least-squares trend of the last ``window`` projects < ``low`` within
+    ``horizon`` minutes). ``readings`` are (time, mg/dL), oldest first."""
+    if not readings:
+        return []
+    t_last, last = readings[-1]
+    sev = 3 if last < urgent else (2 if last < low else 0)
+    now = Finding("glucose-low", sev, f"glucose {last:g} mg/dL" if sev else "",
+                  {"value": last} if sev else {})
+    recent = [(t, v) for t, v in readings if t >= t_last - window]
+    soon = Finding("glucose-low-soon", 0)
+    if len(recent) >= 3 and last >= low:
+        x = np.array([(t - t_last).total_seconds() / 60.0 for t, _ in recent])
+        y = np.array([v for _, v in recent])
+        slope = float(np.polyfit(x, y, 1)[0]) if np.ptp(x) > 0 else 0.0
+        projected = last + slope * horizon
+        if slope < 0 and projected < low:
+            soon = Finding("glucose-low-soon", 2,
+                           f"glucose {last:g} mg/dL falling {slope:.1f} mg/dL/min: "
+                           f"{projected:.0f} in {horizon:g} min",
+                           {"value": last, "slope": slope, "projected": projected})
+    return [now, soon]

@@ -151,10 +151,12 @@ def register(ctx: UiContext) -> None:
             ui.label("Alerts").classes("text-xl font-semibold")
             if not alerts:
                 ui.label("No alerts for this patient.").classes("text-gray-700")
-            for a in alerts[:10]:
+            active = [a for a in alerts if not a.resolved]  # all of them: de-duplicated
+            for a in active + [a for a in alerts if a.resolved][:5]:
                 with ui.row().classes("items-center gap-3").props(f'data-alert="{a.id}"'):
-                    state = "resolved" if a.resolved else (
-                        f"acknowledged by {a.acknowledged_by}" if a.acknowledged_by else "ACTIVE")
+                    acked = f"acknowledged by {a.acknowledged_by}" if a.acknowledged_by else ""
+                    state = ("resolved" + (f", {acked}" if acked else "") if a.resolved
+                             else acked or "ACTIVE")
                     ui.label(f"[{state}] severity {a.severity}: {a.message} "
                              f"({local_time(a.raised_at)})")
                     if not a.resolved and a.acknowledged_by is None:
@@ -184,7 +186,19 @@ def register(ctx: UiContext) -> None:
                     glucose.update_figure(g)
 
         ui.timer(ctx.refresh_seconds, tick)
-        ui.timer(ctx.refresh_seconds * 5, alert_list.refresh)
+        shown: list[tuple[object, ...]] = []
+
+        def refresh_alerts_if_changed() -> None:
+            """Re-render the alerts only when they changed, so a click is not lost."""
+            if _live_session(ctx, request) is None:
+                return
+            now = [(a.id, a.resolved, a.acknowledged_by) for a in access.patient_data(
+                ctx.svc, request, who, patient_id, audit=False).alerts]
+            if now != shown:
+                shown[:] = now
+                alert_list.refresh()
+
+        ui.timer(ctx.refresh_seconds * 5, refresh_alerts_if_changed)
         if kind == "vancomycin":
             await _pk_panel(ctx, patient_id)
         if kind == "t1d":
