@@ -28,19 +28,32 @@ def test_ci_runs_the_readme_test_command():
     assert test_cmd in ci.splitlines()
 
 
-def test_import_walkthrough_runs_as_written(tmp_path):
-    (block,) = re.findall(r"```bash\n(.*?)```", _section("Bring a patient's record in"), re.S)
+def test_shell_examples_run_as_written(tmp_path):
+    """The records, twins and service walkthroughs, in order, in one scratch folder."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "XDG_DATA_HOME": str(tmp_path / "data")}
-    env.pop("MEDTWIN_DB", None)
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    for name in ("MEDTWIN_DB", "MEDTWIN_KEY", "MEDTWIN_KEY_FILE", "MEDTWIN_PASSWORD"):
+        env.pop(name, None)
+    outputs = {}
+    for title in ("Bring a patient's record in", "Try the twins", "The service"):
+        (block,) = re.findall(r"```bash\n(.*?)```", _section(title), re.S)
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (title, done.stderr[-3000:])
+        outputs[title] = done.stdout
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["stored"] == 0 and again["duplicates_skipped"] > 0
     bundle = json.loads((tmp_path / "bundle.json").read_text())
     assert bundle["resourceType"] == "Bundle" and len(bundle["entry"]) > 10
-    assert "8867-4" in done.stdout  # the timeline printed heart rates
+    deid = (tmp_path / "deid.json").read_text()
+    assert "1ff7fa6a-81f4-565e-9469-63082af2cb97" not in deid and "urn:medtwin:mrn" not in deid
+    records = outputs["Bring a patient's record in"]
+    assert "8867-4" in records and "NEWS2" in records
+    twins = outputs["Try the twins"]
+    assert "BG mean" in twins and "P(auc24 in 400-600" in twins and "wait:triage" in twins
+    for f in ("trace.csv", "trace.png", "metrics.csv", "report.html", "course.png", "ops.html"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    assert "audit chain intact" in outputs["The service"]
 
 
 def test_python_example_runs(tmp_path, monkeypatch):
