@@ -299,20 +299,27 @@ class EventStore:
         return [RECORD_OF_KIND[r.kind].from_dict(r.payload)
                 for r in self._rows(patient_id, kinds, codes, since, until)]
 
+    def timeline_entries(self, patient_id: str, *, kinds: Iterable[str] | None = None,
+                         codes: Iterable[str] | None = None, since: datetime | None = None,
+                         until: datetime | None = None) -> list[dict[str, Any]]:
+        """The timeline as plain rows (time, kind, code, display, value, unit, source_id),
+        without rebuilding records: the fast path for listing."""
+        return [{"time": r.time, "kind": r.kind, "code": r.code,
+                 "display": r.payload.get("display"), "value": r.value, "unit": r.unit,
+                 "source_id": r.source_id}
+                for r in self._rows(patient_id, kinds, codes, since, until)]
+
     def timeline_frame(self, patient_id: str, *, kinds: Iterable[str] | None = None,
                        codes: Iterable[str] | None = None, since: datetime | None = None,
                        until: datetime | None = None) -> pd.DataFrame:
         """The timeline as a tidy DataFrame: time, kind, code, display, value, unit, source_id."""
-        rows = self._rows(patient_id, kinds, codes, since, until)
-        return pd.DataFrame({
-            "time": pd.to_datetime([r.time for r in rows], utc=True),
-            "kind": [r.kind for r in rows],
-            "code": [r.code for r in rows],
-            "display": [r.payload.get("display") for r in rows],
-            "value": pd.array([r.value for r in rows], dtype="Float64"),
-            "unit": [r.unit for r in rows],
-            "source_id": [r.source_id for r in rows],
-        })
+        rows = self.timeline_entries(patient_id, kinds=kinds, codes=codes, since=since,
+                                     until=until)
+        frame = pd.DataFrame(rows, columns=["time", "kind", "code", "display", "value", "unit",
+                                            "source_id"])
+        frame["time"] = pd.to_datetime(frame["time"], utc=True)
+        frame["value"] = frame["value"].astype("Float64")
+        return frame
 
     def records_after(self, patient_id: str, after_seq: int, *,
                       kinds: Iterable[str] | None = None, limit: int = 1000

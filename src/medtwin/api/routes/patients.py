@@ -23,7 +23,7 @@ from medtwin.api.schemas import (
     TimelineOut,
 )
 from medtwin.core.errors import NotFoundError
-from medtwin.core.records import KIND_OF, Intervention, Observation
+from medtwin.core.records import KIND_OF, Observation
 from medtwin.security.policy import AccessDeniedError, Action, not_found
 from medtwin.security.roles import Role
 
@@ -77,18 +77,13 @@ def timeline(request: Request, svc: Svc, who: Caller, patient_id: Id,
         raise ApiError(422, f"unknown kind; use {', '.join(KINDS)}")
     since, until = (_aware(x) for x in (since, until))
     try:
-        recs = svc.store.timeline(patient_id, kinds=kind, codes=code, since=since, until=until)
+        rows = svc.store.timeline_entries(patient_id, kinds=kind, codes=code, since=since,
+                                          until=until)
     except NotFoundError:
         audited(request, svc, who, grant, "timeline", "not-found")
         raise not_found(patient_id) from None
     audited(request, svc, who, grant, "timeline")
-    items = [TimelineItem(
-        kind=KIND_OF[type(r)], time=getattr(r, "time", None) or getattr(r, "start", None)
-        or getattr(r, "onset", None), code=getattr(r, "code", None),
-        display=getattr(r, "display", None),
-        value=r.value if isinstance(r, Observation) else r.amount
-        if isinstance(r, Intervention) else None, unit=getattr(r, "unit", None),
-        source_id=r.source_id) for r in recs]
+    items = [TimelineItem.model_construct(**r) for r in rows]  # typed rows from the store
     return TimelineOut(patient_id=patient_id, count=len(items), items=items)
 
 
