@@ -15,13 +15,14 @@ from medtwin.api.limits import LoginLimiter
 from medtwin.api.problems import ApiError
 from medtwin.api.settings import Settings
 from medtwin.core.errors import NotFoundError
+from medtwin.core.records import Patient
 from medtwin.security.audit import AuditEntry, AuditLog
 from medtwin.security.consent import has_research_consent
 from medtwin.security.crypto import KeyRing
 from medtwin.security.deid import Deidentifier
 from medtwin.security.directory import KEY_PREFIX, Directory
 from medtwin.security.passwords import PasswordHasher
-from medtwin.security.policy import AccessDeniedError, AccessPolicy, Action, Grant
+from medtwin.security.policy import AccessDeniedError, AccessPolicy, Action, Grant, not_found
 from medtwin.security.roles import Principal, Role
 from medtwin.security.tokens import TokenError, TokenIssuer
 from medtwin.store.event_store import EventStore
@@ -162,3 +163,16 @@ def audited(request: Request, svc: Services, who: Principal, grant: Grant, resou
     detail = f"break-glass: {grant.break_glass}" if grant.break_glass else None
     svc.record(request, who, grant.action.value, resource, outcome,
                patient_id=grant.patient_id, detail=detail)
+
+
+def patient_or_404(request: Request, svc: Services, who: Principal, patient_id: str,
+                 resource: str) -> Patient:
+    """A patient's record with identity, checked and audited (404 when hidden or absent)."""
+    grant = guard(request, svc, who, patient_id, Action.READ, resource)
+    try:
+        p = svc.store.patient(patient_id)
+    except NotFoundError:
+        audited(request, svc, who, grant, resource, "not-found")
+        raise not_found(patient_id) from None
+    audited(request, svc, who, grant, resource)
+    return p

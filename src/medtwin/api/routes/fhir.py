@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request, status
 from fastapi.responses import JSONResponse
 
-from medtwin.api.deps import Caller, Services, Svc, audited, guard, require_role
+from medtwin.api.deps import Caller, Services, Svc, audited, guard, patient_or_404, require_role
 from medtwin.api.problems import ApiError
 from medtwin.api.schemas import Code, Id
 from medtwin.core.errors import NotFoundError, ValidationError
@@ -37,13 +37,7 @@ def _fhir(body: dict[str, Any], code: int = 200) -> JSONResponse:
 @router.get("/Patient/{patient_id}", response_class=JSONResponse, responses={200: _RES})
 def read_patient(request: Request, svc: Svc, who: Caller, patient_id: Id) -> JSONResponse:
     """A Patient resource with its identifying fields."""
-    grant = guard(request, svc, who, patient_id, Action.READ, "Patient")
-    try:
-        p = svc.store.patient(patient_id)
-    except NotFoundError:
-        audited(request, svc, who, grant, "Patient", "not-found")
-        raise not_found(patient_id) from None
-    audited(request, svc, who, grant, "Patient")
+    p = patient_or_404(request, svc, who, patient_id, "Patient")
     return _fhir(to_bundle(p, [], validate=False)["entry"][0]["resource"])
 
 

@@ -9,7 +9,15 @@ from typing import Annotated
 import pandas as pd
 from fastapi import APIRouter, Query, Request, status
 
-from medtwin.api.deps import BREAK_GLASS_HEADER, Caller, Svc, audited, guard, require_role
+from medtwin.api.deps import (
+    BREAK_GLASS_HEADER,
+    Caller,
+    Svc,
+    audited,
+    guard,
+    patient_or_404,
+    require_role,
+)
 from medtwin.api.problems import ApiError
 from medtwin.api.routes import PATIENT_ERRORS
 from medtwin.api.schemas import (
@@ -55,13 +63,7 @@ def list_patients(request: Request, svc: Svc, who: Caller) -> list[PatientSummar
 @router.get("/{patient_id}", response_model=PatientOut)
 def get_patient(request: Request, svc: Svc, who: Caller, patient_id: Id) -> PatientOut:
     """One patient with identity fields."""
-    grant = guard(request, svc, who, patient_id, Action.READ, "Patient")
-    try:
-        p = svc.store.patient(patient_id)
-    except NotFoundError:
-        audited(request, svc, who, grant, "Patient", "not-found")
-        raise not_found(patient_id) from None
-    audited(request, svc, who, grant, "Patient")
+    p = patient_or_404(request, svc, who, patient_id, "Patient")
     return PatientOut(id=p.id, gender=p.gender, birth_year=p.birth_year, deceased=p.deceased,
                       identity=p.identity)
 
