@@ -21,6 +21,19 @@ def test_websocket_pushes_new_readings_to_the_care_team(world):
     assert any(e.resource == "live-readings" and e.outcome == "success" for e in world.audit())
 
 
+def test_websocket_pushes_new_alerts_of_the_patient_only(world):
+    from medtwin.store.alerts import AlertStore
+
+    alerts = AlertStore(world.store)
+    h = world.headers["clinician"]
+    with world.client.websocket_connect("/ws/patients/p1/readings", headers=h) as ws:
+        alerts.raise_alert("p2", "news2", 3, "NEWS2 9: high risk", {}, None)  # not p1's
+        mine = alerts.raise_alert("p1", "spo2-low", 2, "spo2 85 < 90", {"value": 85}, None)
+        msg = ws.receive_json()
+    assert msg["type"] == "alert" and msg["alert"]["id"] == mine.id
+    assert msg["alert"]["patient"] == "p1" and msg["alert"]["severity"] == 2
+
+
 @pytest.mark.parametrize("who", ["researcher", "device", None])
 def test_websocket_refuses_others(world, who):
     token = world.headers[who]["Authorization"].split()[1] if who else "forged"

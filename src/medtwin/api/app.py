@@ -23,6 +23,7 @@ from medtwin.api.routes import (
     patients,
     research,
     trials,
+    twins,
     users,
 )
 from medtwin.api.settings import Settings
@@ -58,7 +59,8 @@ def create_app(settings: Settings, store: EventStore, keyring: KeyRing, *,
                   lifespan=lifespan)
     app.state.services = svc
     problems.install(app)
-    for module in (health, auth, users, patients, alerts, fhir, research, audit, trials, live):
+    for module in (health, auth, users, patients, alerts, twins, fhir, research, audit, trials,
+                   live):
         app.include_router(module.router)
     openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

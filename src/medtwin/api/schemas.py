@@ -241,3 +241,57 @@ class AlertOut(BaseModel):
     data_time: datetime | None
     acknowledged_by: str | None
     resolved: bool
+
+
+class ForecastPoint(BaseModel):
+    """Predicted glucose at one time, with its 90% band."""
+
+    time: datetime
+    mean: float
+    p05: float
+    p95: float
+
+
+class GlucoseTwinOut(BaseModel):
+    """The glucose twin brought up to date, its forecast and its hypoglycaemia risk."""
+
+    patient_id: str
+    twin_time: datetime
+    glucose: float = Field(description="filtered glucose now [mg/dL]")
+    insulin_sensitivity: float = Field(description="estimated Vmx [mg/kg/min per pmol/L]")
+    hypo_probability: float = Field(description="P(glucose < 70 mg/dL within 30 min)")
+    minutes_to_hypo: float | None
+    forecast: list[ForecastPoint]
+    what_if: list[ForecastPoint] | None = None
+    model: str
+    model_version: str
+
+
+Grams = Annotated[float, Field(gt=0, le=300, description="carbohydrate [g]")]
+Units = Annotated[float, Field(gt=0, le=50, description="insulin [U]")]
+
+
+class PlannedIn(_In):
+    """A what-if: meals and insulin boluses to add to what is recorded."""
+
+    meals: list[tuple[AwareDatetime, Grams]] = Field(default=[], max_length=20,
+                                                     description="(time, grams)")
+    boluses: list[tuple[AwareDatetime, Units]] = Field(default=[], max_length=20,
+                                                       description="(time, units)")
+    horizon: int = Field(default=120, ge=10, le=720, description="minutes ahead")
+
+
+class DoseOut(BaseModel):
+    """The regimen with the highest probability of target attainment under the posterior."""
+
+    patient_id: str
+    model: str
+    dose_mg: float
+    interval_h: float
+    infusion_h: float
+    target: str
+    probability: float
+    median: float
+    interval_90: tuple[float, float]
+    parameters: dict[str, float]
+    text: str

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    func,
     insert,
     select,
 )
@@ -110,6 +111,16 @@ class AlertStore:
         if not found:
             raise NotFoundError(f"no alert {alert_id}; `medtwin alerts` lists them")
         return found[0]
+
+    def raised_after(self, patient_id: str, after_id: int) -> list[Alert]:
+        """The patient's alerts raised after the alert with id ``after_id`` (oldest first)."""
+        return self._read(select(alerts).where(alerts.c.patient_id == patient_id,
+                                               alerts.c.id > after_id).order_by(alerts.c.id))
+
+    def last_id(self) -> int:
+        """The newest alert id (0 when there is none)."""
+        with self.engine.connect() as conn:
+            return int(conn.scalar(select(func.max(alerts.c.id))) or 0)
 
     def all(self, patient_id: str | None = None) -> list[Alert]:
         """Every alert with its state (newest first)."""

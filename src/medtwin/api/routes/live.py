@@ -12,6 +12,7 @@ from medtwin.api.deps import BREAK_GLASS_HEADER, Services, audited, authenticate
 from medtwin.api.problems import ApiError
 from medtwin.core.errors import NotFoundError
 from medtwin.security.policy import AccessDeniedError, Action
+from medtwin.store.alerts import AlertStore
 
 router = APIRouter(tags=["live"])
 POLICY_VIOLATION = 1008
@@ -19,8 +20,9 @@ POLICY_VIOLATION = 1008
 
 @router.websocket("/ws/patients/{patient_id}/readings")
 async def readings(ws: WebSocket, patient_id: str) -> None:
-    """Send each new observation of the patient as JSON. Authenticate with the
-    ``Authorization: Bearer`` header or, for browsers, a ``token`` query parameter."""
+    """Send each new observation (``{"type": "reading"}``) and each new alert (``{"type":
+    "alert"}``) of the patient as JSON. Authenticate with the ``Authorization: Bearer``
+    header or, for browsers, a ``token`` query parameter."""
     svc: Services = ws.app.state.services
     header = ws.headers.get("authorization", "")
     credential = header[7:] if header.lower().startswith("bearer ") else ws.query_params.get(
@@ -31,7 +33,8 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
             grant = await run_in_threadpool(
                 svc.policy.check, who, patient_id, Action.READ,
                 break_glass=ws.headers.get(BREAK_GLASS_HEADER))
-            await run_in_threadpool(svc.store.patient, patient_id)
+            if not await run_in_threadpool(svc.store.has_patient, patient_id):
+                raise NotFoundError(patient_id)
             await run_in_threadpool(audited, None, svc, who, grant, "live-readings")
     except (ApiError, AccessDeniedError, NotFoundError) as exc:
         await run_in_threadpool(svc.record, None, None, "subscribe", "live-readings", "denied",
@@ -39,7 +42,9 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
         await ws.close(code=POLICY_VIOLATION, reason="not allowed or not found")
         return
     await ws.accept()
+    alerts = AlertStore(svc.store)
     last = await run_in_threadpool(svc.store.last_seq)
+    last_alert = await run_in_threadpool(alerts.last_id)
     try:
         while True:
             new = await run_in_threadpool(svc.store.records_after, patient_id, last,
@@ -48,6 +53,9 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
                 await ws.send_text(json.dumps({"type": "reading", "seq": seq,
                                                "observation": rec.to_dict()}))
                 last = seq
+            for a in await run_in_threadpool(alerts.raised_after, patient_id, last_alert):
+                await ws.send_text(json.dumps({"type": "alert", "alert": a.to_dict()}))
+                last_alert = a.id
             await asyncio.sleep(svc.settings.ws_poll_seconds)
     except (WebSocketDisconnect, RuntimeError):
         return
