@@ -30,6 +30,11 @@ FAMILIES = {
     "audit": ("GET", "/audit/verify", None, (200, 403, 403, 403, 403)),
     "users": ("GET", "/users", None, (200, 403, 403, 403, 403)),
     "trials": ("GET", "/trials/0123456789abcdef", None, (404, 404, 403, 404, 403)),
+    "alerts": ("GET", "/alerts?patient=p1", None, (403, 200, 200, 403, 403)),
+    "alert-list": ("GET", "/alerts", None, (403, 200, 200, 403, 403)),
+    # p1 has heart rates only: an allowed caller learns the twin has nothing to start from
+    "glucose-twin": ("GET", "/twins/p1/glucose", None, (403, 409, 409, 403, 403)),
+    "dose": ("GET", "/twins/p1/dose", None, (403, 409, 409, 403, 403)),
 }
 ROLES = ("admin", "clinician", "patient", "researcher", "device")
 CASES = [pytest.param(f, role, FAMILIES[f][3][i], id=f"{f}-{role}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +53,11 @@ def create_app(settings: Settings, store: EventStore, keyring: KeyRing, *,
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Everything loaded at start-up (models, schemas, numba, pandas) lives as long as the
+        # process: freeze it out of the cyclic collector, whose full passes over that heap
+        # otherwise cost a request 100+ ms now and then (p99 of a timeline read 158 -> 37 ms).
+        gc.collect()
+        gc.freeze()
         yield
         jobs.close()
 
