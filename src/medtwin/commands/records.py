@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ def import_cmd(
 ) -> None:
     """Import FHIR R4 bundles or resources; print read / stored / duplicates / rejected."""
     store = open_store(db)
+    gc.freeze()  # what is loaded now lives to the end: keep the GC from rescanning it
     try:
         files = list(iter_fhir_files(paths))
         with progress(len(files), "import") as bar:
