@@ -60,15 +60,21 @@ def start_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise RuntimeError("mosquitto did not start")
 
 
-def publisher(port: int, n: int, patients: int, tag: str) -> None:
-    """Publish n readings (QoS 1) as fast as the broker acknowledges them."""
+def publisher(port: int, n: int, patients: int, tag: str, rate: float = 0.0) -> None:
+    """Publish n readings (QoS 1) as fast as the broker acknowledges them, or at ``rate``
+    readings/s."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(2000)
     c.max_queued_messages_set(0)
     c.connect("127.0.0.1", port)
     c.loop_start()
     last = None
+    t0 = time.monotonic()
     for i in range(n):
+        if rate > 0 and i % 100 == 0:
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         p = i % patients
         body = json.dumps({"code": "8867-4", "value": 60 + i % 40, "unit": "/min",
                            "time": (T0 + timedelta(seconds=i)).isoformat(),
@@ -80,8 +86,10 @@ def publisher(port: int, n: int, patients: int, tag: str) -> None:
     c.loop_stop()
 
 
-def run_publisher(port: int, n: int, patients: int, tag: str) -> mp.Process:
-    proc = mp.get_context("spawn").Process(target=publisher, args=(port, n, patients, tag))
+def run_publisher(port: int, n: int, patients: int, tag: str, rate: float = 0.0
+                  ) -> mp.Process:
+    proc = mp.get_context("spawn").Process(target=publisher,
+                                           args=(port, n, patients, tag, rate))
     proc.start()
     return proc
 
@@ -218,7 +226,7 @@ def soak(port: int, store: EventStore, seconds: float, rate: int) -> tuple[float
                    client_id=f"soak-{uuid.uuid4().hex}").start()
     proc = psutil.Process(os.getpid())
     n = int(seconds * rate)
-    pub = run_publisher(port, n, 100, f"soak{uuid.uuid4().hex[:4]}")
+    pub = run_publisher(port, n, 100, f"soak{uuid.uuid4().hex[:4]}", rate=rate)
     samples = []
     t0 = time.monotonic()
     while pub.is_alive() or ing.stats.received < n:

@@ -33,6 +33,7 @@ FAMILIES = {
     "alerts": ("GET", "/alerts?patient=p1", None, (403, 200, 200, 403, 403)),
     "alert-list": ("GET", "/alerts", None, (403, 200, 200, 403, 403)),
     # p1 has heart rates only: an allowed caller learns the twin has nothing to start from
+    "twins": ("GET", "/twins/p1", None, (403, 200, 200, 403, 403)),
     "glucose-twin": ("GET", "/twins/p1/glucose", None, (403, 409, 409, 403, 403)),
     "dose": ("GET", "/twins/p1/dose", None, (403, 409, 409, 403, 403)),
 }

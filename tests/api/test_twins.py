@@ -67,6 +67,19 @@ def test_glucose_twin_forecast_and_what_if(twins):
     assert none.status_code == 409 and "no glucose reading" in none.text
 
 
+def test_list_of_twins_says_which_can_run(twins):
+    client, ids, heads = twins
+    got = {t["kind"]: t for t in client.get(f"/twins/{ids['vancomycin']}",
+                                            headers=heads["dr_a"]).json()}
+    assert got["vancomycin"]["ready"] and got["glucose"]["last_version"] is None
+    client.get(f"/twins/{ids['t1d']}/glucose", headers=heads["dr_a"])
+    t1d = {t["kind"]: t for t in client.get(f"/twins/{ids['t1d']}",
+                                            headers=heads["dr_a"]).json()}
+    assert t1d["glucose"]["ready"] and t1d["glucose"]["last_version"] >= 1
+    assert not t1d["vancomycin"]["ready"]
+    assert client.get(f"/twins/{ids['t1d']}", headers=heads["dr_b"]).status_code == 404
+
+
 def test_vancomycin_dose_recommendation(twins):
     client, ids, heads = twins
     r = client.get(f"/twins/{ids['vancomycin']}/dose?target=auc24=400:600",

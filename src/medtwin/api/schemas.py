@@ -295,3 +295,14 @@ class DoseOut(BaseModel):
     interval_90: tuple[float, float]
     parameters: dict[str, float]
     text: str
+
+
+class TwinSummary(BaseModel):
+    """One twin a patient has: what it is, whether it can run, what it last believed."""
+
+    kind: Literal["glucose", "vancomycin"]
+    model: str
+    ready: bool = Field(description="the patient has the data this twin needs")
+    path: str = Field(description="where to ask it")
+    last_version: int | None = None
+    last_time: datetime | None = None

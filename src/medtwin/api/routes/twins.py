@@ -12,16 +12,46 @@ from fastapi import APIRouter, Query, Request
 from medtwin.api.deps import Caller, Svc, audited, guard
 from medtwin.api.problems import ApiError
 from medtwin.api.routes import PATIENT_ERRORS
-from medtwin.api.schemas import DoseOut, ForecastPoint, GlucoseTwinOut, Id, PlannedIn
+from medtwin.api.schemas import (
+    DoseOut,
+    ForecastPoint,
+    GlucoseTwinOut,
+    Id,
+    PlannedIn,
+    TwinSummary,
+)
 from medtwin.core.errors import MedtwinError, NotFoundError
 from medtwin.core.records import Intervention
 from medtwin.security.policy import Action, not_found
+from medtwin.store.snapshots import latest_snapshot
 from medtwin.twin.dosing import Target
-from medtwin.twin.glucose import MODEL_NAME, MODEL_VERSION
+from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, MODEL_VERSION
 from medtwin.twin.glucose_sync import GlucoseSync
-from medtwin.twin.vancomycin import pk_view
+from medtwin.twin.vancomycin import PK_MODEL, VANCO_LEVEL, pk_view
 
 router = APIRouter(prefix="/twins", tags=["twins"], responses=PATIENT_ERRORS)
+
+
+@router.get("/{patient_id}", response_model=list[TwinSummary])
+def list_twins(request: Request, svc: Svc, who: Caller, patient_id: Id) -> list[TwinSummary]:
+    """The patient's twins: whether each has the data it needs, and its last stored state."""
+    grant = guard(request, svc, who, patient_id, Action.READ, "twins")
+    if not svc.store.has_patient(patient_id):
+        audited(request, svc, who, grant, "twins", "not-found")
+        raise not_found(patient_id)
+    codes = set(svc.store.timeline_frame(patient_id, kinds=["observation"])["code"])
+    doses = svc.store.counts(patient_id).get("intervention", 0) > 0
+    snap = latest_snapshot(svc.store, patient_id, model=MODEL_NAME)
+    audited(request, svc, who, grant, "twins")
+    return [
+        TwinSummary(kind="glucose", model=f"{MODEL_NAME} {MODEL_VERSION}",
+                    ready=bool(codes & set(GLUCOSE_CODES)),
+                    path=f"/twins/{patient_id}/glucose",
+                    last_version=snap.version if snap else None,
+                    last_time=snap.twin_time if snap else None),
+        TwinSummary(kind="vancomycin", model=PK_MODEL, ready=VANCO_LEVEL in codes and doses,
+                    path=f"/twins/{patient_id}/dose"),
+    ]
 
 
 def _points(frame: object) -> list[ForecastPoint]:
