@@ -6,6 +6,7 @@ calling process, one transaction per file, so a failure never leaves half a file
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -137,12 +138,19 @@ def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int
     return summary
 
 
+def _label(path: Path) -> str:
+    """A file's name for logs: EHR exports are often named after the patient, and logs must
+    not carry identifying data, so logs get a short digest of the name instead."""
+    return "file-" + hashlib.sha256(path.name.encode()).hexdigest()[:10]
+
+
 def _dead_letter(store: EventStore, path: Path, issues: list[FhirIssue]) -> None:
     reason = "; ".join(str(i) for i in issues[:20])
     try:
         store.append(dead_letters=[(path.name, reason, _raw_entry(path, FhirIssue("")))])
     except MedtwinError as exc:  # keeping the evidence must not hide the real problem
-        log.warning("could not keep refused file %s in dead letters: %s", path.name, exc)
+        log.warning("could not keep refused file %s in dead letters: %s", _label(path),
+                    type(exc).__name__)
 
 
 def _store(store: EventStore, path: Path, parsed: ParsedInput, rows: list[dict[str, Any]],
@@ -157,5 +165,5 @@ def _store(store: EventStore, path: Path, parsed: ParsedInput, rows: list[dict[s
     summary.stored += result.stored
     summary.duplicates += result.duplicates
     summary.patients_added += result.patients_added
-    log.info("%s: %d stored, %d duplicates, %d rejected", path.name, result.stored,
+    log.info("%s: %d stored, %d duplicates, %d rejected", _label(path), result.stored,
              result.duplicates, parsed.rejected)
