@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from medtwin.core.records import Patient
+from medtwin.live.broker import EmbeddedBroker, topic_matches
 from medtwin.live.ingest import Ingester
 from medtwin.live.publish import DevicePublisher
 from medtwin.live.streams import simulated_ward
 from medtwin.live.sync import MonitorLoop
 from medtwin.store.alerts import AlertStore
 from medtwin.store.event_store import EventStore
-from medtwin.ui.mqtt_broker import EmbeddedBroker, topic_matches
 from medtwin.ui.twins import glucose_what_if
 
 

@@ -16,12 +16,12 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from medtwin.live.broker import EmbeddedBroker
 from medtwin.live.ingest import Ingester
 from medtwin.live.publish import DevicePublisher
 from medtwin.live.streams import Reading, simulated_ward
 from medtwin.live.sync import MonitorLoop
 from medtwin.store.event_store import EventStore
-from medtwin.ui.mqtt_broker import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 
