@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from medtwin.core.errors import UnitError, ValidationError
+from medtwin.core.errors import ValidationError
 from medtwin.core.records import (
     LOINC,
     ClinicalRecord,
@@ -134,20 +134,12 @@ def _quantity(q: dict[str, Any], code: str, where: str) -> tuple[float | None, s
         return None, unit
     value = float(value)
     spec = codes.spec(code)
-    if spec is None or unit is None:
-        return value, unit
-    if unit != spec.unit:
+    if spec is not None and unit not in (None, spec.unit):
         system = q.get("system")
         if system not in (None, "http://unitsofmeasure.org"):
             raise ValidationError(f"unit {unit!r} is not UCUM (system {system}); medtwin needs "
                                   f"{spec.unit!r} for LOINC {code}", where=where)
-        try:
-            value = units.convert(value, unit, spec.unit, molar_mass=spec.molar_mass)
-        except UnitError as exc:
-            raise UnitError(f"{exc.message}; LOINC {code} is kept in {spec.unit!r}",
-                            where=f"{where}.code") from exc
-        unit = spec.unit
-    return value, unit
+    return codes.to_canonical(code, value, unit, where=f"{where}.code")
 
 
 def _value(r: dict[str, Any], code: str, where: str) -> dict[str, Any]:
