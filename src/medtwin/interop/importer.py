@@ -96,15 +96,16 @@ def _warm() -> None:
         model_class(name)
 
 
-def _raw_entry(path: Path, issue: FhirIssue) -> str:
-    """The raw JSON of the entry an issue is about (for the dead-letter table)."""
+def _raw_entries(path: Path, entries: Iterable[int | None]) -> dict[int | None, str]:
+    """The raw JSON of each entry (None: the whole input), read once, for dead letters."""
     try:
         data = json.loads(path.read_bytes())
-        if issue.entry is not None and data.get("resourceType") == "Bundle":
-            return json.dumps(data["entry"][issue.entry].get("resource"))
-        return json.dumps(data)[:1_000_000]
     except Exception:  # the file itself is unreadable: keep its first bytes
-        return path.read_bytes()[:100_000].decode("utf-8", "replace")
+        head = path.read_bytes()[:100_000].decode("utf-8", "replace")
+        return dict.fromkeys(entries, head)
+    bundle = data.get("resourceType") == "Bundle" if isinstance(data, dict) else False
+    return {e: json.dumps(data["entry"][e].get("resource")) if e is not None and bundle
+            else json.dumps(data)[:1_000_000] for e in entries}
 
 
 def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int = 1,
@@ -147,7 +148,7 @@ def _label(path: Path) -> str:
 def _dead_letter(store: EventStore, path: Path, issues: list[FhirIssue]) -> None:
     reason = "; ".join(str(i) for i in issues[:20])
     try:
-        store.append(dead_letters=[(path.name, reason, _raw_entry(path, FhirIssue("")))])
+        store.append(dead_letters=[(path.name, reason, _raw_entries(path, [None])[None])])
     except MedtwinError as exc:  # keeping the evidence must not hide the real problem
         log.warning("could not keep refused file %s in dead letters: %s", _label(path),
                     type(exc).__name__)
@@ -159,7 +160,11 @@ def _store(store: EventStore, path: Path, parsed: ParsedInput, rows: list[dict[s
     summary.not_modelled.update(parsed.not_modelled)
     summary.issues.extend(parsed.issues)
     summary.rejected += parsed.rejected
-    letters = [(path.name, str(i), _raw_entry(path, i)) for i in parsed.issues]
+    by_entry: dict[int | None, list[str]] = {}
+    for i in parsed.issues:  # one dead letter per rejected entry, with all its reasons
+        by_entry.setdefault(i.entry, []).append(str(i))
+    raw = _raw_entries(path, by_entry) if by_entry else {}
+    letters = [(path.name, "; ".join(why), raw[e]) for e, why in by_entry.items()]
     result: AppendResult = store.append(parsed.patients, parsed.records, dead_letters=letters,
                                         rows=rows)
     summary.stored += result.stored
