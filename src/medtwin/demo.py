@@ -26,6 +26,8 @@ from medtwin.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 
+CGM = "99504-3"
+CGM_EVERY_TICKS = 30  # a CGM reading per minute of the demo (the twin's grid step)
 _SHOWN = {"8867-4": "HR", "9279-1": "RR", "59408-5": "SpO2", "8310-5": "Temp",
           "85354-9": "BP", "55284-4": "BP", "99504-3": "CGM", "2339-0": "Glucose",
           "15074-8": "Glucose", "4092-3": "Vanco trough"}
@@ -54,12 +56,23 @@ def _fmt(obs: Observation) -> str:
     return f"{round(obs.value, 1):g} {obs.unit}" if obs.value is not None else str(obs.value_text)
 
 
+def demo_kinds(n: int) -> list[str]:
+    """The demo's mix of ``n`` patients: one on vancomycin (from 4 patients on), the rest in
+    turn deteriorating, with type-1 diabetes on a pump (CGM, insulin), stable."""
+    rest = ("deteriorating", "t1d", "stable")
+    if n < 4:
+        return [rest[i % 3] for i in range(n)]
+    return ["vancomycin"] + [rest[i % 3] for i in range(n - 1)]
+
+
 def run_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0,
              start: datetime | None = None, keyring: object | None = None) -> str:
     """Generate, import and summarise; return the summary text. ``start`` begins the
-    patients' two-day stay (default: the generator's fixed date)."""
+    patients' two-day stay (default: the generator's fixed date); the mix of patients is
+    :func:`demo_kinds`."""
     target = _fresh(db)
-    bundles = generate_patients(n_patients, seed=seed, start=start)
+    bundles = generate_patients(n_patients, seed=seed, start=start,
+                                kinds=demo_kinds(n_patients))
     with tempfile.TemporaryDirectory(prefix="medtwin-demo-") as tmp, \
             EventStore.open(target, keyring=keyring) as store:  # type: ignore[arg-type]
         files = write_bundles(bundles, Path(tmp))
@@ -97,15 +110,28 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def care_teams(kinds: dict[str, str]) -> dict[str, list[str]]:
+    """Split the patients between the two care teams kind by kind, so that each team has a
+    share of every kind (a deteriorating patient, a patient with diabetes, ...)."""
+    order = ["deteriorating", "t1d", "vancomycin", "stable"]
+    ranked = sorted(kinds, key=lambda p: (order.index(kinds[p]) if kinds[p] in order
+                                          else len(order), p))
+    teams: dict[str, list[str]] = {"north": [], "south": []}
+    for pid in ranked:  # the smaller team takes the next patient; north on ties
+        min(teams.values(), key=len).append(pid)
+    return teams
+
+
 def _add_users(store: EventStore, settings: object, kinds: dict[str, str]) -> list[DemoLogin]:
-    """Two clinicians with a care team each, an admin, a researcher, one patient user."""
+    """Two clinicians with a care team each, an admin, a researcher, one patient user (a
+    patient with diabetes when there is one: they see their own glucose twin)."""
     from medtwin.api.deps import build_services
 
     svc = build_services(settings, store, store.keyring)  # type: ignore[arg-type]
     d = svc.directory
     ids = list(kinds)
-    half = (len(ids) + 1) // 2
-    teams = {"north": ids[:half], "south": ids[half:]}
+    teams = care_teams(kinds)
+    me = next((p for p in ids if kinds[p] == "t1d"), ids[0])
     logins = []
 
     def add(name: str, role: str, note: str, **kw: str) -> str:
@@ -121,8 +147,8 @@ def _add_users(store: EventStore, settings: object, kinds: dict[str, str]) -> li
         for pid in members:
             d.add_to_team(team, patient_id=pid)
     add("admin", "admin", "users, roles, audit trail")
-    add("researcher", "researcher", "de-identified data only (API /research)")
-    add("patient", "patient", f"sees only themselves ({ids[0][:8]})", patient_id=ids[0])
+    add("researcher", "researcher", "no identified data: trials, operations, API /research")
+    add("patient", "patient", f"sees only themselves ({me[:8]})", patient_id=me)
     return logins
 
 
@@ -135,7 +161,9 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
 
     from medtwin.api.app import create_app
     from medtwin.api.settings import Settings
+    from medtwin.live.sync import GlucoseHook
     from medtwin.security.crypto import load_keyring
+    from medtwin.twin.glucose_sync import GlucoseSync
     from medtwin.ui.live_ward import LiveWard
     from medtwin.ui.twins import patient_kind
 
@@ -152,9 +180,12 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
         logins = _add_users(store, settings, kinds)
         worse = [p for p, k in kinds.items() if k == "deteriorating"]
         vitals = worse + [p for p, k in kinds.items() if k in ("stable", "vancomycin")]
-        ward = LiveWard(store, vitals=vitals, deteriorating=len(worse),
-                        cgm=[p for p, k in kinds.items() if k == "t1d"], seed=seed,
-                        broker_url=broker).start()
+        cgm = [p for p, k in kinds.items() if k == "t1d"]
+        # the glucose twins run in the monitor loop: each CGM reading is assimilated, and a
+        # predicted low raises an alert; the CGMs continue from the last stored reading
+        ward = LiveWard(store, vitals=vitals, deteriorating=len(worse), cgm=cgm, seed=seed,
+                        broker_url=broker, hooks=[GlucoseHook(GlucoseSync(store))],
+                        cgm_every=CGM_EVERY_TICKS, cgm_start=_last_cgm(store, cgm)).start()
         try:
             app = create_app(settings, store, keyring, dashboard=True)
             server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
@@ -171,6 +202,16 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
                  f"{ward.monitor.raised} alert(s) raised")
     finally:
         store.close()
+
+
+def _last_cgm(store: EventStore, patients: list[str]) -> dict[str, float]:
+    """The last stored CGM value [mg/dL] of each patient that has one."""
+    out = {}
+    for pid in patients:
+        frame = store.timeline_frame(pid, kinds=["observation"], codes=[CGM])
+        if len(frame):
+            out[pid] = float(frame.sort_values("time")["value"].iloc[-1])
+    return out
 
 
 def _fresh_target(db: str | None) -> str:

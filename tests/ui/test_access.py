@@ -111,3 +111,49 @@ def test_session_sign_in_out_expiry_and_revocation(svc):
     assert session.current(svc, _request(), storage) is None
     session.sign_out(svc, None, storage, who)
     assert [e.action for e in svc.audit.entries()].count("login") == 3
+
+
+def test_researchers_see_no_identified_data_and_patients_only_themselves(svc):
+    from medtwin.ui.pages import home_of
+
+    svc.directory.add_user("res", "researcher", "pw-res-123")
+    svc.directory.add_user("pat", "patient", "pw-pat-123", patient_id="p2")
+    res = session.sign_in(svc, _request(), {}, "res", "pw-res-123")
+    assert home_of(res) == "/trials"  # where a researcher lands after signing in
+    with pytest.raises(access.UiDeniedError, match="Trials") as refused:
+        access.visible_patients(svc, None, res)
+    for pid in ("p1", "p2", "p3"):
+        with pytest.raises(access.UiDeniedError) as exc:
+            access.patient_data(svc, None, res, pid)
+        assert "Name" not in str(exc.value) and "MRN" not in str(exc.value)
+    assert "Name" not in str(refused.value) and "MRN" not in str(refused.value)
+    pat = session.sign_in(svc, _request(), {}, "pat", "pw-pat-123")
+    assert home_of(pat) == "/"
+    ids = access.visible_patients(svc, None, pat)
+    assert ids == ["p2"]
+    assert [r.name for r in access.ward_rows(svc, None, pat, ids, audit=True)] == ["Name p2"]
+    assert access.patient_data(svc, None, pat, "p2").mrn == "MRN-p2"
+    with pytest.raises(access.UiDeniedError, match="no patient 'p1'"):  # as if it did not exist
+        access.patient_data(svc, None, pat, "p1")
+    with pytest.raises(access.UiDeniedError):  # a patient reads, never acknowledges
+        access.acknowledge(svc, None, pat, AlertStore(svc.store).raise_alert(
+            "p2", "news2", 3, "NEWS2 high", {}, T0).id)
+    denied = [(e.actor, e.patient_id) for e in svc.audit.entries() if e.outcome == "denied"]
+    assert ("researcher:res", "p1") in denied and ("patient:pat", "p1") in denied
+
+
+def test_times_are_shown_in_the_browsers_zone_with_utc_as_the_labelled_fallback():
+    from medtwin.ui.layout import local_time
+
+    storage: dict = {}
+    assert not session.zone_known(storage)
+    assert session.zone(storage).key == "UTC" and "unknown" in session.zone_label(storage)
+    assert session.remember_zone(storage, "America/New_York").key == "America/New_York"
+    assert session.zone_known(storage) and session.zone_label(storage) == "America/New_York"
+    winter = datetime(2026, 1, 5, 17, 30, tzinfo=UTC)
+    assert local_time(winter, session.zone(storage)) == "05 Jan 12:30:00 EST"
+    for bad in ("Mars/Olympus", "../etc/passwd", None, 42, "x" * 100):
+        assert session.remember_zone(storage, bad) is None
+        assert session.zone_known(storage) and session.zone(storage).key == "UTC"
+        assert "unknown" in session.zone_label(storage)
+    assert local_time(winter) == "05 Jan 17:30:00 UTC"  # outside a page: UTC

@@ -55,13 +55,19 @@ class Services:
                resource: str, outcome: str, *, patient_id: str | None = None,
                detail: str | None = None) -> None:
         """Append an audit entry (a no-op when security is switched off for a benchmark)."""
-        if not self.settings.security_enabled:
+        self.record_many(request, who, action, resource, outcome, [patient_id], detail=detail)
+
+    def record_many(self, request: Request | None, who: Principal | None, action: str,
+                    resource: str, outcome: str, patient_ids: list[str | None], *,
+                    detail: str | None = None) -> None:
+        """One audit entry per patient, appended in one transaction (e.g. a ward of 100)."""
+        if not self.settings.security_enabled or not patient_ids:
             return
         client = request.client.host if request is not None and request.client else None
-        self.audit.append(AuditEntry(
+        self.audit.append_many([AuditEntry(
             actor=who.label if who else "anonymous", role=who.role.value if who else None,
-            action=action, resource=resource, outcome=outcome, patient_id=patient_id,
-            source=client, detail=detail))
+            action=action, resource=resource, outcome=outcome, patient_id=pid,
+            source=client, detail=detail) for pid in patient_ids])
 
 
 def build_services(settings: Settings, store: EventStore, keyring: KeyRing) -> Services:

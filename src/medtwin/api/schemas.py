@@ -272,12 +272,14 @@ Units = Annotated[float, Field(gt=0, le=50, description="insulin [U]")]
 
 
 class PlannedIn(_In):
-    """A what-if: meals and insulin boluses to add to what is recorded."""
+    """A what-if: meals and insulin boluses to add to what is recorded, and a basal rate."""
 
     meals: list[tuple[AwareDatetime, Grams]] = Field(default=[], max_length=20,
                                                      description="(time, grams)")
     boluses: list[tuple[AwareDatetime, Units]] = Field(default=[], max_length=20,
                                                        description="(time, units)")
+    basal: float | None = Field(default=None, ge=0, le=10, description="basal insulin rate "
+                                "[U/h] from the twin's time on; absent: unchanged")
     horizon: int = Field(default=120, ge=10, le=720, description="minutes ahead")
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from medtwin.core.records import Observation
 from medtwin.interop.codes import BLOOD_PRESSURE_PANELS
 from medtwin.monitor.news2 import Vitals
 from medtwin.store.event_store import EventStore
+from medtwin.store.latest import latest_per_code
 
 RR, PULSE, SBP = "9279-1", "8867-4", "8480-6"
 SPO2 = ("59408-5", "2708-6")
@@ -45,6 +47,27 @@ def vital_item(obs: Observation) -> tuple[str, object] | None:
         return None
     value = _value(obs, item)
     return None if value is None else (item, value)
+
+
+def latest_items_many(store: EventStore, patient_ids: Sequence[str]
+                      ) -> dict[str, dict[str, tuple[datetime, object]]]:
+    """:func:`latest_items` for many patients, reading only each code's newest records.
+
+    Exactly the same answer: where a code's newest record measures no item (e.g. a blood
+    pressure panel without a systolic component), an older record might, so that patient's
+    full timeline is read instead.
+    """
+    out = {}
+    for pid, records in latest_per_code(store, patient_ids, CODES).items():
+        items: dict[str, tuple[datetime, object]] = {}
+        for o in records:
+            hit = vital_item(o)  # type: ignore[arg-type]
+            if hit is None:
+                items = latest_items(store, pid)
+                break
+            items[hit[0]] = (o.time, hit[1])  # type: ignore[attr-defined]
+        out[pid] = items
+    return out
 
 
 def vitals_from_items(items: dict[str, tuple[datetime, object]], *,

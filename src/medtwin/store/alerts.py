@@ -122,6 +122,14 @@ class AlertStore:
         with self.engine.connect() as conn:
             return int(conn.scalar(select(func.max(alerts.c.id))) or 0)
 
+    def version(self) -> tuple[int, int]:
+        """(newest alert id, newest alert event id): changes whenever an alert is raised,
+        acknowledged or resolved; a cheap check for screens that follow the alerts."""
+        with self.engine.connect() as conn:
+            a = conn.scalar(select(func.max(alerts.c.id)))
+            e = conn.scalar(select(func.max(alert_events.c.id)))
+        return int(a or 0), int(e or 0)
+
     def all(self, patient_id: str | None = None) -> list[Alert]:
         """Every alert with its state (newest first)."""
         q = select(alerts).order_by(alerts.c.id.desc())

@@ -137,3 +137,15 @@ def snapshot_versions(store: EventStore, patient_id: str) -> list[tuple[int, dat
          .order_by(twin_snapshots.c.version))
     with store.engine.connect() as conn:
         return [(int(v), t) for v, t in conn.execute(q).all()]
+
+
+def last_sync_times(store: EventStore, patient_ids: list[str]) -> dict[str, datetime]:
+    """Each patient's newest twin time (the data clock its twin has caught up to), for the
+    patients that have a twin; one indexed query for a whole ward."""
+    if not patient_ids:
+        return {}
+    q = (select(twin_snapshots.c.patient_id, func.max(twin_snapshots.c.twin_time))
+         .where(twin_snapshots.c.patient_id.in_(patient_ids))
+         .group_by(twin_snapshots.c.patient_id))
+    with store.engine.connect() as conn:
+        return {p: when for p, when in conn.execute(q).all()}

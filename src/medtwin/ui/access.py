@@ -15,12 +15,24 @@ import pandas as pd
 from starlette.requests import Request
 
 from medtwin.api.deps import Services
+from medtwin.api.twin_service import (
+    DOSE_RESOURCE,
+    GLUCOSE_RESOURCE,
+    GlucosePlan,
+    GlucoseView,
+    Regimen,
+    current_regimen,
+    dose_view,
+    glucose_view,
+)
 from medtwin.core.errors import MedtwinError, NotFoundError
 from medtwin.monitor.news2 import News2, Risk, news2
-from medtwin.monitor.vitals import latest_items, vitals_from_items
+from medtwin.monitor.vitals import latest_items_many, vitals_from_items
 from medtwin.security.policy import AccessDeniedError, Action, Grant
 from medtwin.security.roles import Principal, Role
 from medtwin.store.alerts import Alert, AlertStore
+from medtwin.store.snapshots import last_sync_times
+from medtwin.twin.vancomycin import PKView
 
 CGM, GLUCOSE_LAB = "99504-3", "2339-0"
 CHART_CODES = {"8867-4": ("Heart rate", "/min"), "9279-1": ("Respiratory rate", "/min"),
@@ -48,6 +60,7 @@ class WardRow:
     score: News2 | None
     alerts: list[Alert] = field(default_factory=list)
     last_reading: datetime | None = None
+    twin_synced: datetime | None = None  # the data time the patient's live twin has reached
 
     @property
     def rank(self) -> tuple[int, int, int]:
@@ -74,8 +87,9 @@ def visible_patients(svc: Services, request: Request | None, who: Principal) -> 
     except AccessDeniedError as exc:
         svc.record(request, who, "read", "ward", "denied", detail=str(exc))
         raise UiDeniedError("the ward shows identified clinical data: it is for clinicians and "
-                       "patients (admins use the API with a break-glass reason; researchers "
-                       "use /research)") from None
+                            "patients (admins use the API with a break-glass reason; "
+                            "researchers use the Trials page and the de-identified API "
+                            "/research)") from None
     ids = svc.policy.visible_patients(who, list(svc.store.patients()["id"]))
     svc.record(request, who, "read", "ward", "success", detail=f"{len(ids)} listed")
     return ids
@@ -88,17 +102,24 @@ def _name(svc: Services, patient_id: str) -> tuple[str, str]:
 
 
 def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[str], *,
-              audit: bool) -> list[WardRow]:
-    """Latest vitals, NEWS2 and active alerts per patient, sickest first.
+              audit: bool, names: dict[str, tuple[str, str]] | None = None) -> list[WardRow]:
+    """Latest vitals, NEWS2, active alerts and the twin's last sync per patient, sickest first.
 
-    ``audit`` records one read per patient (on opening the page; the live refresh of an open
-    page is covered by that entry, as the API's WebSocket audits once per subscription).
+    The policy is asked again on every call (a patient taken out of the care team since the
+    page opened drops off). ``audit`` records one read per patient, in one transaction (on
+    opening the page; the live refresh of an open page is covered by that entry, as the API's
+    WebSocket audits once per subscription). ``names`` caches the decrypted name and MRN
+    between the calls of one page. The reads are batched: a ward of 100 costs a few queries.
     """
+    allowed = set(svc.policy.visible_patients(who, ids))
+    ids = [p for p in ids if p in allowed]
+    names = {} if names is None else names
+    active: dict[str, list[Alert]] = {}
+    for a in AlertStore(svc.store).active():
+        active.setdefault(a.patient_id, []).append(a)
+    synced = last_sync_times(svc.store, ids)
     rows = []
-    alerts = AlertStore(svc.store)
-    for pid in ids:
-        _check(svc, request, who, pid, Action.READ, "ward-summary")
-        items = latest_items(svc.store, pid)
+    for pid, items in latest_items_many(svc.store, ids).items():
         try:
             v, when = vitals_from_items(items)
             score = news2(v) if when is not None else None
@@ -110,10 +131,13 @@ def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[
                 value = items[item][1]
                 shown[label] = f"{value:.1f} {unit}" if item == "temperature" else \
                     f"{value:.0f} {unit}"
-        name, mrn = _name(svc, pid)
-        rows.append(WardRow(pid, name, mrn, shown, score, alerts.active(pid), when))
-        if audit:
-            svc.record(request, who, "read", "ward-summary", "success", patient_id=pid)
+        if pid not in names:
+            names[pid] = _name(svc, pid)
+        name, mrn = names[pid]
+        rows.append(WardRow(pid, name, mrn, shown, score, active.get(pid, []), when,
+                            synced.get(pid)))
+    if audit:
+        svc.record_many(request, who, "read", "ward-summary", "success", list(ids))
     return sorted(rows, key=lambda r: r.rank, reverse=True)
 
 
@@ -177,3 +201,56 @@ def require_admin(svc: Services, request: Request | None, who: Principal, resour
     except AccessDeniedError as exc:
         svc.record(request, who, "access", resource, "denied", detail=str(exc))
         raise UiDeniedError(str(exc)) from None
+
+
+def glucose_twin(svc: Services, request: Request | None, who: Principal, patient_id: str, *,
+                 horizon: int = 120, plan: GlucosePlan | None = None, audit: bool = True
+                 ) -> GlucoseView:
+    """The patient's glucose twin brought up to date, its forecast and a what-if's, checked
+    and audited as ``GET /twins/{id}/glucose`` (the same service function runs).
+
+    Raises :class:`UiDeniedError`, ``TwinNotReadyError`` (no glucose reading yet) or
+    ``ValidationError`` (a plan the twin cannot run). ``audit=False`` for the live refresh of
+    a page whose opening was audited.
+    """
+    _check(svc, request, who, patient_id, Action.READ, GLUCOSE_RESOURCE)
+    try:
+        view = glucose_view(svc.store, patient_id, horizon=horizon, plan=plan)
+    except NotFoundError:
+        svc.record(request, who, "read", GLUCOSE_RESOURCE, "not-found", patient_id=patient_id)
+        raise UiDeniedError(f"no patient {patient_id!r}") from None
+    if audit:
+        svc.record(request, who, "read", GLUCOSE_RESOURCE, "success", patient_id=patient_id)
+    return view
+
+
+@dataclass(frozen=True)
+class DoseComparison:
+    """The vancomycin twin's recommendation, the current regimen continued, and a what-if."""
+
+    recommended: PKView
+    current: PKView | None
+    current_regimen: Regimen | None
+    what_if: PKView | None = None
+    what_if_regimen: Regimen | None = None
+
+
+def dose(svc: Services, request: Request | None, who: Principal, patient_id: str, *,
+         what_if: Regimen | None = None) -> DoseComparison:
+    """The personalised vancomycin twin: recommended regimen, the current one continued and
+    (given) a what-if regimen, checked and audited as ``GET /twins/{id}/dose``.
+
+    Raises :class:`UiDeniedError`, ``TwinNotReadyError`` (no doses and levels yet) or
+    ``ValidationError``.
+    """
+    _check(svc, request, who, patient_id, Action.READ, DOSE_RESOURCE)
+    try:
+        recommended = dose_view(svc.store, patient_id)
+        regimen = current_regimen(svc.store, patient_id)
+        current = dose_view(svc.store, patient_id, regimen=regimen) if regimen else None
+        alt = dose_view(svc.store, patient_id, regimen=what_if) if what_if else None
+    except NotFoundError:
+        svc.record(request, who, "read", DOSE_RESOURCE, "not-found", patient_id=patient_id)
+        raise UiDeniedError(f"no patient {patient_id!r}") from None
+    svc.record(request, who, "read", DOSE_RESOURCE, "success", patient_id=patient_id)
+    return DoseComparison(recommended, current, regimen, alt, what_if)

@@ -2,81 +2,152 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import tzinfo
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from medtwin.api.twin_service import GlucoseView
 from medtwin.ui.access import CGM, CHART_CODES, GLUCOSE_LAB
 
 VITAL_CODES = ("8867-4", "9279-1", "59408-5", "8480-6", "8310-5")
-_LAYOUT = {"margin": {"l": 50, "r": 10, "t": 40, "b": 40}, "height": 320,
-           "legend": {"orientation": "h", "y": -0.2}, "template": "plotly_white"}
+_LAYOUT = {"margin": {"l": 50, "r": 10, "t": 40, "b": 40}, "height": 360,
+           "legend": {"orientation": "h", "y": -0.3, "yanchor": "top"},
+           "template": "plotly_white"}
+UTC = ZoneInfo("UTC")
+PLAN_COLOUR, WHAT_IF_COLOUR = "#555555", "#d62728"
 
 
-def _local(times: pd.Series) -> pd.Series:
-    """Wall-clock times in the local zone (plotly draws naive times as given)."""
-    zone = datetime.now().astimezone().tzinfo
-    return pd.to_datetime(pd.Series(list(times)), utc=True).dt.tz_convert(zone).dt.tz_localize(None)
+def _local(times: pd.Series | Sequence[object], zone: tzinfo = UTC) -> list[str]:
+    """Wall-clock times in ``zone`` (plotly draws naive times as given), as ISO strings."""
+    t = pd.to_datetime(pd.Series(list(times)), utc=True).dt.tz_convert(zone).dt.tz_localize(None)
+    return [x.isoformat() for x in t]
 
 
-def vitals_figure(series: pd.DataFrame) -> go.Figure:
-    """Heart rate, respiratory rate, SpO2, systolic BP and temperature over time."""
+def _zone_name(zone: tzinfo) -> str:
+    return getattr(zone, "key", None) or str(zone)
+
+
+def _time_axis(zone: tzinfo) -> dict[str, object]:
+    """The x axis of a time chart, titled with the zone its times are in."""
+    return {"title": {"text": f"time ({_zone_name(zone)})"}}
+
+
+def _values(v: pd.Series) -> list[float]:
+    """Plain floats: the browser gets arrays it can read (tests read them back)."""
+    return [float(x) for x in v]
+
+
+def _band(fig: go.Figure, x: list[str], lower: pd.Series, upper: pd.Series, name: str,
+          colour: str, *, group: str) -> None:
+    """A shaded 90% band between ``lower`` and ``upper``."""
+    fig.add_trace(go.Scatter(x=x, y=_values(upper), line={"width": 0}, showlegend=False,
+                             hoverinfo="skip", legendgroup=group, name=f"{name} upper"))
+    fig.add_trace(go.Scatter(x=x, y=_values(lower), fill="tonexty", line={"width": 0},
+                             name=name, legendgroup=group,
+                             fillcolor=_rgba(colour, 0.18)))
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    h = hex_colour.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def vitals_figure(series: pd.DataFrame, zone: tzinfo = UTC) -> go.Figure:
+    """Heart rate, respiratory rate, SpO2, systolic BP and temperature over time (x axis in
+    ``zone``)."""
     fig = go.Figure()
     for code in VITAL_CODES:
         part = series[series["code"] == code]
         if len(part):
             label, unit = CHART_CODES[code]
-            fig.add_trace(go.Scatter(x=_local(part["time"]), y=part["value"].astype(float),
+            fig.add_trace(go.Scatter(x=_local(part["time"], zone), y=_values(part["value"]),
                                      mode="lines+markers", name=f"{label} [{unit}]",
                                      marker={"size": 4}))
-    fig.update_layout(title="Vital signs (local time)", **_LAYOUT)
+    fig.update_layout(title="Vital signs", xaxis=_time_axis(zone), **_LAYOUT)
     return fig
 
 
-def glucose_figure(series: pd.DataFrame) -> go.Figure | None:
-    """CGM and blood glucose [mg/dL] with the 70-180 target range; None without glucose."""
+def glucose_figure(series: pd.DataFrame, zone: tzinfo = UTC,
+                   forecast: pd.DataFrame | None = None, *, always: bool = False
+                   ) -> go.Figure | None:
+    """CGM and blood glucose [mg/dL] with the 70-180 target range and, given, the glucose
+    twin's forecast (mean and 90% band); None without glucose unless ``always``."""
     cgm = series[series["code"] == CGM]
     lab = series[series["code"] == GLUCOSE_LAB]
-    if not len(cgm) and not len(lab):
+    if not len(cgm) and not len(lab) and forecast is None and not always:
         return None
     fig = go.Figure()
     fig.add_hrect(y0=70, y1=180, fillcolor="green", opacity=0.08, line_width=0)
     if len(cgm):
-        fig.add_trace(go.Scatter(x=_local(cgm["time"]), y=cgm["value"].astype(float),
+        fig.add_trace(go.Scatter(x=_local(cgm["time"], zone), y=_values(cgm["value"]),
                                  mode="lines", name="CGM [mg/dL]"))
     if len(lab):
-        fig.add_trace(go.Scatter(x=_local(lab["time"]), y=lab["value"].astype(float),
+        fig.add_trace(go.Scatter(x=_local(lab["time"], zone), y=_values(lab["value"]),
                                  mode="markers", name="Blood glucose [mg/dL]"))
-    fig.update_layout(title="Glucose (target 70-180 mg/dL shaded)", yaxis_title="mg/dL",
-                      **_LAYOUT)
+    if forecast is not None:
+        x = _local(forecast["time"], zone)
+        _band(fig, x, forecast["p05"], forecast["p95"], "twin forecast 90% band",
+              "#1f77b4", group="forecast")
+        fig.add_trace(go.Scatter(x=x, y=_values(forecast["mean"]), name="twin forecast",
+                                 line={"color": "#1f77b4", "dash": "dot"},
+                                 legendgroup="forecast"))
+    fig.update_layout(title="Glucose [mg/dL] (target 70-180 shaded)", yaxis_title="mg/dL",
+                      xaxis=_time_axis(zone), **_LAYOUT)
     return fig
 
 
-def pk_figure(levels: pd.DataFrame, course: pd.DataFrame) -> go.Figure:
-    """Measured vancomycin levels, the personalised fit and its 90% band [mg/L]."""
+def pk_figure(levels: pd.DataFrame, course: pd.DataFrame, zone: tzinfo = UTC, *,
+              compare: Sequence[tuple[str, pd.DataFrame, str]] = ()) -> go.Figure:
+    """Measured vancomycin levels, the personalised fit with the recommended regimen and its
+    90% band [mg/L]; ``compare`` adds (name, course, colour) of other regimens."""
     fig = go.Figure()
-    x = _local(course["time"])
-    fig.add_trace(go.Scatter(x=x, y=course["upper"], line={"width": 0}, showlegend=False,
-                             hoverinfo="skip"))
-    fig.add_trace(go.Scatter(x=x, y=course["lower"], fill="tonexty", line={"width": 0},
-                             name="90% band (posterior)", fillcolor="rgba(31,119,180,0.25)"))
-    fig.add_trace(go.Scatter(x=x, y=course["mode"], name="personalised fit + recommended",
-                             line={"color": "#1f77b4"}))
-    fig.add_trace(go.Scatter(x=_local(levels["time"]), y=levels["value"], mode="markers",
-                             name="measured level", marker={"color": "black", "size": 9}))
-    fig.update_layout(title="Vancomycin concentration [mg/L]", yaxis_title="mg/L", **_LAYOUT)
+    x = _local(course["time"], zone)
+    _band(fig, x, course["lower"], course["upper"], "90% band (recommended)", "#1f77b4",
+          group="recommended")
+    fig.add_trace(go.Scatter(x=x, y=_values(course["mode"]), name="personalised fit + "
+                             "recommended", line={"color": "#1f77b4"},
+                             legendgroup="recommended"))
+    for name, other, colour in compare:
+        ox = _local(other["time"], zone)
+        _band(fig, ox, other["lower"], other["upper"], f"90% band ({name})", colour,
+              group=name)
+        fig.add_trace(go.Scatter(x=ox, y=_values(other["mode"]), name=name,
+                                 line={"color": colour, "dash": "dash"}, legendgroup=name))
+    fig.add_trace(go.Scatter(x=_local(levels["time"], zone), y=_values(levels["value"]),
+                             mode="markers", name="measured level",
+                             marker={"color": "black", "size": 9}))
+    fig.update_layout(title="Vancomycin concentration [mg/L]", yaxis_title="mg/L",
+                      xaxis=_time_axis(zone), **_LAYOUT)
     return fig
 
 
-def what_if_figure(plan: pd.DataFrame, changed: pd.DataFrame) -> go.Figure:
-    """Predicted glucose of the current plan and of the what-if, over one day."""
+def what_if_figure(view: GlucoseView | None, history: pd.DataFrame,
+                   zone: tzinfo = UTC) -> go.Figure:
+    """The glucose twin's predicted course under the current plan next to the what-if's
+    (each mean with its 90% band), after the last hours of glucose readings."""
     fig = go.Figure()
     fig.add_hrect(y0=70, y1=180, fillcolor="green", opacity=0.08, line_width=0)
-    fig.add_trace(go.Scatter(x=plan["minute"] / 60, y=plan["glucose"], name="current plan",
-                             line={"color": "grey", "dash": "dash"}))
-    fig.add_trace(go.Scatter(x=changed["minute"] / 60, y=changed["glucose"], name="what-if",
-                             line={"color": "#d62728"}))
-    fig.update_layout(title="Predicted glucose [mg/dL]", xaxis_title="hour of day",
-                      yaxis_title="mg/dL", **_LAYOUT)
+    if len(history):
+        fig.add_trace(go.Scatter(x=_local(history["time"], zone), y=_values(history["value"]),
+                                 mode="lines", name="measured glucose",
+                                 line={"color": "black"}))
+    if view is not None:
+        x = _local(view.forecast["time"], zone)
+        _band(fig, x, view.forecast["p05"], view.forecast["p95"], "current plan 90% band",
+              PLAN_COLOUR, group="plan")
+        fig.add_trace(go.Scatter(x=x, y=_values(view.forecast["mean"]), name="current plan",
+                                 line={"color": PLAN_COLOUR, "dash": "dash"},
+                                 legendgroup="plan"))
+        if view.what_if is not None:
+            wx = _local(view.what_if["time"], zone)
+            _band(fig, wx, view.what_if["p05"], view.what_if["p95"], "what-if 90% band",
+                  WHAT_IF_COLOUR, group="what-if")
+            fig.add_trace(go.Scatter(x=wx, y=_values(view.what_if["mean"]), name="what-if",
+                                     line={"color": WHAT_IF_COLOUR}, legendgroup="what-if"))
+    fig.update_layout(title="Predicted glucose [mg/dL]: current plan vs what-if",
+                      yaxis_title="mg/dL", xaxis=_time_axis(zone), **_LAYOUT)
     return fig

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from nicegui import app, ui
 
 from medtwin.api.deps import Services
 from medtwin.monitor.news2 import News2, Risk
 from medtwin.security.roles import Principal, Role
+from medtwin.ui import session
+
+log = logging.getLogger(__name__)
 
 # colour AND text: the band is always written out
 RISK_STYLE = {Risk.HIGH: ("bg-red-700 text-white", "HIGH"),
@@ -39,11 +44,39 @@ def storage() -> MutableMapping[str, Any]:
     return app.storage.user
 
 
-def local_time(t: datetime | None) -> str:
-    """A time in the server's (the demo machine's) local zone, with the zone name."""
+def user_zone() -> ZoneInfo:
+    """The time zone of this browser session (UTC when unknown or outside a page)."""
+    try:
+        return session.zone(storage())
+    except RuntimeError:  # no page context (a test or a background task)
+        return session.UTC_ZONE
+
+
+def zone_label() -> str:
+    """The name of the zone times are shown in, for labels (says when it is UTC by default)."""
+    try:
+        return session.zone_label(storage())
+    except RuntimeError:
+        return "UTC"
+
+
+def local_time(t: datetime | None, zone: tzinfo | None = None) -> str:
+    """A time in the user's zone (``zone``, default this browser's), with the zone's
+    abbreviation, e.g. ``05 Mar 14:05:09 EST``."""
     if t is None:
         return "no readings yet"
-    return t.astimezone().strftime("%d %b %H:%M:%S %Z")
+    return t.astimezone(zone or user_zone()).strftime("%d %b %H:%M:%S %Z")
+
+
+async def ask_zone() -> ZoneInfo | None:
+    """Ask this browser for its time zone and keep it in the session (None if it did not
+    answer in time: times stay in UTC, labelled so, and the next page asks again)."""
+    try:
+        name = await ui.run_javascript(session.ZONE_JS, timeout=5.0)
+    except TimeoutError:
+        log.info("the browser did not say its time zone in time")
+        return None
+    return session.remember_zone(storage(), name)
 
 
 def risk_badge(score: News2 | None) -> None:
@@ -60,14 +93,27 @@ def risk_badge(score: News2 | None) -> None:
 
 
 def header(ctx: UiContext, who: Principal, on_sign_out: Any) -> None:
-    """The top bar: navigation for the caller's role, who is signed in, sign-out."""
-    with ui.header().classes("items-center justify-between bg-slate-800 px-4 py-2"):
-        with ui.row().classes("items-center gap-4"):
+    """The top bar: navigation for the caller's role, who is signed in, the time zone times
+    are shown in, sign-out. A browser not yet asked for its zone is asked (then the page
+    reloads once, in that zone)."""
+    if not session.zone_known(storage()):
+        async def ask() -> None:
+            if await ask_zone() is not None:
+                ui.navigate.reload()
+        ui.timer(0.05, ask, once=True)
+    with ui.header().classes("items-center justify-between bg-slate-800 px-4 py-2 flex-wrap "
+                             "gap-y-1"):
+        with ui.row().classes("items-center gap-4 flex-wrap"):
             ui.label("medtwin").classes("text-xl font-bold text-white")
             if who.role in (Role.CLINICIAN, Role.PATIENT):
                 ui.link("Ward", "/").classes("text-white")
+            if who.role in (Role.CLINICIAN, Role.RESEARCHER, Role.ADMIN):
+                ui.link("Trials", "/trials").classes("text-white")
+                ui.link("Operations", "/ops").classes("text-white")
             if who.role is Role.ADMIN:
                 ui.link("Admin", "/admin").classes("text-white")
-        with ui.row().classes("items-center gap-3"):
+        with ui.row().classes("items-center gap-3 flex-wrap"):
+            ui.label(f"Times in {zone_label()}").classes("text-white text-sm").props(
+                'data-zone')
             ui.label(f"{who.name} ({who.role.value})").classes("text-white")
             ui.button("Sign out", on_click=on_sign_out).props("outline color=white")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +20,7 @@ from medtwin.live.broker import EmbeddedBroker
 from medtwin.live.ingest import Ingester
 from medtwin.live.publish import DevicePublisher
 from medtwin.live.streams import Reading, simulated_ward
-from medtwin.live.sync import MonitorLoop
+from medtwin.live.sync import Hook, MonitorLoop
 from medtwin.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 CGM_CODE = "99504-3"
 
 
-def cgm_walk(patient: str, *, seed: int, target: float = 150.0) -> Iterator[int]:
-    """A generator of CGM values [mg/dL]: mean-reverting with meal-like excursions."""
+def cgm_walk(patient: str, *, seed: int, target: float = 150.0,
+             start: float | None = None) -> Iterator[int]:
+    """A generator of CGM values [mg/dL]: mean-reverting with meal-like excursions, from
+    ``start`` (e.g. the patient's last stored reading) or near ``target``."""
     rng = np.random.default_rng(seed)
-    g = target + rng.normal(0, 20)
+    g = target + rng.normal(0, 20) if start is None else float(start)
     bump = 0.0
     while True:
         if rng.random() < 0.02:
@@ -45,7 +47,9 @@ def cgm_walk(patient: str, *, seed: int, target: float = 150.0) -> Iterator[int]
 @dataclass
 class LiveWard:
     """Simulated devices for ``vitals`` patients (deteriorating ones first in the list) and
-    CGMs for ``cgm`` patients, published every ``tick`` seconds of wall-clock time."""
+    CGMs for ``cgm`` patients, published every ``tick`` seconds of wall-clock time (a CGM
+    every ``cgm_every`` ticks, from its ``cgm_start`` value); ``hooks`` run in the monitor
+    loop (e.g. :class:`~medtwin.live.sync.GlucoseHook`, the glucose twins)."""
 
     store: EventStore
     vitals: Sequence[str]
@@ -56,6 +60,9 @@ class LiveWard:
     seed: int = 0
     broker_url: str | None = None
     site: str = "ward1"
+    hooks: Sequence[Hook] = ()
+    cgm_every: int = 1
+    cgm_start: Mapping[str, float] = field(default_factory=dict)
     published: int = field(default=0, init=False)
 
     def start(self) -> LiveWard:
@@ -65,7 +72,8 @@ class LiveWard:
             self._broker = EmbeddedBroker()
             self.broker_url = self._broker.start()
         self._stop = threading.Event()
-        self.monitor = MonitorLoop(self.store, broker=self.broker_url).start()
+        self.monitor = MonitorLoop(self.store, broker=self.broker_url,
+                                   hooks=list(self.hooks)).start()
         self.ingester = Ingester(self.store, broker=self.broker_url,
                                  client_id=f"medtwin-demo-{self.seed}",
                                  on_stored=self.monitor.on_stored).start()
@@ -81,7 +89,9 @@ class LiveWard:
                               steps=10**9, seed=self.seed,
                               deteriorating=self.deteriorating / max(n, 1),
                               onset_steps=self.onset_ticks) if n else None
-        cgms = {p: cgm_walk(p, seed=self.seed + k) for k, p in enumerate(self.cgm)}
+        cgms = {p: cgm_walk(p, seed=self.seed + k, start=self.cgm_start.get(p))
+                for k, p in enumerate(self.cgm)}
+        ticks = 0
         while True:
             now = datetime.now(UTC).replace(microsecond=0)
             batch: list[Reading] = []
@@ -91,10 +101,11 @@ class LiveWard:
                     batch.append(dataclasses.replace(r, patient=self.vitals[idx], time=now,
                                                      id=f"demo-{self.vitals[idx]}-{r.metric}-"
                                                         f"{now.isoformat()}"))
-            for p, walk in cgms.items():
+            for p, walk in cgms.items() if ticks % max(self.cgm_every, 1) == 0 else ():
                 batch.append(Reading(patient=p, metric="cgm", time=now, code=CGM_CODE,
                                      value=float(next(walk)), unit="mg/dL",
                                      id=f"demo-{p}-cgm-{now.isoformat()}"))
+            ticks += 1
             yield batch
 
     def _run(self) -> None:

@@ -6,12 +6,17 @@ only a signed session id). Each page and each live update re-checks the access t
 as the API does (signature, expiry, revoked or disabled user); an expired access token is
 renewed with the refresh token, so a session ends when the refresh token expires or the user
 is disabled.
+
+The same storage keeps the browser's time zone (read from the browser at sign-in), so every
+time on every page is shown in the user's zone, with the zone named; UTC, labelled as such,
+when the browser did not say.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi.security import OAuth2PasswordRequestForm
 from starlette.requests import Request
@@ -23,6 +28,10 @@ from medtwin.api.schemas import RefreshIn
 from medtwin.security.roles import Principal
 
 ACCESS, REFRESH = "medtwin_access", "medtwin_refresh"
+ZONE = "medtwin_zone"  # the browser's IANA time zone; "" when it could not be read
+#: what the browser is asked for its time zone (run through NiceGUI's JavaScript bridge)
+ZONE_JS = "Intl.DateTimeFormat().resolvedOptions().timeZone"
+UTC_ZONE = ZoneInfo("UTC")
 
 
 class SignInError(Exception):
@@ -71,3 +80,36 @@ def sign_out(svc: Services, request: Request | None, storage: MutableMapping[str
     storage.pop(REFRESH, None)
     if who is not None:
         svc.record(request, who, "logout", f"user:{who.name}", "success")
+
+
+def _zone(name: object) -> ZoneInfo | None:
+    if not isinstance(name, str) or not name or len(name) > 64:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def remember_zone(storage: MutableMapping[str, Any], name: object) -> ZoneInfo | None:
+    """Keep the browser's time zone (an IANA name such as ``Europe/Paris``) for this browser
+    session; an unknown or invalid name is kept as "unknown" (times are then shown in UTC)."""
+    zone = _zone(name)
+    storage[ZONE] = zone.key if zone is not None else ""
+    return zone
+
+
+def zone_known(storage: MutableMapping[str, Any]) -> bool:
+    """Whether this browser was asked for its zone already (answered or not)."""
+    return ZONE in storage
+
+
+def zone(storage: MutableMapping[str, Any]) -> ZoneInfo:
+    """This browser's time zone; UTC when it is unknown."""
+    return _zone(storage.get(ZONE)) or UTC_ZONE
+
+
+def zone_label(storage: MutableMapping[str, Any]) -> str:
+    """The zone's name as shown to the user, saying when it is a fallback."""
+    z = _zone(storage.get(ZONE))
+    return z.key if z is not None else "UTC (your browser's time zone is unknown)"

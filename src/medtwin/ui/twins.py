@@ -1,26 +1,30 @@
-"""The twins behind the patient page: the vancomycin PK twin (:mod:`medtwin.twin.vancomycin`)
-and the glucose what-if.
+"""The twins behind the patient page: which twin a patient has, and the what-if panels' inputs
+as the service's plans (:mod:`medtwin.api.twin_service`, which the API's twins routes use too).
 
-Pure functions over the store's records (no UI code), so they are tested without a browser.
+Pure functions over the store's records and the panels' values (no UI code), so they are
+tested without a browser.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-import pandas as pd
-
+from medtwin.api.twin_service import GlucosePlan, Regimen
+from medtwin.core.errors import ValidationError
 from medtwin.core.records import Condition
-from medtwin.devices.scenario import simulate_scenario
 from medtwin.store.event_store import EventStore
 from medtwin.twin.vancomycin import PKView, pk_view
 
-__all__ = ["PKView", "WhatIf", "glucose_what_if", "patient_kind", "pk_view"]
+__all__ = ["PKView", "PlanRow", "glucose_plan", "patient_kind", "pk_view", "regimen"]
 
 log = logging.getLogger(__name__)
 
 KIND_BY_CONDITION = {"46635009": "t1d", "91302008": "deteriorating", "128045006": "vancomycin"}
+MAX_AHEAD = 24 * 60  # min: the twin plans at most a day ahead
 
 
 def patient_kind(store: EventStore, patient_id: str) -> str:
@@ -33,34 +37,52 @@ def patient_kind(store: EventStore, patient_id: str) -> str:
     return "stable"
 
 
-DEFAULT_MEALS: tuple[tuple[str, float], ...] = (("07:00", 50), ("12:00", 70), ("19:00", 80))
+@dataclass
+class PlanRow:
+    """One planned meal or bolus of the what-if panel: ``minutes`` after the twin's time,
+    ``amount`` in g (meal) or U (bolus). Mutable: the panel's inputs edit it in place."""
+
+    kind: str  # "meal" or "bolus"
+    minutes: float | None
+    amount: float | None
+
+    @property
+    def unit(self) -> str:
+        """g for a meal, U for a bolus."""
+        return "g" if self.kind == "meal" else "U"
 
 
-@dataclass(frozen=True)
-class WhatIf:
-    """The current plan's predicted glucose next to the plan with an extra meal."""
-
-    plan: pd.DataFrame  # minute, glucose [mg/dL]
-    changed: pd.DataFrame
-    subject: str
-    controller: str
-
-    def time_in_range(self, which: str = "changed") -> float:
-        """Percentage of minutes in 70-180 mg/dL."""
-        g = getattr(self, which)["glucose"]
-        return float(((g >= 70) & (g <= 180)).mean() * 100)
+def _number(value: float | None, what: str, low: float, high: float) -> float:
+    if value is None or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValidationError(f"{what} is empty: give a number from {low:g} to {high:g}",
+                              where=what)
+    if not low <= value <= high:
+        raise ValidationError(f"{what} must be {low:g}-{high:g}, got {value:g}", where=what)
+    return float(value)
 
 
-def glucose_what_if(extra_meal: tuple[str, float] | None, *, controller: str = "basal-bolus",
-                    subject: str = "adult#001", meals: tuple[tuple[str, float], ...] =
-                    DEFAULT_MEALS) -> WhatIf:
-    """Simulate a day of the plan and of the plan with ``extra_meal`` (HH:MM, grams) on the
-    UVA/Padova virtual subject standing in for the patient (no personalised glucose twin yet)."""
-    base = simulate_scenario(subject, meals, controller=controller, seed=1)
-    changed_meals = meals if extra_meal is None else (*meals, extra_meal)
-    alt = simulate_scenario(subject, changed_meals, controller=controller, seed=1)
+def glucose_plan(rows: Iterable[PlanRow], basal: float | None, twin_time: datetime
+                 ) -> GlucosePlan:
+    """The panel's rows (minutes after ``twin_time``) and basal rate [U/h] as a plan for the
+    glucose twin; :class:`ValidationError` names the first bad input."""
+    meals: list[tuple[datetime, float]] = []
+    boluses: list[tuple[datetime, float]] = []
+    for n, row in enumerate(rows, 1):
+        label = f"{row.kind} {n}"
+        minutes = _number(row.minutes, f"{label} time [min]", 0, MAX_AHEAD)
+        at = twin_time + timedelta(minutes=minutes)
+        if row.kind == "meal":
+            meals.append((at, _number(row.amount, f"{label} carbohydrate [g]", 1, 300)))
+        elif row.kind == "bolus":
+            boluses.append((at, _number(row.amount, f"{label} insulin [U]", 0.1, 50)))
+        else:
+            raise ValidationError(f"unknown kind {row.kind!r}: meal or bolus", where=label)
+    rate = None if basal is None else _number(basal, "basal rate [U/h]", 0, 10)
+    return GlucosePlan(meals=tuple(meals), boluses=tuple(boluses), basal=rate)
 
-    def frame(df: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({"minute": df["minute"], "glucose": df["BG"]})
 
-    return WhatIf(frame(base), frame(alt), subject, controller)
+def regimen(dose: float | None, interval: float | None, infusion: float | None) -> Regimen:
+    """The vancomycin what-if panel's inputs as a regimen (errors name the input)."""
+    return Regimen(_number(dose, "dose [mg]", 1, 6000),
+                   _number(interval, "interval [h]", 1, 72),
+                   _number(infusion, "infusion [h]", 0.25, 72))

@@ -5,8 +5,6 @@ Reads of a patient's twin are reads of their data: checked per patient and audit
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, Query, Request
 
 from medtwin.api.deps import Caller, Svc, audited, guard
@@ -20,14 +18,20 @@ from medtwin.api.schemas import (
     PlannedIn,
     TwinSummary,
 )
+from medtwin.api.twin_service import (
+    DOSE_RESOURCE,
+    GLUCOSE_RESOURCE,
+    GlucosePlan,
+    TwinNotReadyError,
+    dose_view,
+    glucose_view,
+)
 from medtwin.core.errors import MedtwinError, NotFoundError
-from medtwin.core.records import Intervention
 from medtwin.security.policy import Action, not_found
 from medtwin.store.snapshots import latest_snapshot
 from medtwin.twin.dosing import Target
 from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, MODEL_VERSION
-from medtwin.twin.glucose_sync import GlucoseSync
-from medtwin.twin.vancomycin import PK_MODEL, VANCO_LEVEL, pk_view
+from medtwin.twin.vancomycin import PK_MODEL, VANCO_LEVEL
 
 router = APIRouter(prefix="/twins", tags=["twins"], responses=PATIENT_ERRORS)
 
@@ -60,34 +64,24 @@ def _points(frame: object) -> list[ForecastPoint]:
 
 
 def _glucose(request: Request, svc: Svc, who: Caller, patient_id: str, horizon: int,
-             planned: list[Intervention] | None) -> GlucoseTwinOut:
-    grant = guard(request, svc, who, patient_id, Action.READ, "glucose-twin")
-    if not svc.store.has_patient(patient_id):
-        audited(request, svc, who, grant, "glucose-twin", "not-found")
-        raise not_found(patient_id)
-    sync = GlucoseSync(svc.store)
+             plan: GlucosePlan | None) -> GlucoseTwinOut:
+    grant = guard(request, svc, who, patient_id, Action.READ, GLUCOSE_RESOURCE)
     try:
-        sync.update(patient_id)
-        twin, _ = sync.twin(patient_id)
-        if not twin.started:
-            raise ApiError(409, "no glucose reading for this patient yet: the twin has nothing "
-                                "to start from")
-        for d in planned or ():
-            if not twin.time_ - timedelta(hours=1) <= d.time <= twin.time_ + timedelta(days=1):
-                raise ApiError(422, f"planned {d.kind.value} at {d.time.isoformat()} is not "
-                                    "within a day after the twin's time "
-                                    f"{twin.time_.isoformat()}")
-        p, minutes = twin.hypo_risk()
-        out = GlucoseTwinOut(
-            patient_id=patient_id, twin_time=twin.time_, glucose=twin.glucose_,
-            insulin_sensitivity=twin.insulin_sensitivity_, hypo_probability=p,
-            minutes_to_hypo=minutes, forecast=_points(twin.forecast(horizon)),
-            what_if=_points(twin.forecast(horizon, planned=planned)) if planned else None,
-            model=MODEL_NAME, model_version=MODEL_VERSION)
+        view = glucose_view(svc.store, patient_id, horizon=horizon, plan=plan)
+    except NotFoundError:
+        audited(request, svc, who, grant, GLUCOSE_RESOURCE, "not-found")
+        raise not_found(patient_id) from None
+    except TwinNotReadyError as exc:
+        raise ApiError(409, str(exc)) from None
     except MedtwinError as exc:
         raise ApiError(422, str(exc)) from None
-    audited(request, svc, who, grant, "glucose-twin")
-    return out
+    audited(request, svc, who, grant, GLUCOSE_RESOURCE)
+    return GlucoseTwinOut(
+        patient_id=patient_id, twin_time=view.twin_time, glucose=view.glucose,
+        insulin_sensitivity=view.insulin_sensitivity, hypo_probability=view.hypo_probability,
+        minutes_to_hypo=view.minutes_to_hypo, forecast=_points(view.forecast),
+        what_if=_points(view.what_if) if view.what_if is not None else None,
+        model=view.model, model_version=view.model_version)
 
 
 @router.get("/{patient_id}/glucose", response_model=GlucoseTwinOut)
@@ -100,13 +94,10 @@ def glucose_forecast(request: Request, svc: Svc, who: Caller, patient_id: Id,
 @router.post("/{patient_id}/glucose/what-if", response_model=GlucoseTwinOut)
 def glucose_what_if(request: Request, svc: Svc, who: Caller, patient_id: Id,
                     body: PlannedIn) -> GlucoseTwinOut:
-    """The forecast with and without planned meals and boluses (nothing is stored)."""
-    planned = [Intervention(patient_id, "meal", t, g, "g", f"what-if-meal-{i}",
-                            duration=timedelta(minutes=max(1.0, g / 5.0)))
-               for i, (t, g) in enumerate(body.meals)]
-    planned += [Intervention(patient_id, "insulin", t, u, "U", f"what-if-bolus-{i}")
-                for i, (t, u) in enumerate(body.boluses)]
-    return _glucose(request, svc, who, patient_id, body.horizon, planned)
+    """The forecast with and without planned meals, boluses and a basal rate (nothing is
+    stored)."""
+    plan = GlucosePlan(meals=tuple(body.meals), boluses=tuple(body.boluses), basal=body.basal)
+    return _glucose(request, svc, who, patient_id, body.horizon, plan)
 
 
 @router.get("/{patient_id}/dose", response_model=DoseOut)
@@ -115,20 +106,18 @@ def dose(request: Request, svc: Svc, who: Caller, patient_id: Id,
                              description="auc24=LOW:HIGH, cmin=LOW:HIGH or cmax=LOW:HIGH")
          ) -> DoseOut:
     """Personalise vancomycin (Goti 2018) to the stored doses and levels; recommend a regimen."""
-    grant = guard(request, svc, who, patient_id, Action.READ, "dose")
+    grant = guard(request, svc, who, patient_id, Action.READ, DOSE_RESOURCE)
     try:
-        goal = Target.parse(target)
-        view = pk_view(svc.store, patient_id, target=goal)
+        view = dose_view(svc.store, patient_id, target=Target.parse(target))
     except NotFoundError:
-        audited(request, svc, who, grant, "dose", "not-found")
+        audited(request, svc, who, grant, DOSE_RESOURCE, "not-found")
         raise not_found(patient_id) from None
+    except TwinNotReadyError as exc:
+        raise ApiError(409, str(exc)) from None
     except MedtwinError as exc:
         raise ApiError(422, str(exc)) from None
-    if view is None:
-        raise ApiError(409, "no vancomycin doses and levels for this patient: nothing to "
-                            "personalise from")
     rec = view.recommendation
-    audited(request, svc, who, grant, "dose")
+    audited(request, svc, who, grant, DOSE_RESOURCE)
     return DoseOut(patient_id=patient_id, model=view.model, dose_mg=rec.dose,
                    interval_h=rec.interval, infusion_h=rec.duration, target=target,
                    probability=rec.probability, median=rec.median,

@@ -1,0 +1,64 @@
+"""Ward tiles: the band in words as well as colour, every value escaped, times in the user's
+zone; and the change feed the live ward polls."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from medtwin.core.records import Observation, Patient
+from medtwin.monitor.news2 import Vitals, news2
+from medtwin.store.alerts import AlertStore
+from medtwin.store.latest import patients_changed
+from medtwin.ui.access import WardRow
+from medtwin.ui.ward import badge_html, tile_html
+
+T = datetime(2026, 7, 1, 12, 30, tzinfo=UTC)
+
+
+def _alert(message: str):  # noqa: ANN202
+    from medtwin.store.alerts import Alert
+
+    return Alert(1, "p1", "news2", 3, message, {}, T, T)
+
+
+def test_badge_says_the_band_in_words_and_in_its_label():
+    high = news2(Vitals(respiration_rate=30, spo2=88, on_oxygen=True, systolic_bp=85,
+                        pulse=135, consciousness="V", temperature=39.5))
+    html = badge_html(WardRow("p1", "n", "m", {}, high))
+    assert "HIGH" in html and f'aria-label="NEWS2 score {high.total}, high risk"' in html
+    assert "bg-red-700" in html
+    partial = news2(Vitals(respiration_rate=16))
+    assert "(partial)" in badge_html(WardRow("p1", "n", "m", {}, partial))
+    assert "no vitals" in badge_html(WardRow("p1", "n", "m", {}, None))
+
+
+def test_tile_escapes_data_and_shows_the_users_zone():
+    row = WardRow("p1", "<b>x</b>", "<img src=x onerror=alert(1)>", {"HR": "80 /min"}, None,
+                  [_alert("SpO2 <script>alert(1)</script> low")], T, T)
+    html = tile_html(row, ZoneInfo("America/New_York"))
+    assert "<script>" not in html and "<img" not in html
+    assert "&lt;script&gt;" in html and "&lt;img" in html
+    assert "HR 80 /min" in html and "1 active alert(s), 1 unacknowledged" in html
+    assert "last reading 01 Jul 08:30:00 EDT" in html  # 12:30 UTC in New York, with its zone
+    assert "twin synced to 01 Jul 08:30:00 EDT" in html
+    empty = tile_html(WardRow("p1", "n", "m", {}, None), ZoneInfo("UTC"))
+    assert "no vital signs yet" in empty and "no active alerts" in empty
+    assert "no readings yet" in empty and "no live twin" in empty
+
+
+def test_change_feed_names_the_patients_with_new_events(store):
+    store.append([Patient(id="a", source_id="a"), Patient(id="b", source_id="b")])
+    seq, changed = patients_changed(store, store.last_seq())
+    assert changed == set()
+    store.append(records=[Observation("b", "8867-4", T, 80.0, "/min", "hr-1")])
+    seq2, changed = patients_changed(store, seq)
+    assert changed == {"b"} and seq2 > seq
+    assert patients_changed(store, seq2) == (seq2, set())
+    alerts = AlertStore(store)
+    before = alerts.version()
+    alert = alerts.raise_alert("a", "news2", 3, "high", {}, T)
+    assert alerts.version()[0] > before[0]
+    mid = alerts.version()
+    alerts.acknowledge(alert.id, "dr")
+    assert alerts.version()[1] > mid[1]
