@@ -17,12 +17,12 @@ from medtwin.api.settings import Settings
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.ops.forecast import Census, forecast
 from medtwin.ops.loader import load_model
-from medtwin.ops.runner import run_replications
+from medtwin.ops.runner import gather_replications, one_replication, run_replications
 from medtwin.security.audit import AuditLog
 from medtwin.security.crypto import KeyRing
 from medtwin.security.roles import Principal, Role
 from medtwin.store.event_store import EventStore
-from medtwin.trials.runner import Trial, load_cohort, run_chunk, run_trial
+from medtwin.trials.runner import Trial, gather_chunks, load_cohort, run_chunk, run_trial
 from medtwin.ui import ops_page, trials_page
 from medtwin.ui.access import UiDeniedError
 
@@ -92,7 +92,7 @@ def trial_and_result():
     trial = Trial(load_cohort("uva-padova", ["adult#001", "adolescent#002", "child#003"]),
                   "pid", days=0.25, seed=3)
     parts = [run_chunk(trial, a, b) for a, b in trials_page.chunk_bounds(len(trial.cohort))]
-    return trial, trials_page.assemble(trial, parts), parts
+    return trial, gather_chunks(trial, parts), parts
 
 
 def test_the_chunked_run_gives_what_run_trial_gives(trial_and_result):
@@ -108,12 +108,12 @@ def test_the_chunked_run_gives_what_run_trial_gives(trial_and_result):
 
 def test_chunks_out_of_order_are_sorted_and_a_gap_is_refused(trial_and_result):
     trial, mine, parts = trial_and_result
-    again = trials_page.assemble(trial, parts[::-1])
+    again = gather_chunks(trial, parts[::-1])
     pd.testing.assert_frame_equal(again.table, mine.table)
     with pytest.raises(ValidationError, match="do not cover"):
-        trials_page.assemble(trial, [parts[0], parts[2]])
+        gather_chunks(trial, [parts[0], parts[2]])
     with pytest.raises(ValidationError, match="no chunk"):
-        trials_page.assemble(trial, [])
+        gather_chunks(trial, [])
 
 
 def test_the_csv_is_the_outcome_table_one_row_a_subject(trial_and_result):
@@ -212,8 +212,8 @@ def test_bad_ops_fields_say_what_to_enter(check, value, says):
 @pytest.fixture(scope="module")
 def ops_results():
     m = load_model("nelson_treatment_centre")
-    parts = [ops_page.replicate(m, 7, r) for r in range(4)]
-    return m, ops_page.gather(m, 7, parts), parts
+    parts = [one_replication(m, 7, r) for r in range(4)]
+    return m, gather_replications(m, 7, parts), parts
 
 
 def test_the_replication_loop_gives_what_ops_run_gives(ops_results):
@@ -228,9 +228,9 @@ def test_the_replication_loop_gives_what_ops_run_gives(ops_results):
 def test_replications_must_be_all_there_in_order(ops_results):
     m, _, parts = ops_results
     with pytest.raises(ValidationError, match="not 0..2"):
-        ops_page.gather(m, 7, [parts[0], parts[2], parts[1]])
+        gather_replications(m, 7, [parts[0], parts[2], parts[1]])
     with pytest.raises(ValidationError, match="no replication"):
-        ops_page.gather(m, 7, [])
+        gather_replications(m, 7, [])
 
 
 def test_wait_utilisation_and_flow_tables_carry_the_confidence_intervals(ops_results):

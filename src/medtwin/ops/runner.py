@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import pandas as pd
 from tqdm import tqdm
 
+from medtwin.core.errors import ValidationError
 from medtwin.ops.engine import Initial, run_replication
 from medtwin.ops.kpis import rep_hourly, rep_kpis, summarise
 from medtwin.ops.schema import Model
@@ -51,14 +52,34 @@ class Results:
         return mean.join(half.add_suffix(" ci"))
 
 
-def _one(model: Model, seed: int, rep: int, hourly: bool, horizon: float | None,
-         clock_offset_h: float | None, initial: tuple[Initial, ...]) -> tuple:
-    kw: dict = {"horizon": horizon, "clock_offset_h": clock_offset_h, "initial": initial}
-    rl = run_replication(model, seed, rep, **kw)
+Replicate = tuple[dict[str, float], "pd.DataFrame | None", int]  # KPIs, hourly states, events
+
+
+def one_replication(model: Model, seed: int, rep: int, *, hourly: bool = True,
+                    horizon: float | None = None, clock_offset_h: float | None = None,
+                    initial: tuple[Initial, ...] = ()) -> Replicate:
+    """Replication ``rep``: its KPIs (with ``rep``), its hourly states and its event count."""
+    rl = run_replication(model, seed, rep, horizon=horizon, clock_offset_h=clock_offset_h,
+                         initial=initial)
     k = rep_kpis(model, rl, offset_h=clock_offset_h)
     k["rep"] = rep
     h = rep_hourly(model, rl, offset_h=clock_offset_h) if hourly else None
-    return rep, k, h, rl.events
+    return k, h, rl.events
+
+
+def gather_replications(model: Model, seed: int, parts: Sequence[Replicate]) -> Results:
+    """The :class:`Results` of replications ``0 .. len(parts)-1``, given in that order."""
+    if not parts:
+        raise ValidationError("no replication has run", where="replications")
+    reps = [int(p[0]["rep"]) for p in parts]
+    if reps != list(range(len(parts))):
+        raise ValidationError(f"replications {reps} are not 0..{len(parts) - 1} in order",
+                              where="replications")
+    rows = [p[0] for p in parts]
+    per_rep = pd.DataFrame(rows)[["rep"] + [c for c in rows[0] if c != "rep"]]
+    hours = [p[1] for p in parts if p[1] is not None]
+    hourly_df = pd.concat(hours, ignore_index=True) if hours else pd.DataFrame()
+    return Results(model, seed, per_rep, hourly_df, sum(p[2] for p in parts))
 
 
 def run_replications(model: Model, reps: int | None = None, seed: int = 0, *,
@@ -79,23 +100,19 @@ def run_replications(model: Model, reps: int | None = None, seed: int = 0, *,
 
     bar = tqdm(total=reps, desc=f"ops {model.name}", unit="rep", file=sys.stderr,
                disable=not (progress and sys.stderr.isatty()), leave=False)
-    out = {}
+    out: dict[int, Replicate] = {}
+    kw = {"hourly": hourly, "horizon": horizon, "clock_offset_h": clock_offset_h}
     with bar:
         if workers == 1:
             for r in range(reps):
-                out[r] = _one(model, seed, r, hourly, horizon, clock_offset_h, init_of(r))
+                out[r] = one_replication(model, seed, r, initial=init_of(r), **kw)
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futs = [pool.submit(_one, model, seed, r, hourly, horizon, clock_offset_h,
-                                    init_of(r)) for r in range(reps)]
+                futs = {pool.submit(one_replication, model, seed, r, initial=init_of(r), **kw): r
+                        for r in range(reps)}
                 for f in as_completed(futs):
-                    res = f.result()
-                    out[res[0]] = res
+                    out[futs[f]] = f.result()
                     bar.update()
-    rows = [out[r][1] for r in range(reps)]
-    per_rep = pd.DataFrame(rows)[["rep"] + [c for c in rows[0] if c != "rep"]]
-    hours = [out[r][2] for r in range(reps) if out[r][2] is not None]
-    hourly_df = pd.concat(hours, ignore_index=True) if hours else pd.DataFrame()
     log.info("ran %d replications of %s", reps, model.name)
-    return Results(model, seed, per_rep, hourly_df, sum(out[r][3] for r in range(reps)))
+    return gather_replications(model, seed, [out[r] for r in range(reps)])

@@ -354,19 +354,31 @@ def run_trial(
                     r = future.result()
                     results.append(r)
                     bar.update(r.stop - r.start)
-    results.sort(key=lambda r: r.start)
-    table = pd.concat([r.table for r in results])
-    traces = {k: np.concatenate([r.traces[k] for r in results]) for k in results[0].traces}
+    return gather_chunks(trial, results)
+
+
+def gather_chunks(trial: Trial, parts: Sequence[ChunkResult]) -> TrialResult:
+    """One :class:`TrialResult` from chunks (any order) that cover the cohort exactly once."""
+    if not parts:
+        raise ValidationError("no chunk has run", where="trial")
+    parts = sorted(parts, key=lambda r: r.start)
+    covered = [(p.start, p.stop) for p in parts]
+    if covered[0][0] != 0 or covered[-1][1] != len(trial.cohort) or any(
+            a[1] != b[0] for a, b in zip(covered, covered[1:], strict=False)):
+        raise ValidationError(f"chunks {covered} do not cover the {len(trial.cohort)} "
+                              "subjects once", where="trial")
+    table = pd.concat([p.table for p in parts])
+    traces = {k: np.concatenate([p.traces[k] for p in parts]) for k in parts[0].traces}
     meta = {
         "model": f"{trial.model.name} {trial.model.version}",
         "controller": trial.controller if isinstance(trial.controller, str)
         else getattr(trial.controller, "__name__", type(trial.controller).__name__),
-        "subjects": n,
+        "subjects": len(trial.cohort),
         "days": trial.days,
         "seed": trial.seed,
         "sensor": trial.sensor or "none (noise-free, 1 min)",
         "pump": getattr(trial.pump, "name", trial.pump) or "none (ideal)",
         "meals": type(trial.meals).__name__,
-        "chunks": len(chunks),
+        "chunks": len(parts),
     }
-    return TrialResult(table, results[0].times, traces, meta)
+    return TrialResult(table, parts[0].times, traces, meta)

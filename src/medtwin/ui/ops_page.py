@@ -7,11 +7,11 @@ page then shows the waits with their 95% confidence intervals, the utilisation o
 resource, occupancy over the day and, for a model with a census activity (``ed_inpatient``),
 the occupancy forecast from the current census of the store.
 
-The domain code does the work: :func:`medtwin.ops.engine.run_replication` with the KPIs of
-:mod:`medtwin.ops.kpis` per replication, :class:`medtwin.ops.runner.Results` for the
-summary, :mod:`medtwin.ops.report` for the figures, :mod:`medtwin.ops.forecast` for the
-forecast. Only the replication loop is here (``run_replications`` has no progress hook); it
-gives the same numbers as ``medtwin ops run MODEL --reps R --seed S`` (a test holds it so).
+The domain code does the work: :func:`medtwin.ops.runner.one_replication` per replication
+and :func:`~medtwin.ops.runner.gather_replications` for the summary, :mod:`medtwin.ops.report`
+for the figures, :mod:`medtwin.ops.forecast` for the forecast. Only the replication loop is
+here (``run_replications`` has no progress hook); it gives the same numbers as
+``medtwin ops run MODEL --reps R --seed S`` (a test holds it so).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -31,12 +30,10 @@ from nicegui import run, ui
 from starlette.requests import Request
 
 from medtwin.core.errors import MedtwinError, ValidationError
-from medtwin.ops.engine import run_replication
 from medtwin.ops.forecast import Census, census_from_store, forecast
-from medtwin.ops.kpis import rep_hourly, rep_kpis
 from medtwin.ops.loader import load_model, shipped_models
 from medtwin.ops.report import figures
-from medtwin.ops.runner import Results
+from medtwin.ops.runner import Replicate, Results, gather_replications, one_replication
 from medtwin.ops.scenarios import Scenario
 from medtwin.ops.schema import Model
 from medtwin.ui.access import UiDeniedError
@@ -52,7 +49,6 @@ DEFAULT_MODEL = "nelson_treatment_centre"
 _PLOT_LAYOUT = {"height": 380, "margin": {"l": 60, "r": 20, "t": 60, "b": 50},
                 "template": "plotly_white"}
 
-Replicate = tuple[dict[str, float], pd.DataFrame, int]
 
 
 def preset_scenarios(model: Model) -> list[Scenario]:
@@ -84,28 +80,6 @@ def check_seed(value: object) -> int:
 def check_hours(value: object) -> int:
     """The forecast horizon [h] as a whole number in ``[1, MAX_FORECAST_HOURS]``."""
     return whole_number(value, "forecast hours", "48", low=1, high=MAX_FORECAST_HOURS)
-
-
-def replicate(model: Model, seed: int, rep: int) -> Replicate:
-    """Replication ``rep``: its KPIs, its hourly states and its number of events."""
-    run_log = run_replication(model, seed, rep)
-    kpis = rep_kpis(model, run_log)
-    kpis["rep"] = rep
-    return kpis, rep_hourly(model, run_log), run_log.events
-
-
-def gather(model: Model, seed: int, parts: Sequence[Replicate]) -> Results:
-    """The :class:`Results` of replications ``0 .. len(parts)-1`` (as ``run_replications``)."""
-    if not parts:
-        raise ValidationError("no replication has run", where="replications")
-    reps = [int(p[0]["rep"]) for p in parts]
-    if reps != list(range(len(parts))):
-        raise ValidationError(f"replications {reps} are not 0..{len(parts) - 1} in order",
-                              where="replications")
-    rows = [p[0] for p in parts]
-    per_rep = pd.DataFrame(rows)[["rep"] + [c for c in rows[0] if c != "rep"]]
-    hourly = pd.concat([p[1] for p in parts], ignore_index=True)
-    return Results(model, seed, per_rep, hourly, sum(p[2] for p in parts))
 
 
 def _ci_row(name: str, r: pd.Series, scale: float = 1.0, digits: int = 1) -> dict[str, Any]:
@@ -334,13 +308,13 @@ def register(ctx: UiContext) -> None:
             parts: list[Replicate] = []
             status.set_text(f"Running: 0 of {reps} replications…")
             for r in range(reps):
-                part = await run.io_bound(replicate, model, seed, r)
+                part = await run.io_bound(one_replication, model, seed, r)
                 if part is None or client.is_deleted:
                     return None
                 parts.append(part)
                 progress.set_value((r + 1) / reps)
                 status.set_text(f"Running: {r + 1} of {reps} replications…")
-            res = gather(model, seed, parts)
+            res = gather_replications(model, seed, parts)
             status.set_text(f"Done: {reps} of {reps} replications in "
                             f"{time.monotonic() - began:.1f} s.")
             return res

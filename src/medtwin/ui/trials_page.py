@@ -8,8 +8,8 @@ CSV that ``medtwin trial glucose --out`` writes.
 
 The domain code does the work: :func:`medtwin.trials.runner.run_chunk` simulates a chunk and
 computes its outcomes, :mod:`medtwin.trials.report` draws the plots. Only the chunk loop is
-here, because ``run_trial`` has no progress hook; :func:`assemble` puts the chunks together
-exactly as ``run_trial`` does (a test holds the two to the same numbers).
+here, because ``run_trial`` has no progress hook; :func:`~medtwin.trials.runner.gather_chunks`
+puts the chunks together, as it does for ``run_trial``.
 
 Access follows the API's ``/trials``: clinicians, researchers and admins (audited refusals
 for other roles), the same per-run limits of days and subjects as the server's settings, and
@@ -23,7 +23,6 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +44,7 @@ from medtwin.trials.runner import (
     ChunkResult,
     Trial,
     TrialResult,
+    gather_chunks,
     load_cohort,
     run_chunk,
 )
@@ -164,33 +164,6 @@ def chunk_bounds(n: int, steps: int = PROGRESS_STEPS) -> list[tuple[int, int]]:
         raise ValidationError(f"need at least one subject, got {n}", where="cohort")
     size = math.ceil(n / max(1, min(n, steps)))
     return [(a, min(a + size, n)) for a in range(0, n, size)]
-
-
-def assemble(trial: Trial, parts: Sequence[ChunkResult]) -> TrialResult:
-    """One :class:`TrialResult` from the chunks of ``trial`` (as ``run_trial`` gathers them)."""
-    if not parts:
-        raise ValidationError("no chunk has run", where="trial")
-    parts = sorted(parts, key=lambda r: r.start)
-    covered = [(p.start, p.stop) for p in parts]
-    if covered[0][0] != 0 or covered[-1][1] != len(trial.cohort) or any(
-            a[1] != b[0] for a, b in zip(covered, covered[1:], strict=False)):
-        raise ValidationError(f"chunks {covered} do not cover the {len(trial.cohort)} "
-                              "subjects once", where="trial")
-    table = pd.concat([p.table for p in parts])
-    traces = {k: np.concatenate([p.traces[k] for p in parts]) for k in parts[0].traces}
-    meta = {
-        "model": f"{trial.model.name} {trial.model.version}",
-        "controller": trial.controller if isinstance(trial.controller, str)
-        else getattr(trial.controller, "__name__", type(trial.controller).__name__),
-        "subjects": len(trial.cohort),
-        "days": trial.days,
-        "seed": trial.seed,
-        "sensor": trial.sensor or "none (noise-free, 1 min)",
-        "pump": getattr(trial.pump, "name", trial.pump) or "none (ideal)",
-        "meals": type(trial.meals).__name__,
-        "chunks": len(parts),
-    }
-    return TrialResult(table, parts[0].times, traces, meta)
 
 
 def outcome_columns(table: pd.DataFrame) -> list[str]:
@@ -384,7 +357,7 @@ def register(ctx: UiContext) -> None:
                 parts.append(part)
                 bar.set_value(b / n)
                 text.set_text(f"Running: {b} of {n} subjects simulated…")
-            result = assemble(trial, parts)
+            result = gather_chunks(trial, parts)
             text.set_text(f"Done: {n} of {n} subjects in {time.monotonic() - began:.1f} s.")
             return result
 
