@@ -5,9 +5,10 @@ basal-bolus controller whose meal bolus is off by a random factor 1/U(0.6, 1.4) 
 (mis-estimated carbohydrate ratio, causing lows), an ideal pump, Dexcom CGM noise (a reading
 every 3 min). The twin's prior is each subject's own parameter set with Vmx and kp3 wrong by a
 random factor exp(N(0, 0.25)); it is told the delivered insulin and the meals as they happen
-(never the future), assimilates each CGM reading as it comes, and after each one computes
-P(glucose < 70 mg/dL within 30 min) by propagating its ensemble (all 30 x N members are one
-engine cohort; future inputs: the basal rate only).
+(never the future), assimilates each CGM reading as it comes (Vmx learned by the filter's
+likelihood bank, kp3 by the ensemble, as the twin does; ``--bank none``: both by the ensemble),
+and after each one computes P(glucose < 70 mg/dL within 30 min) by propagating its ensemble
+(all 30 x N members are one engine cohort; future inputs: the basal rate only).
 
 Definitions (true glucose = subcutaneous glucose, 1-min resolution):
 
@@ -40,6 +41,7 @@ from medtwin.devices.controllers import BasalBolus
 from medtwin.models.glucose.subjects import uva_padova_cohort
 from medtwin.models.glucose.uva_padova import UVAPadova
 from medtwin.trials.protocol import RandomMeals
+from medtwin.twin import glucose_bank as gb
 from medtwin.twin import glucose_filter as gf
 
 
@@ -70,22 +72,23 @@ def truth(days: float, seed: int):
     return cohort, model, res["G_sc [mg/dL]"], res["CGM [mg/dL]"], u
 
 
-def run_twin(cohort, model, cgm, u, seed, n_members, sample=3, horizon=30):
-    st = gf.FilterSettings(n_members=n_members, adapt=("Vmx", "kp3"), seed=seed)
+def run_twin(cohort, model, cgm, u, seed, n_members, sample=3, horizon=30, bank="Vmx"):
+    st = gf.FilterSettings(n_members=n_members, adapt=("Vmx", "kp3"), seed=seed, bank=bank)
     rng = np.random.default_rng(seed + 7)
     p = cohort.parameters(model)
     base = np.repeat(p[:, None, :], n_members, axis=1)
     for name in ("Vmx", "kp3"):  # the prior is wrong
         base[..., gf._P[name]] *= np.exp(0.25 * rng.standard_normal((len(p), 1)))
     ens = gf.new_ensemble(base, st, cgm[:, 0], rng)
+    bk = gb.new_bank(ens, 0.0)  # as the twin: the bank learns Vmx, the ensemble kp3
     basal = u[:, 0, 1]
     fut = np.zeros((len(p), horizon, 2))
     fut[..., 1] = basal[:, None]
     times = np.arange(sample, u.shape[1] + 1, sample)
     prob = np.zeros((len(p), times.size))
     for j, k in enumerate(times):
-        gf.advance(ens, k - sample, u[:, k - sample:k], rng)
-        gf.update(ens, cgm[:, k])
+        gf.advance(ens, k - sample, u[:, k - sample:k], rng, bk)
+        gb.assimilate(ens, bk, cgm[:, k], float(k))
         frng = np.random.default_rng([seed, int(k)])
         paths = gf.glucose_paths(ens, float(k), fut, frng)
         prob[:, j], _ = gf.hypo_probability(paths, 70.0, horizon)
@@ -150,20 +153,24 @@ def main() -> None:
     ap.add_argument("--calib-days", type=float, default=2.0)
     ap.add_argument("--members", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bank", default="Vmx", help="parameter the likelihood bank learns, or "
+                    "'none' (the ensemble learns both)")
     a = ap.parse_args()
+    bank = None if a.bank.lower() == "none" else a.bank
     t0 = time.perf_counter()
     grid = np.round(np.arange(0.05, 1.0001, 0.05), 2)
     c, m, G, cgm, u = truth(a.calib_days, a.seed + 1)
-    tt, pr = run_twin(c, m, cgm, u, a.seed + 1, a.members)
+    tt, pr = run_twin(c, m, cgm, u, a.seed + 1, a.members, bank=bank)
     pd_days = G.shape[0] * a.calib_days
     pstar = next((p for p in grid if score(G, tt, pr, p)[2] / pd_days <= 1.0), grid[-1])
     c, m, G, cgm, u = truth(a.days, a.seed)
-    tt, pr = run_twin(c, m, cgm, u, a.seed, a.members)
+    tt, pr = run_twin(c, m, cgm, u, a.seed, a.members, bank=bank)
     n_ev, det, fa, leads = score(G, tt, pr, pstar)
     pdays = G.shape[0] * a.days
     sens = det / n_ev if n_ev else float("nan")
     lead = float(np.median(leads)) if leads else float("nan")
-    print(f"subjects 30 x {a.days:g} days, {a.members} members each; calibrated p* = {pstar}")
+    print(f"subjects 30 x {a.days:g} days, {a.members} members each, bank: {bank}; "
+          f"calibrated p* = {pstar}")
     print(f"hypoglycaemic events: {n_ev}; detected: {det}")
     print(f"sensitivity: {sens:.1%}   (goal >= 90%: {'met' if sens >= 0.9 else 'NOT met'})")
     print(f"false alarms per patient-day: {fa / pdays:.2f}   (goal <= 1: "

@@ -4,7 +4,10 @@ and the time it was last brought up to date.
 ``GlucoseTwin(prior).assimilate(observations, interventions)`` runs the ensemble filter of
 :mod:`medtwin.twin.glucose_filter` through the records in time order: insulin and meal
 interventions become the model's inputs on a 1-min grid, each CGM reading (LOINC 99504-3, or
-blood glucose 2339-0, in any glucose unit) updates the ensemble. ``forecast`` propagates the
+blood glucose 2339-0, in any glucose unit) updates the ensemble. With one subject as the prior
+(the usual case), insulin sensitivity (Vmx) is learned by the filter's likelihood bank under
+the published CGM error model (see :mod:`medtwin.twin.glucose_bank`); with a population prior,
+by the ensemble's regression. ``forecast`` propagates the
 ensemble with the known and planned inputs; ``hypo_risk`` gives the probability of glucose
 below a threshold within a horizon. ``snapshot()`` is a JSON-ready dict from which
 ``GlucoseTwin.from_snapshot`` rebuilds a twin that continues bit for bit.
@@ -35,6 +38,7 @@ from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.records import Intervention, Observation, utc
 from medtwin.interop.codes import to_canonical
 from medtwin.models.glucose.subjects import uva_padova_cohort
+from medtwin.twin import glucose_bank as gb
 from medtwin.twin import glucose_filter as gf
 from medtwin.twin.glucose_inputs import INSULIN, InputPlan, grid_step, piece_of
 
@@ -43,7 +47,7 @@ log = logging.getLogger(__name__)
 #: LOINC codes the twin assimilates: interstitial (CGM) and blood glucose
 GLUCOSE_CODES = ("99504-3", "2339-0")
 MODEL_NAME = gf.MODEL.name
-MODEL_VERSION = f"{gf.MODEL.version}+enkf-1"
+MODEL_VERSION = f"{gf.MODEL.version}+enkf-2"
 SNAPSHOT_FORMAT = 1
 
 Prior = str | Cohort | Mapping[str, float] | None
@@ -71,9 +75,9 @@ class GlucoseTwin:
     Fitted attributes (after the first reading): ``time_`` (aware UTC datetime),
     ``state_mean_`` (Series of the 13 states), ``state_cov_`` (DataFrame), ``glucose_``
     (filtered sensor glucose [mg/dL]), ``glucose_sd_``, ``insulin_sensitivity_`` (posterior mean
-    Vmx [mg/kg/min per pmol/L]), ``insulin_sensitivity_sd_``, ``sensitivity_multiplier_``
-    (relative to the prior), ``n_readings_``, ``flags_`` (late or refused records of the last
-    call), ``innovations_``.
+    Vmx [mg/kg/min per pmol/L], from the bank when there is one), ``insulin_sensitivity_sd_``,
+    ``sensitivity_multiplier_`` (relative to the prior), ``n_readings_``, ``flags_`` (late or
+    refused records of the last call), ``innovations_``.
     """
 
     def __init__(self, prior: Prior = None, *, settings: gf.FilterSettings | None = None,
@@ -97,6 +101,7 @@ class GlucoseTwin:
         self._member_row = members.astype(int)
         self._rng = rng
         self._ens = gf.new_ensemble(rows[self._member_row][None], s, np.array([glucose]), rng)
+        self._bank = gb.new_bank(self._ens, 0.0)
         self._origin = first
         self._k = 0
         self._plan = InputPlan()
@@ -166,7 +171,7 @@ class GlucoseTwin:
                                 f"({self.time_.isoformat()}); not assimilated")
                 continue
             self._advance_to(k)
-            innovation = gf.update(self._ens, np.array([g]))[0]
+            innovation = gb.assimilate(self._ens, self._bank, np.array([g]), float(k))[0]
             self.innovations_.append(float(innovation))
             del self.innovations_[:-288]
             self.n_readings_ += 1
@@ -204,16 +209,17 @@ class GlucoseTwin:
         while self._k < k:
             k1 = min(k, self._k + 5)
             u = self._inputs(self._plan, self._k, k1)
-            self._advance_with_basal(self._ens, self._k, u, self._rng)
+            self._advance_with_basal(self._ens, self._k, u, self._rng, self._bank)
             self._k = k1
 
     def _advance_with_basal(self, ens: gf.Ensemble, k0: int, u: np.ndarray,
-                            rng: np.random.Generator | None) -> np.ndarray:
-        # the basal differs between members only for a population prior
+                            rng: np.random.Generator | None,
+                            bank: gb.Bank | None = None) -> np.ndarray:
+        # the basal differs between members only for a population prior (which has no bank)
         if np.ptp(self._basal) == 0.0:
             uu = u.copy()
             uu[..., INSULIN] += self._basal[0]
-            return gf.advance(ens, float(k0), uu, rng)
+            return gf.advance(ens, float(k0), uu, rng, bank)
         return _advance_member_basal(ens, float(k0), u, self._basal, rng)
 
     # --- fitted attributes ----------------------------------------------------------------
@@ -240,24 +246,41 @@ class GlucoseTwin:
         base = self._ens.base[0, :, gf._P["Vmx"]]
         return base * (np.exp(self._ens.theta[0, :, j]) if j is not None else 1.0)
 
+    def _banked(self, name: str) -> tuple[float, float] | None:
+        """The bank's posterior mean and sd of ``name``'s multiplier, if the bank learns it."""
+        if self._bank is None or self._settings().bank != name:
+            return None
+        m, sd = self._bank.multiplier_moments()
+        return float(m[0]), float(sd[0])
+
     @property
     def insulin_sensitivity_(self) -> float:
         """Posterior mean of Vmx [mg/kg/min per pmol/L] (insulin-dependent utilisation)."""
         self._need_started()
+        banked = self._banked("Vmx")
+        if banked is not None:
+            return float(self._ens.base[0, 0, gf._P["Vmx"]] * banked[0])
         return float(self._vmx().mean())
 
     @property
     def insulin_sensitivity_sd_(self) -> float:
         """Posterior sd of Vmx."""
         self._need_started()
+        banked = self._banked("Vmx")
+        if banked is not None:
+            return float(self._ens.base[0, 0, gf._P["Vmx"]] * banked[1])
         return float(self._vmx().std(ddof=1))
 
     @property
     def sensitivity_multiplier_(self) -> dict[str, float]:
         """Posterior mean of each adapted parameter's multiplier (1 = as the prior)."""
         self._need_started()
-        return {n: float(np.exp(self._ens.theta[0, :, j]).mean())
-                for j, n in enumerate(self._settings().adapt)}
+        out = {}
+        for j, n in enumerate(self._settings().adapt):
+            banked = self._banked(n)
+            out[n] = banked[0] if banked is not None else \
+                float(np.exp(self._ens.theta[0, :, j]).mean())
+        return out
 
     @property
     def state_mean_(self) -> pd.Series:
@@ -344,6 +367,7 @@ class GlucoseTwin:
             "member_row": self._member_row.tolist(),
             "x": e.x[0].tolist(), "m": e.m[0].tolist(), "theta": e.theta[0].tolist(),
             "bias": e.bias[0].tolist(), "flux": e.flux[0].tolist(),
+            "bank": None if self._bank is None else self._bank.to_dict(),
             "plan": self._plan.to_list(),
             "rng": _rng_state(self._rng),
             "n_readings": self.n_readings_,
@@ -367,6 +391,8 @@ class GlucoseTwin:
         base = twin._rows[twin._member_row][None]
         twin._ens = gf.Ensemble(base, _arr(snap["x"]), _arr(snap["m"]), _arr(snap["theta"]),
                                 _arr(snap["bias"]), _arr(snap["flux"]), s, gf.RK4(s.substeps))
+        bank = snap.get("bank")  # absent from snapshots of twins without a bank
+        twin._bank = None if bank is None else gb.Bank.from_dict(bank, twin._ens)
         twin._origin = datetime.fromisoformat(snap["origin"])
         twin._k = int(snap["step"])
         twin._plan = InputPlan.from_list(snap["plan"])
