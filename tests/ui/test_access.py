@@ -157,3 +157,15 @@ def test_times_are_shown_in_the_browsers_zone_with_utc_as_the_labelled_fallback(
         assert session.zone_known(storage) and session.zone(storage).key == "UTC"
         assert "unknown" in session.zone_label(storage)
     assert local_time(winter) == "05 Jan 17:30:00 UTC"  # outside a page: UTC
+
+
+def test_ward_row_shows_the_newest_glucose_and_its_time(svc):
+    who = session.sign_in(svc, _request(), {}, "dr.north", "pw-north-123")
+    later = T0 + timedelta(minutes=5)
+    svc.store.append(records=[
+        Observation("p2", "2339-0", T0, 180.0, "mg/dL", "lab-1"),
+        Observation("p2", "99504-3", later, 7.0, "mmol/L", "cgm-1")])
+    row = {r.patient_id: r for r in access.ward_rows(svc, None, who, ["p1", "p2"],
+                                                     audit=False)}["p2"]
+    assert row.vitals["Glucose"] == "126 mg/dL"  # the CGM's 7.0 mmol/L, newer than the lab
+    assert row.last_reading == later and "Glucose" not in row.vitals.get("p1", {})

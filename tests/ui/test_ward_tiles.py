@@ -62,3 +62,21 @@ def test_change_feed_names_the_patients_with_new_events(store):
     mid = alerts.version()
     alerts.acknowledge(alert.id, "dr")
     assert alerts.version()[1] > mid[1]
+
+
+def test_a_severe_alert_ranks_with_the_band_it_matches():
+    low = news2(Vitals(respiration_rate=16, spo2=97, on_oxygen=False, systolic_bp=120,
+                       pulse=70, consciousness="A", temperature=37.0))
+    medium = news2(Vitals(respiration_rate=22, spo2=95, on_oxygen=False, systolic_bp=120,
+                          pulse=95, consciousness="A", temperature=38.5))
+    assert medium.total >= 5 > low.total
+    from medtwin.store.alerts import Alert
+
+    hypo = Alert(2, "p1", "hypo-predicted", 2, "glucose predicted below 70", {}, T, T)
+    quiet = WardRow("a", "n", "m", {}, low)
+    predicted_low = WardRow("b", "n", "m", {}, low, [hypo])
+    unwell = WardRow("c", "n", "m", {}, medium)
+    order = sorted([quiet, predicted_low, unwell], key=lambda r: r.rank, reverse=True)
+    assert [r.patient_id for r in order] == ["c", "b", "a"]  # band 2 (score 5+) ties, score wins
+    assert predicted_low.rank > quiet.rank
+    assert WardRow("d", "n", "m", {}, None, [hypo]).rank > quiet.rank  # no vitals, but alerting

@@ -26,11 +26,13 @@ from medtwin.api.twin_service import (
     glucose_view,
 )
 from medtwin.core.errors import MedtwinError, NotFoundError
+from medtwin.interop.codes import to_canonical
 from medtwin.monitor.news2 import News2, Risk, news2
 from medtwin.monitor.vitals import latest_items_many, vitals_from_items
 from medtwin.security.policy import AccessDeniedError, Action, Grant
 from medtwin.security.roles import Principal, Role
 from medtwin.store.alerts import Alert, AlertStore
+from medtwin.store.latest import latest_per_code
 from medtwin.store.snapshots import last_sync_times
 from medtwin.twin.vancomycin import PKView
 
@@ -64,10 +66,13 @@ class WardRow:
 
     @property
     def rank(self) -> tuple[int, int, int]:
-        """Higher is sicker: band, score, then number of active alerts."""
-        if self.score is None:
-            return (-1, -1, len(self.alerts))
-        return (RISK_ORDER[self.score.risk], self.score.total, len(self.alerts))
+        """Higher is sicker: the NEWS2 band or the most severe active alert (severity 1-3 on
+        the band's scale: a predicted low of severity 2 ranks with a medium band), then the
+        score, then the number of active alerts."""
+        band = -1 if self.score is None else RISK_ORDER[self.score.risk]
+        worst = max((a.severity for a in self.alerts), default=-1)
+        total = -1 if self.score is None else self.score.total
+        return (max(band, worst), total, len(self.alerts))
 
 
 def _check(svc: Services, request: Request | None, who: Principal, patient_id: str,
@@ -118,6 +123,7 @@ def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[
     for a in AlertStore(svc.store).active():
         active.setdefault(a.patient_id, []).append(a)
     synced = last_sync_times(svc.store, ids)
+    glucose = latest_per_code(svc.store, ids, [CGM, GLUCOSE_LAB])
     rows = []
     for pid, items in latest_items_many(svc.store, ids).items():
         try:
@@ -131,6 +137,15 @@ def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[
                 value = items[item][1]
                 shown[label] = f"{value:.1f} {unit}" if item == "temperature" else \
                     f"{value:.0f} {unit}"
+        if glucose[pid]:
+            g = glucose[pid][-1]  # the newest of CGM and laboratory glucose
+            if g.value is not None:  # type: ignore[attr-defined]
+                try:  # readings are normalised on the way in; a record appended directly
+                    value, unit = to_canonical(g.code, g.value, g.unit)  # type: ignore[attr-defined]
+                    shown["Glucose"] = f"{value:.0f} {unit}"
+                except MedtwinError:  # may not be: show it as stored
+                    shown["Glucose"] = f"{g.value:g} {g.unit}"  # type: ignore[attr-defined]
+                when = g.time if when is None else max(when, g.time)  # type: ignore[attr-defined]
         if pid not in names:
             names[pid] = _name(svc, pid)
         name, mrn = names[pid]
