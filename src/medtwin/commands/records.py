@@ -13,7 +13,7 @@ from medtwin.commands._common import DB_HELP, fail, open_store, progress
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import KIND_OF
 from medtwin.interop.fhir.write import to_bundle
-from medtwin.interop.importer import import_paths, iter_fhir_files
+from medtwin.interop.importer import auto_workers, import_paths, iter_fhir_files, warm_up
 
 app = typer.Typer(add_completion=False)
 
@@ -22,16 +22,20 @@ app = typer.Typer(add_completion=False)
 def import_cmd(
     paths: list[Path] = typer.Argument(..., help="FHIR JSON files or folders."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel parser processes."),
+    workers: int | None = typer.Option(
+        None, "--workers", "-j", min=1,
+        help="Parallel parser processes (default: one per core for a large import, else 1)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Import FHIR R4 bundles or resources; print read / stored / duplicates / rejected."""
     store = open_store(db)
-    gc.freeze()  # what is loaded now lives to the end: keep the GC from rescanning it
     try:
         files = list(iter_fhir_files(paths))
+        jobs = workers or auto_workers(files)
+        warm_up(unit_registry=False)  # the model classes, before forking and freezing:
+        gc.freeze()  # what is loaded now lives to the end: keep the GC from rescanning it
         with progress(len(files), "import") as bar:
-            summary = import_paths(store, files, workers=workers, progress=bar.update)
+            summary = import_paths(store, files, workers=jobs, progress=bar.update)
     except (MedtwinError, FileNotFoundError) as exc:
         fail(exc)
     finally:

@@ -1,28 +1,50 @@
 """Import FHIR files and folders into the store, with a summary of what happened.
 
-Parsing and validation (the cost) can run in worker processes; the store write stays in the
-calling process, one transaction per file, so a failure never leaves half a file stored.
+Parsing, validation, mapping and the store rows (the cost) can run in worker processes, which
+hand back rows ready to insert; the store write stays in the calling process. Parsed files
+are written in groups, one transaction per group (a file is never half stored); when a group
+cannot be written, its files are written again one transaction each, so a file at fault
+keeps none of the others out, exactly as with one transaction per file.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+import typing
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.pool import SingletonThreadPool
+
 from medtwin.core.errors import MedtwinError
+from medtwin.core.records import Patient
+from medtwin.interop import units
 from medtwin.interop.fhir.issues import FhirImportError, FhirIssue
-from medtwin.interop.fhir.read import MAPPED_TYPES, ParsedInput, read_fhir_file
+from medtwin.interop.fhir.read import MAPPED_TYPES, read_fhir_file
 from medtwin.interop.fhir.validate import model_class
-from medtwin.store.event_store import AppendResult, EventStore, prepare_rows
+from medtwin.store.event_store import EventStore
+from medtwin.store.rows import AppendResult, Batch, prepare_rows
 
 log = logging.getLogger(__name__)
+
+GROUP_FILES = 64        # at most this many files per transaction
+GROUP_ROWS = 20_000     # ... or this many rows
+GROUP_SECONDS = 0.25    # ... or what was parsed in this long: then it is written
+AUTO_MIN_FILES = 8      # an import this large (files and bytes) runs in parallel by default
+AUTO_MIN_BYTES = 4_000_000
 
 
 @dataclass
@@ -80,20 +102,93 @@ def iter_fhir_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             raise FileNotFoundError(f"no such file or folder: {p}")
 
 
-def _parse(path: Path) -> tuple[ParsedInput, list[dict[str, Any]]] | FhirImportError:
+@dataclass
+class _Parsed:
+    """What parsing one file gives the writer: patients, store rows (not the records: rows
+    are what is written, and what crosses from a worker process), issues and counts."""
+
+    patients: list[Patient]
+    rows: list[dict[str, Any]]
+    issues: list[FhirIssue]
+    resources_read: int
+    rejected: int
+    not_modelled: Counter[str]
+    dead_letters: list[tuple[str, str, str]]
+
+
+def _parse(path: Path) -> _Parsed | FhirImportError:
     """Read, validate, map and prepare the store rows of one file (runs in a worker)."""
     try:
         parsed = read_fhir_file(path)
     except FhirImportError as exc:
         return exc
-    return parsed, prepare_rows(parsed.records)
+    by_entry: dict[int | None, list[str]] = {}
+    for i in parsed.issues:  # one dead letter per rejected entry, with all its reasons
+        by_entry.setdefault(i.entry, []).append(str(i))
+    raw = _raw_entries(path, by_entry) if by_entry else {}
+    return _Parsed(patients=parsed.patients, rows=prepare_rows(parsed.records),
+                   issues=parsed.issues, resources_read=parsed.resources_read,
+                   rejected=parsed.rejected, not_modelled=parsed.not_modelled,
+                   dead_letters=[(path.name, "; ".join(why), raw[e])
+                                 for e, why in by_entry.items()])
 
 
-def _warm() -> None:
-    """Build the fhir.resources model classes once per worker process."""
-    for name in (*MAPPED_TYPES, "Bundle", "Claim", "ExplanationOfBenefit", "Procedure",
-                 "Immunization", "DiagnosticReport", "Organization", "Practitioner"):
-        model_class(name)
+_WARM_TYPES = (*sorted(MAPPED_TYPES), "Bundle", "Claim", "ExplanationOfBenefit", "Procedure",
+               "Immunization", "DiagnosticReport", "Organization", "Practitioner")
+
+
+def _field_types(annotation: Any) -> Iterator[Any]:
+    args = typing.get_args(annotation)
+    if not args:
+        yield annotation
+    for a in args:
+        yield from _field_types(a)
+
+
+_classes_warm = False
+
+
+def warm_up(*, unit_registry: bool = True) -> None:
+    """Build the fhir.resources model classes an import needs, with every element class
+    they refer to (fhir.resources imports those lazily, at their first use), and the UCUM
+    registry (about a second, so optional: a file whose units need no conversion never
+    builds it). Done once in a parent process, forked workers start warm and share those
+    pages."""
+    global _classes_warm
+    if not _classes_warm:
+        from fhir_core.types import FhirBase
+
+        todo = [c for c in map(model_class, _WARM_TYPES) if c is not None]
+        seen: set[type] = set()
+        while todo:
+            cls = todo.pop()
+            if cls in seen:
+                continue
+            seen.add(cls)
+            for f in cls.model_fields.values():
+                for ty in _field_types(f.annotation):
+                    if isinstance(ty, type) and issubclass(ty, FhirBase):
+                        todo.append(ty.get_model_klass())
+        _classes_warm = True
+    if unit_registry:
+        units.is_ucum("mg/dL")  # builds the registry once (then a cached look-up)
+
+
+def auto_workers(files: Sequence[Path]) -> int:
+    """Parser processes for ``files``: one per available core for a large import (starting
+    workers costs about as much as parsing a few files), else 1."""
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    if cores < 2 or len(files) < AUTO_MIN_FILES:
+        return 1
+    return cores if sum(map(_file_size, files)) >= AUTO_MIN_BYTES else 1
+
+
+def _init_worker() -> None:
+    """A worker process: warm (a no-op when forked from a warm parent), then keep what is
+    loaded out of the garbage collector's scans (and so out of copy-on-write)."""
+    warm_up(unit_registry=False)
+    gc.freeze()
 
 
 def _raw_entries(path: Path, entries: Iterable[int | None]) -> dict[int | None, str]:
@@ -114,61 +209,219 @@ def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int
 
     A refused file (bad JSON, bad Bundle, a transaction with any bad entry) stores nothing
     and is reported; rejected entries of other bundles are reported and kept in the
-    dead-letter table with their reason. ``progress`` is called with 1 after each file.
+    dead-letter table with their reason. ``progress`` is called with 1 after each file is
+    written (from the writer thread). With ``workers > 1`` files are parsed in that many
+    worker processes, forked from this one once it has built the model classes.
     """
     files = list(iter_fhir_files(paths))
     summary = ImportSummary()
-    pool = (ProcessPoolExecutor(max_workers=workers, initializer=_warm)
-            if workers > 1 and len(files) > 1 else None)
+    writer = _Writer(store, summary, progress)
+    pool = None
+    if workers > 1 and len(files) > 1:
+        fork = sys.platform.startswith("linux")  # where forking a warm parent is safe
+        if fork:  # once here: the forked workers inherit it (the UCUM registry only if
+            warm_up(unit_registry=False)  # a file needs it: each worker builds its own)
+        pool = ProcessPoolExecutor(
+            max_workers=min(workers, len(files)), initializer=_init_worker,
+            mp_context=multiprocessing.get_context("fork") if fork else None)
     try:
-        results = pool.map(_parse, files, chunksize=1) if pool else map(_parse, files)
-        for path, parsed in zip(files, results, strict=True):
+        results = _parse_in(pool, files, workers) if pool else map(_parse, files)
+        writer.start()  # the workers are forked by now: no thread is copied into them
+        for n, (path, parsed) in enumerate(zip(files, results, strict=True), 1):
             summary.files += 1
+            writer.final = n >= len(files) - 1  # the last file gets a group of its own: the
+            # write left after the parsing is done is as short as it can be
             if isinstance(parsed, FhirImportError):
                 summary.files_refused += 1
                 summary.issues.extend(parsed.issues)
                 summary.rejected += len({(i.entry, i.resource_id) for i in parsed.issues})
-                _dead_letter(store, path, parsed.issues)
+                reason = "; ".join(str(i) for i in parsed.issues[:20])
+                writer.add(path, Batch(dead_letters=[
+                    (path.name, reason, _raw_entries(path, [None])[None])]), refused=True)
             else:
-                _store(store, path, *parsed, summary)
-            if progress:
-                progress(1)
+                summary.resources_read += parsed.resources_read
+                summary.not_modelled.update(parsed.not_modelled)
+                summary.issues.extend(parsed.issues)
+                summary.rejected += parsed.rejected
+                writer.add(path, Batch(parsed.patients, (), parsed.dead_letters, parsed.rows),
+                           rejected=parsed.rejected)
+    except BaseException as exc:
+        writer.close_after_error(exc)  # what was parsed before the error is still written
+        raise
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
+    writer.close()
     return summary
+
+
+def _parse_in(pool: ProcessPoolExecutor, files: list[Path], workers: int
+              ) -> Iterator[_Parsed | FhirImportError]:
+    """Parse ``files`` in ``pool``; results come in the files' order (the order they are
+    stored in). Files go to the workers a window at a time, the largest of a window first,
+    so that no large file is left to parse alone at the end; two windows are in flight, so
+    the workers never wait for the writer and memory stays bounded."""
+    size = max(16 * workers, 1)
+    windows = [files[i:i + size] for i in range(0, len(files), size)]
+
+    def submit(window: list[Path]) -> list[Future[_Parsed | FhirImportError]]:
+        futures: dict[int, Future[_Parsed | FhirImportError]] = {}
+        for i in sorted(range(len(window)), key=lambda i: -_file_size(window[i])):
+            futures[i] = pool.submit(_parse, window[i])
+        return [futures[i] for i in range(len(window))]
+
+    ahead = deque(submit(w) for w in windows[:2])  # now, not at the first next(): the
+                                                   # workers are forked before it returns
+
+    def in_order() -> Iterator[_Parsed | FhirImportError]:
+        for nxt in range(2, len(windows) + 2):
+            futures = ahead.popleft()
+            if nxt < len(windows):
+                ahead.append(submit(windows[nxt]))
+            for f in futures:
+                yield f.result()
+
+    return in_order()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+@dataclass
+class _Pending:
+    path: Path
+    batch: Batch
+    refused: bool
+    rejected: int
+
+
+class _Writer:
+    """Writes parsed files in groups, one transaction per group, in a thread of its own, so
+    that the database's share (SQLite's pages and fsync, PostgreSQL's round trips and server
+    work, all outside the GIL) overlaps the parsing of the next files. Groups are written in
+    order; after a failure nothing more is written and the error is raised to the caller."""
+
+    def __init__(self, store: EventStore, summary: ImportSummary,
+                 progress: Callable[[int], None] | None) -> None:
+        self.store, self.summary, self.progress = store, summary, progress
+        self.pending: list[_Pending] = []
+        self.rows = 0
+        self.since = 0.0
+        self.final = False  # set for the last files: write them as they come
+        self.error: BaseException | None = None
+        self.queue: queue.Queue[list[_Pending] | None] = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, name="medtwin-import-writer",
+                                       daemon=True)
+        self.started = False
+        # a pool with one connection per thread (in-memory SQLite) would give the writer
+        # thread a database of its own: write in the calling thread there
+        self.threaded = not isinstance(store.engine.pool, SingletonThreadPool)
+
+    def start(self) -> None:
+        """Start the writer thread (after any worker process is forked)."""
+        if not self.started and self.threaded:
+            self.started = True
+            self.thread.start()
+
+    def add(self, path: Path, batch: Batch, *, refused: bool = False, rejected: int = 0) -> None:
+        """Queue one file's batch; hand the group to the writer once large or old enough."""
+        self._raise_if_failed()
+        if not self.pending:
+            self.since = time.monotonic()
+        self.pending.append(_Pending(path, batch, refused, rejected))
+        self.rows += len(batch.rows or ())
+        if (self.final or len(self.pending) >= GROUP_FILES or self.rows >= GROUP_ROWS
+                or time.monotonic() - self.since >= GROUP_SECONDS):
+            self._submit()
+
+    def close(self) -> None:
+        """Write what is queued, wait for the writer, and raise its error if it had one."""
+        self.start()
+        try:
+            self._submit()
+        finally:
+            if self.threaded:
+                self.queue.put(None)
+                self.thread.join()
+        self._raise_if_failed()
+
+    def close_after_error(self, error: BaseException) -> None:
+        """As :meth:`close` while ``error`` is on its way out (what was parsed before it is
+        still written); never raises: the first error is the one to report."""
+        try:
+            self.close()
+        except BaseException as exc:
+            if exc is not error:
+                log.warning("could not write the files parsed before an error: %s",
+                            type(exc).__name__)
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _submit(self) -> None:
+        pending, self.pending, self.rows = self.pending, [], 0
+        if pending and self.threaded:
+            self.queue.put(pending)  # blocks while the writer is two groups behind
+        elif pending and self.error is None:
+            try:
+                self._write(pending)
+            except BaseException as exc:
+                self.error = exc
+                raise
+
+    def _run(self) -> None:
+        while (group := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self._write(group)
+                except BaseException as exc:  # handed to the importing thread
+                    self.error = exc
+
+    def _write(self, pending: list[_Pending]) -> None:
+        """One transaction for the group; if it fails, one per file, as without groups:
+        the file at fault raises, the ones before it are kept."""
+        if len(pending) > 1:
+            try:
+                results = self.store.append_batches([p.batch for p in pending])
+            except MedtwinError as exc:
+                log.info("a group of %d files could not be written together (%s); writing "
+                         "them one by one", len(pending), type(exc).__name__)
+            else:
+                for p, result in zip(pending, results, strict=True):
+                    self._done(p, result)
+                return
+        for p in pending:
+            self._one(p)
+
+    def _one(self, p: _Pending) -> None:
+        if p.refused:  # keeping the evidence must not hide the real problem
+            try:
+                result = self.store.append_batches([p.batch])[0]
+            except MedtwinError as exc:
+                log.warning("could not keep refused file %s in dead letters: %s",
+                            _label(p.path), type(exc).__name__)
+                result = AppendResult()
+        else:
+            result = self.store.append_batches([p.batch])[0]
+        self._done(p, result)
+
+    def _done(self, p: _Pending, result: AppendResult) -> None:
+        if not p.refused:
+            self.summary.stored += result.stored
+            self.summary.duplicates += result.duplicates
+            self.summary.patients_added += result.patients_added
+            log.info("%s: %d stored, %d duplicates, %d rejected", _label(p.path),
+                     result.stored, result.duplicates, p.rejected)
+        if self.progress:
+            self.progress(1)
 
 
 def _label(path: Path) -> str:
     """A file's name for logs: EHR exports are often named after the patient, and logs must
     not carry identifying data, so logs get a short digest of the name instead."""
     return "file-" + hashlib.sha256(path.name.encode()).hexdigest()[:10]
-
-
-def _dead_letter(store: EventStore, path: Path, issues: list[FhirIssue]) -> None:
-    reason = "; ".join(str(i) for i in issues[:20])
-    try:
-        store.append(dead_letters=[(path.name, reason, _raw_entries(path, [None])[None])])
-    except MedtwinError as exc:  # keeping the evidence must not hide the real problem
-        log.warning("could not keep refused file %s in dead letters: %s", _label(path),
-                    type(exc).__name__)
-
-
-def _store(store: EventStore, path: Path, parsed: ParsedInput, rows: list[dict[str, Any]],
-           summary: ImportSummary) -> None:
-    summary.resources_read += parsed.resources_read
-    summary.not_modelled.update(parsed.not_modelled)
-    summary.issues.extend(parsed.issues)
-    summary.rejected += parsed.rejected
-    by_entry: dict[int | None, list[str]] = {}
-    for i in parsed.issues:  # one dead letter per rejected entry, with all its reasons
-        by_entry.setdefault(i.entry, []).append(str(i))
-    raw = _raw_entries(path, by_entry) if by_entry else {}
-    letters = [(path.name, "; ".join(why), raw[e]) for e, why in by_entry.items()]
-    result: AppendResult = store.append(parsed.patients, parsed.records, dead_letters=letters,
-                                        rows=rows)
-    summary.stored += result.stored
-    summary.duplicates += result.duplicates
-    summary.patients_added += result.patients_added
-    log.info("%s: %d stored, %d duplicates, %d rejected", _label(path), result.stored,
-             result.duplicates, parsed.rejected)

@@ -3,7 +3,14 @@
 Every record is appended with an idempotency key (its kind, source id and content hash), so
 re-importing a file or a retried message stores nothing twice. A record whose source id was
 seen before with other content is a new version: it is appended too, and reads show the
-latest version. Nothing is updated in place. One ``append`` is one transaction.
+latest version. Nothing is updated in place. One ``append`` (or one ``append_batches``) is one
+transaction.
+
+A record is serialised once, to its canonical JSON (sorted keys, compact): that text is both
+what the content hash covers and the stored payload. Events go to the database in bulk (one
+``executemany`` on SQLite, one ``INSERT ... SELECT FROM unnest(...)`` per few thousand rows
+on PostgreSQL), each with ``ON CONFLICT DO NOTHING``, so the count of stored rows comes from
+the database itself.
 
 Identifying fields are sealed by an :class:`IdentityCipher` (medtwin's ``security.crypto.
 KeyRing``) handed in at open, and stored as ``{"enc": ciphertext}``; a store opened without
@@ -12,12 +19,11 @@ one keeps them as plain JSON (tests, throw-away stores) and refuses to show seal
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -27,58 +33,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from medtwin.core.errors import NotFoundError, StoreError
-from medtwin.core.records import KIND_OF, RECORD_OF_KIND, ClinicalRecord, Patient
+from medtwin.core.records import RECORD_OF_KIND, ClinicalRecord, Patient
 from medtwin.store import schema as t
 from medtwin.store.engine import describe, make_engine, migrate
+from medtwin.store.rows import AppendResult, Batch, prepare_rows
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """How many records a write stored, and how many it skipped as already stored."""
-
-    stored: int = 0
-    duplicates: int = 0
-    patients_added: int = 0
-
-    def __add__(self, other: AppendResult) -> AppendResult:
-        return AppendResult(self.stored + other.stored, self.duplicates + other.duplicates,
-                            self.patients_added + other.patients_added)
-
-
-def idempotency_key(kind: str, source_id: str, content_hash: str) -> str:
-    """SHA-256 over kind, source id and content hash: equal only for the same record."""
-    return hashlib.sha256(f"{kind}\x1f{source_id}\x1f{content_hash}".encode()).hexdigest()
-
-
-def prepare_rows(records: Iterable[ClinicalRecord]) -> list[dict[str, Any]]:
-    """The ``events`` rows of ``records`` (payload, keys): the CPU part of a write, which an
-    importer may do in worker processes before handing the rows to :meth:`EventStore.append`."""
-    return [_record_row(r) for r in records]
-
-
-def _record_row(rec: ClinicalRecord) -> dict[str, Any]:
-    kind = KIND_OF[type(rec)]
-    payload = rec.to_dict()
-    content = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":"))
-                             .encode()).hexdigest()
-    time = getattr(rec, "time", None) or getattr(rec, "start", None) or getattr(rec, "onset",
-                                                                                None)
-    return {
-        "idem_key": idempotency_key(kind, rec.source_id, content),
-        "kind": kind,
-        "patient_id": rec.subject or None,
-        "source_id": rec.source_id,
-        "code": getattr(rec, "code", None),
-        "time": time,
-        "value": getattr(rec, "value", None) if kind == "observation" else getattr(
-            rec, "amount", None),
-        "unit": getattr(rec, "unit", None),
-        "payload": payload,
-    }
+_BULK = 5000  # events per INSERT statement on PostgreSQL
+_SQLITE_ROWS = 500  # ... and at most this many on SQLite
+_EVENT_COLUMNS = ("idem_key", "kind", "patient_id", "source_id", "code", "time", "value",
+                  "unit", "payload")
+_PG_ARRAY_TYPES = ("text", "text", "text", "text", "text", "timestamptz", "float8", "text",
+                   "json")
 
 
 class IdentityCipher(Protocol):
@@ -143,60 +111,146 @@ class EventStore:
         A record whose subject is not a known patient (here or in ``patients``) is refused
         with :class:`NotFoundError` and nothing is written.
         """
+        (result,) = self.append_batches([Batch(patients, records, dead_letters, rows)])
+        return result
+
+    def append_batches(self, batches: Sequence[Batch]) -> list[AppendResult]:
+        """Append several batches in one transaction (one commit): all of them or, on any
+        error, none. Each batch sees the patients of the batches before it, and a record
+        already in an earlier batch is a duplicate, as if the batches were appended one
+        after the other. Returns one :class:`AppendResult` per batch."""
         now = datetime.now(UTC)
-        rows = prepare_rows(records) if rows is None else rows
+        prepared = [prepare_rows(b.records) if b.rows is None else b.rows for b in batches]
         try:
             with self.engine.begin() as conn:
-                known = {p.id for p in patients}
-                wanted = {r["patient_id"] for r in rows if r["patient_id"]} - known
-                for chunk in _chunks(sorted(wanted)):
-                    known |= set(conn.scalars(select(t.patients.c.id).where(
-                        t.patients.c.id.in_(chunk))))
-                missing = wanted - known
-                if missing:
-                    raise NotFoundError(
-                        f"records refer to unknown patient(s) {sorted(missing)[:5]}; import the "
-                        "Patient resource first or in the same bundle")
-                added = self._add_patients(conn, patients, now)
-                keys = [r["idem_key"] for r in rows]
-                existing: set[str] = set()
-                for chunk in _chunks(keys):
-                    existing |= set(conn.scalars(select(t.events.c.idem_key).where(
-                        t.events.c.idem_key.in_(chunk))))
-                fresh, seen = [], set(existing)
-                for r in rows:
-                    if r["idem_key"] not in seen:
-                        seen.add(r["idem_key"])
-                        fresh.append(r)
-                if fresh:
-                    conn.execute(self._insert_ignore(t.events),
-                                 [{**r, "recorded_at": now} for r in fresh])
-                if dead_letters:
-                    conn.execute(insert(t.dead_letters), [
-                        {"source": s, "reason": why, "payload": raw, "recorded_at": now}
-                        for s, why, raw in dead_letters])
+                added = self._add_patients(conn, batches, prepared, now)
+                stored = self._insert_events(conn, prepared, now)
+                letters = [{"source": src, "reason": why, "payload": raw, "recorded_at": now}
+                           for b in batches for src, why, raw in b.dead_letters]
+                if letters:
+                    conn.execute(insert(t.dead_letters), letters)
         except SQLAlchemyError as exc:
             raise StoreError(f"write to {describe(self.engine)} failed and was rolled back: "
                              f"{getattr(exc, 'orig', None) or exc}") from exc
-        return AppendResult(stored=len(fresh), duplicates=len(rows) - len(fresh),
-                            patients_added=added)
+        return [AppendResult(stored=n, duplicates=len(rows) - n, patients_added=a)
+                for rows, n, a in zip(prepared, stored, added, strict=True)]
 
-    def _add_patients(self, conn: Any, patients: Sequence[Patient], now: datetime) -> int:
-        if not patients:
-            return 0
-        ids = [p.id for p in patients]
-        existing = set(conn.scalars(select(t.patients.c.id).where(t.patients.c.id.in_(ids))))
-        new = {p.id: p for p in patients if p.id not in existing}
-        if not new:
-            return 0
-        conn.execute(self._insert_ignore(t.patients), [
-            {"id": p.id, "source_id": p.source_id, "gender": p.gender,
-             "birth_year": p.birth_year, "deceased": p.deceased, "recorded_at": now}
-            for p in new.values()])
-        conn.execute(self._insert_ignore(t.patient_identity), [
-            {"patient_id": p.id, "data": self._seal(p.id, p.identity), "recorded_at": now}
-            for p in new.values()])
-        return len(new)
+    def _add_patients(self, conn: Any, batches: Sequence[Batch],
+                      prepared: list[list[dict[str, Any]]], now: datetime) -> list[int]:
+        """Store the batches' new patients (one look-up and one insert for them all) and
+        return how many each batch added; :class:`NotFoundError` for the first batch with a
+        record whose patient is neither stored nor in that batch or one before it."""
+        wanted = {r["patient_id"] for rows in prepared for r in rows if r["patient_id"]}
+        ids = sorted(wanted | {p.id for b in batches for p in b.patients})
+        known: set[str] = set()
+        for chunk in _chunks(ids):
+            known |= set(conn.scalars(select(t.patients.c.id).where(t.patients.c.id.in_(chunk))))
+        new: dict[str, Patient] = {}
+        added = []
+        for batch, rows in zip(batches, prepared, strict=True):
+            mine = {p.id: p for p in batch.patients if p.id not in known}  # the last one wins
+            missing = {r["patient_id"] for r in rows if r["patient_id"]} - known - mine.keys()
+            if missing:
+                raise NotFoundError(
+                    f"records refer to unknown patient(s) {sorted(missing)[:5]}; import the "
+                    "Patient resource first or in the same bundle")
+            known |= mine.keys()
+            new.update(mine)
+            added.append(len(mine))
+        if new:
+            conn.execute(self._insert_ignore(t.patients), [
+                {"id": p.id, "source_id": p.source_id, "gender": p.gender,
+                 "birth_year": p.birth_year, "deceased": p.deceased, "recorded_at": now}
+                for p in new.values()])
+            conn.execute(self._insert_ignore(t.patient_identity), [
+                {"patient_id": p.id, "data": self._seal(p.id, p.identity), "recorded_at": now}
+                for p in new.values()])
+        return added
+
+    def _insert_events(self, conn: Any, prepared: list[list[dict[str, Any]]],
+                       now: datetime) -> list[int]:
+        """Insert the batches' events, skipping keys already stored (or earlier in these
+        batches); return how many each batch stored, as counted by the database."""
+        seen: set[str] = set()
+        unique: list[list[dict[str, Any]]] = []
+        for rows in prepared:
+            mine = []
+            for r in rows:
+                if r["idem_key"] not in seen:
+                    seen.add(r["idem_key"])
+                    mine.append(r)
+            unique.append(mine)
+        if not seen:
+            return [0] * len(prepared)
+        dialect = conn.dialect
+        to_db = t.events.c.time.type.dialect_impl(dialect).bind_processor(dialect) or _same
+        if dialect.name == "sqlite":
+            return [self._insert_sqlite(conn, rows, to_db, to_db(now)) for rows in unique]
+        if dialect.name == "postgresql":
+            return self._insert_pg(conn, unique, to_db, to_db(now))
+        return [self._insert_generic(conn, rows, now) for rows in unique]
+
+    @staticmethod
+    def _insert_sqlite(conn: Any, rows: list[dict[str, Any]], to_db: Callable[[Any], Any],
+                       recorded_at: Any) -> int:
+        """Multi-row INSERTs: one statement runs in one step of SQLite, which gives the GIL
+        back once per statement rather than once per row (``executemany``)."""
+        prep = conn.dialect.identifier_preparer
+        cols = ", ".join(prep.quote(c) for c in (*_EVENT_COLUMNS, "recorded_at"))
+        width = len(_EVENT_COLUMNS) + 1
+        per = max(1, min(_SQLITE_ROWS, _sqlite_variables(conn) // width))
+        stored = 0
+        for i in range(0, len(rows), per):
+            part = rows[i:i + per]
+            marks = ", ".join([f"({', '.join('?' * width)})"] * len(part))
+            params = [v for r in part for v in (
+                r["idem_key"], r["kind"], r["patient_id"], r["source_id"], r["code"],
+                to_db(r["time"]), r["value"], r["unit"], _payload_text(r["payload"]),
+                recorded_at)]
+            stored += int(conn.exec_driver_sql(
+                f"INSERT INTO {prep.format_table(t.events)} ({cols}) VALUES {marks} "
+                "ON CONFLICT DO NOTHING", tuple(params)).rowcount)
+        return stored
+
+    @staticmethod
+    def _insert_pg(conn: Any, unique: list[list[dict[str, Any]]],
+                   to_db: Callable[[Any], Any], recorded_at: Any) -> list[int]:
+        """``INSERT ... SELECT FROM unnest(typed arrays)``, a few thousand rows a statement
+        for all the batches at once; the keys it returns tell which batch stored what."""
+        prep = conn.dialect.identifier_preparer
+        cols = ", ".join(prep.quote(c) for c in (*_EVENT_COLUMNS, "recorded_at"))
+        arrays = ", ".join(f"%({c})b::{ty}[]" for c, ty in zip(_EVENT_COLUMNS, _PG_ARRAY_TYPES,
+                                                              strict=True))
+        sql = (f"INSERT INTO {prep.format_table(t.events)} ({cols}) SELECT u.*, "
+               f"%(recorded_at)s::timestamptz FROM unnest({arrays}) AS u "
+               f"ON CONFLICT DO NOTHING RETURNING {prep.quote('idem_key')}")
+        owner = {r["idem_key"]: i for i, rows in enumerate(unique) for r in rows}
+        rows = [r for part in unique for r in part]
+        stored = [0] * len(unique)
+        for i in range(0, len(rows), _BULK):
+            part = rows[i:i + _BULK]
+            params: dict[str, Any] = {  # typed arrays: one type per array
+                c: [_text_or_none(r[c]) for r in part] if ty == "text" else [r[c] for r in part]
+                for c, ty in zip(_EVENT_COLUMNS, _PG_ARRAY_TYPES, strict=True)}
+            params["time"] = [to_db(v) for v in params["time"]]
+            params["value"] = [None if v is None else float(v) for v in params["value"]]
+            params["payload"] = [_payload_text(v) for v in params["payload"]]
+            params["recorded_at"] = recorded_at
+            for (key,) in conn.exec_driver_sql(sql, params):
+                stored[owner[key]] += 1
+        return stored
+
+    @staticmethod
+    def _insert_generic(conn: Any, rows: list[dict[str, Any]], now: datetime) -> int:
+        existing: set[str] = set()
+        for chunk in _chunks([r["idem_key"] for r in rows]):
+            existing |= set(conn.scalars(select(t.events.c.idem_key).where(
+                t.events.c.idem_key.in_(chunk))))
+        fresh = [{**r, "payload": _payload_value(r["payload"]), "recorded_at": now}
+                 for r in rows if r["idem_key"] not in existing]
+        if fresh:
+            conn.execute(insert(t.events), fresh)
+        return len(fresh)
 
     def _seal(self, patient_id: str, identity: dict[str, Any]) -> dict[str, Any]:
         if self.keyring is None:
@@ -359,6 +413,32 @@ class EventStore:
 
 def _unknown_patient(patient_id: str) -> NotFoundError:
     return NotFoundError(f"no patient {patient_id!r} in the store; `medtwin patients` lists them")
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _sqlite_variables(conn: Any) -> int:
+    """How many ``?`` one SQLite statement may hold on this connection."""
+    try:
+        return int(conn.connection.driver_connection.getlimit(
+            sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    except (AttributeError, sqlite3.Error):  # an older sqlite3 module: the old default
+        return 999
+
+
+def _payload_text(payload: Any) -> str:
+    """A row's payload as JSON text: :func:`prepare_rows` gives text, older callers a dict."""
+    return payload if isinstance(payload, str) else json.dumps(payload)
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if value is None or type(value) is str else str(value)
+
+
+def _payload_value(payload: Any) -> Any:
+    return json.loads(payload) if isinstance(payload, str) else payload
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
