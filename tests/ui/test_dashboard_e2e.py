@@ -15,9 +15,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,43 +37,11 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The live demo in a subprocess; yields (base URL, {user: password}, output lines)."""
-    tmp = tmp_path_factory.mktemp("demo")
-    port = _free_port()
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp / "data"), "MEDTWIN_ARGON2_MEMORY_KIB": "8",
-           "MEDTWIN_ARGON2_TIME_COST": "1"}
-    env.pop("MEDTWIN_DB", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medtwin.cli", "demo", "--db", str(tmp / "demo.sqlite"),
-         "--patients", "6", "--serve", "--port", str(port), "--duration", "600"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
-    lines: list[str] = []
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "Ctrl-C" in line or "stops by itself" in line:
-            break
-    logins = dict(re.findall(r"^  (\S+)\s+(\S+)\s+(?:clinician|admin|patient|researcher)",
-                             "".join(lines), re.M))
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(50):
-        try:
-            httpx.get(f"{base}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield base, logins, lines, proc
-    proc.terminate()
-    proc.wait(20)
+def demo(demo_launcher):
+    """The live demo in a subprocess; yields (base URL, {user: password}, output lines, process)."""
+    d = demo_launcher(patients=6, duration=600)
+    return d.base, d.logins, d.lines, d.proc
 
 
 def test_demo_prints_the_address_and_a_sign_in_per_role(demo):

@@ -10,13 +10,8 @@ forecast. A patient is refused. No request leaves 127.0.0.1. Screenshots go to t
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -39,53 +34,11 @@ WATCH_PROGRESS = """(testid) => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(demo_launcher):
     """A small live demo (two patients) in a subprocess; yields (base URL, {user: password})."""
-    tmp = tmp_path_factory.mktemp("demo-trials-ops")
-    port = _free_port()
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp / "data"), "MEDTWIN_ARGON2_MEMORY_KIB": "8",
-           "MEDTWIN_ARGON2_TIME_COST": "1"}
-    env.pop("MEDTWIN_DB", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medtwin.cli", "demo", "--db", str(tmp / "demo.sqlite"),
-         "--patients", "2", "--serve", "--port", str(port), "--duration", "300"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        lines.append(line)
-        if "stops by itself" in line:
-            break
-    logins = dict(re.findall(r"^  (\S+)\s+(\S+)\s+(?:clinician|admin|patient|researcher)",
-                             "".join(lines), re.M))
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        if proc.poll() is not None:
-            pytest.fail("the demo stopped:\n" + "".join(lines))
-        try:
-            httpx.get(f"{base}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("the demo did not start:\n" + "".join(lines))
-    yield base, logins
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    d = demo_launcher(patients=2, duration=300)
+    return d.base, d.logins
 
 
 @pytest.fixture
