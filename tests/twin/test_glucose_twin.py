@@ -186,6 +186,10 @@ def test_a_snapshot_from_before_the_bank_restores_as_a_twin_without_one():
     a.assimilate(rest_o, rest_i)
     b.assimilate(rest_o, rest_i)
     assert a.insulin_sensitivity_ == b.insulin_sensitivity_ and a.glucose_ == b.glucose_
+    # it says which filter it runs: the ensemble alone, not the banked filter
+    assert b.model_version_.endswith("+enkf-1") and b.snapshot()["model_version"].endswith(
+        "+enkf-1")
+    assert GlucoseTwin(SUBJECT).assimilate(obs[:3], []).model_version_.endswith("+enkf-2")
 
 
 def test_population_prior_and_mmol_readings():

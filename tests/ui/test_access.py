@@ -169,3 +169,13 @@ def test_ward_row_shows_the_newest_glucose_and_its_time(svc):
                                                      audit=False)}["p2"]
     assert row.vitals["Glucose"] == "126 mg/dL"  # the CGM's 7.0 mmol/L, newer than the lab
     assert row.last_reading == later and "Glucose" not in row.vitals.get("p1", {})
+
+
+def test_care_patients_follows_the_care_team_as_it_changes(svc):
+    who = session.sign_in(svc, _request(), {}, "dr.north", "pw-north-123")
+    assert access.care_patients(svc, who) == ["p1", "p2"]
+    svc.directory.add_to_team("north", patient_id="p3")  # a new arrival on the ward
+    svc.directory.add_to_team("north", patient_id="not-stored-yet")
+    assert access.care_patients(svc, who) == ["p1", "p2", "p3"]
+    admin = session.sign_in(svc, _request(), {}, "admin", "pw-admin-123")
+    assert access.care_patients(svc, admin) == []

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 from medtwin.core.records import Observation, Patient
 from medtwin.monitor.news2 import Vitals, news2
 from medtwin.store.alerts import AlertStore
-from medtwin.store.latest import patients_changed
+from medtwin.store.latest import ChangeFeed
+from medtwin.store.rows import prepare_rows
 from medtwin.ui.access import WardRow
 from medtwin.ui.ward import badge_html, tile_html
 
@@ -49,12 +50,11 @@ def test_tile_escapes_data_and_shows_the_users_zone():
 
 def test_change_feed_names_the_patients_with_new_events(store):
     store.append([Patient(id="a", source_id="a"), Patient(id="b", source_id="b")])
-    seq, changed = patients_changed(store, store.last_seq())
-    assert changed == set()
+    feed = ChangeFeed(store)
+    assert feed.poll() == set()
     store.append(records=[Observation("b", "8867-4", T, 80.0, "/min", "hr-1")])
-    seq2, changed = patients_changed(store, seq)
-    assert changed == {"b"} and seq2 > seq
-    assert patients_changed(store, seq2) == (seq2, set())
+    assert feed.poll() == {"b"}
+    assert feed.poll() == set()
     alerts = AlertStore(store)
     before = alerts.version()
     alert = alerts.raise_alert("a", "news2", 3, "high", {}, T)
@@ -80,3 +80,29 @@ def test_a_severe_alert_ranks_with_the_band_it_matches():
     assert [r.patient_id for r in order] == ["c", "b", "a"]  # band 2 (score 5+) ties, score wins
     assert predicted_low.rank > quiet.rank
     assert WardRow("d", "n", "m", {}, None, [hypo]).rank > quiet.rank  # no vitals, but alerting
+
+
+def test_change_feed_sees_a_lower_number_that_commits_late(store):
+    """PostgreSQL hands out sequence numbers at insert and shows them at commit: a number
+    below one already seen can appear later, and its patient must still be reported."""
+    from medtwin.store import schema
+
+    store.append([Patient(id="a", source_id="a"), Patient(id="b", source_id="b")])
+    now = [0.0]
+    feed = ChangeFeed(store, grace=5.0, clock=lambda: now[0])
+    base = feed.seq
+
+    def put(seq: int, patient: str) -> None:
+        (row,) = prepare_rows([Observation(patient, "8867-4", T, float(seq), "/min",
+                                           f"hr-{seq}")])
+        with store.engine.begin() as conn:
+            conn.execute(schema.events.insert().values(**row, seq=seq, recorded_at=T))
+
+    put(base + 2, "b")  # the later transaction commits first
+    assert feed.poll() == {"b"} and base + 1 in feed.gaps
+    put(base + 1, "a")  # the earlier one commits now
+    assert feed.poll() == {"a"} and not feed.gaps
+    put(base + 4, "b")  # a gap that never fills (a skipped duplicate) expires
+    assert feed.poll() == {"b"} and base + 3 in feed.gaps
+    now[0] = 6.0
+    assert feed.poll() == set() and not feed.gaps

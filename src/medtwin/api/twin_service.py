@@ -143,7 +143,8 @@ def glucose_view(store: EventStore, patient_id: str, *, horizon: int = 120,
         patient_id=patient_id, twin_time=twin.time_, glucose=twin.glucose_,
         insulin_sensitivity=twin.insulin_sensitivity_, hypo_probability=p,
         minutes_to_hypo=minutes, forecast=forecast, outlook=Outlook.of(forecast, p),
-        what_if=what_if, what_if_outlook=what_if_outlook, plan=plan)
+        what_if=what_if, what_if_outlook=what_if_outlook, plan=plan,
+        model_version=twin.model_version_)
 
 
 # --- vancomycin -----------------------------------------------------------------------------

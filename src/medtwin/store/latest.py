@@ -9,10 +9,11 @@ source record wins).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
 
 from medtwin.core.records import RECORD_OF_KIND, ClinicalRecord
 from medtwin.store import schema as t
@@ -80,14 +81,40 @@ def _newest_of_each_code(records: list[ClinicalRecord]) -> list[ClinicalRecord]:
     return [r for r in records if r.time == newest[r.code]]  # type: ignore[attr-defined]
 
 
-def patients_changed(store: EventStore, after_seq: int) -> tuple[int, set[str]]:
-    """(the newest event number, the patients with events appended after ``after_seq``):
-    what a live screen re-reads on its next refresh."""
-    e = t.events.c
-    with store.engine.connect() as conn:
-        newest = int(conn.scalar(select(func.max(e.seq))) or 0)
-        if newest <= after_seq:
-            return newest, set()
-        changed = {p for (p,) in conn.execute(select(e.patient_id).distinct()
-                                              .where(e.seq > after_seq, e.seq <= newest))}
-    return newest, changed
+class ChangeFeed:
+    """The patients with events appended since the last :meth:`poll`: what a live screen
+    re-reads next.
+
+    On PostgreSQL a sequence number is taken when a row is inserted and becomes visible when
+    its transaction commits, so a lower number can appear after a higher one has been seen.
+    Numbers missing below the newest seen are therefore asked for again on each poll for
+    ``grace`` seconds (a gap that never fills, e.g. a row skipped as a duplicate, expires).
+    """
+
+    def __init__(self, store: EventStore, *, grace: float = 5.0, max_gaps: int = 2000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.grace, self.max_gaps, self.clock = store, grace, max_gaps, clock
+        self.seq = store.last_seq()
+        self.gaps: dict[int, float] = {}
+
+    def poll(self) -> set[str]:
+        """Patients with newly visible events (possibly empty)."""
+        now = self.clock()
+        self.gaps = {n: t0 for n, t0 in self.gaps.items() if now - t0 < self.grace}
+        e = t.events.c
+        new = e.seq > self.seq
+        q = select(e.seq, e.patient_id).where(
+            or_(new, e.seq.in_(list(self.gaps))) if self.gaps else new)
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        seen = {n for n, _ in rows}
+        for n in seen:
+            self.gaps.pop(n, None)
+        newest = max(seen | {self.seq})
+        missing = [n for n in range(self.seq + 1, newest + 1) if n not in seen]
+        for n in missing[-self.max_gaps:]:
+            self.gaps[n] = now
+        if len(self.gaps) > self.max_gaps:  # keep the newest (a long skipped run on PG)
+            self.gaps = dict(sorted(self.gaps.items())[-self.max_gaps:])
+        self.seq = newest
+        return {p for _, p in rows if p is not None}

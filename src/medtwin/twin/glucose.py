@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 #: LOINC codes the twin assimilates: interstitial (CGM) and blood glucose
 GLUCOSE_CODES = ("99504-3", "2339-0")
 MODEL_NAME = gf.MODEL.name
-MODEL_VERSION = f"{gf.MODEL.version}+enkf-2"
+MODEL_VERSION = f"{gf.MODEL.version}+enkf-2"  # with the likelihood bank
+MODEL_VERSION_NO_BANK = f"{gf.MODEL.version}+enkf-1"  # the ensemble alone (old snapshots)
 SNAPSHOT_FORMAT = 1
 
 Prior = str | Cohort | Mapping[str, float] | None
@@ -348,6 +349,14 @@ class GlucoseTwin:
         prob, minutes = gf.hypo_probability(paths, float(threshold), int(horizon))
         return float(prob[0]), (None if math.isnan(minutes[0]) else float(minutes[0]))
 
+    @property
+    def model_version_(self) -> str:
+        """The filter this twin runs: with the likelihood bank (``enkf-2``), or the ensemble
+        alone (``enkf-1``: a population prior, ``bank=None``, or a twin restored from a
+        snapshot written before the bank existed)."""
+        return MODEL_VERSION if getattr(self, "_bank", None) is not None else \
+            MODEL_VERSION_NO_BANK
+
     # --- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue exactly: a JSON-ready dict."""
@@ -356,7 +365,7 @@ class GlucoseTwin:
         return {
             "format": SNAPSHOT_FORMAT,
             "model": MODEL_NAME,
-            "model_version": MODEL_VERSION,
+            "model_version": self.model_version_,
             "settings": self._settings().to_dict(),
             "basal": self.basal,
             "origin": self._origin.isoformat(),

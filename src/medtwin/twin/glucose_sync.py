@@ -21,7 +21,7 @@ from medtwin.core.records import Intervention, InterventionKind, Observation
 from medtwin.monitor.rules import Finding
 from medtwin.store.event_store import EventStore
 from medtwin.store.snapshots import latest_snapshot, save_snapshot
-from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, MODEL_VERSION, GlucoseTwin
+from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, GlucoseTwin
 from medtwin.twin.glucose_filter import FilterSettings
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class GlucoseSync:
         if not twin.started:
             return []
         save_snapshot(self.store, patient, twin.snapshot(), model=MODEL_NAME,
-                      model_version=MODEL_VERSION, twin_time=twin.time_, data_cutoff=last)
+                      model_version=twin.model_version_, twin_time=twin.time_, data_cutoff=last)
         return [self._finding(twin, twin.flags_)]
 
     def _finding(self, twin: GlucoseTwin, flags: list[dict]) -> Finding:
@@ -109,7 +109,7 @@ class GlucoseSync:
                   "threshold": self.threshold, "horizon": self.horizon,
                   "glucose": round(twin.glucose_, 1), "twin_time": twin.time_.isoformat(),
                   "insulin_sensitivity": twin.insulin_sensitivity_,
-                  "model": MODEL_NAME, "model_version": MODEL_VERSION}
+                  "model": MODEL_NAME, "model_version": twin.model_version_}
         if flags:
             detail["flags"] = flags
         if p >= self.probability:

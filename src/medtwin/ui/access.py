@@ -100,6 +100,18 @@ def visible_patients(svc: Services, request: Request | None, who: Principal) -> 
     return ids
 
 
+def care_patients(svc: Services, who: Principal) -> list[str]:
+    """The stored patients the caller may list now (a clinician's care teams, a patient's own
+    record), without reading every patient: what a live ward checks for new arrivals."""
+    if who.role is Role.CLINICIAN:
+        candidates = sorted(svc.directory.care_patients(who.id))
+    elif who.role is Role.PATIENT and who.patient_id:
+        candidates = [who.patient_id]
+    else:
+        return []
+    return [p for p in svc.policy.visible_patients(who, candidates) if svc.store.has_patient(p)]
+
+
 def _name(svc: Services, patient_id: str) -> tuple[str, str]:
     ident = svc.store.patient(patient_id).identity or {}
     names = ident.get("name") or [{}]

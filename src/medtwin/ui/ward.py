@@ -21,7 +21,7 @@ from starlette.requests import Request
 
 from medtwin.security.roles import Principal
 from medtwin.store.alerts import AlertStore
-from medtwin.store.latest import patients_changed
+from medtwin.store.latest import ChangeFeed
 from medtwin.ui import access
 from medtwin.ui.access import WardRow
 from medtwin.ui.layout import RISK_STYLE, UiContext, local_time, user_zone
@@ -72,7 +72,7 @@ class LiveWard:
         self.names: dict[str, tuple[str, str]] = {}
         self.zone = user_zone()
         # read the marks before the rows: an event appended in between is read again, not lost
-        self.seq = ctx.svc.store.last_seq()
+        self.feed = ChangeFeed(ctx.svc.store)
         self.alert_mark = self.alerts.version()
         rows = access.ward_rows(ctx.svc, request, who, ids, audit=True, names=self.names)
         self.rows: dict[str, WardRow] = {r.patient_id: r for r in rows}
@@ -87,7 +87,7 @@ class LiveWard:
         with self.grid:
             for pid in self.order:
                 self._card(self.rows[pid])
-        ui.timer(LIVE_PERIOD, self.tick)
+        self.timer = ui.timer(LIVE_PERIOD, self.tick)
 
     def _card(self, r: WardRow) -> None:
         with ui.card().classes("w-full gap-1").props(f'data-patient="{r.patient_id}"') as card:
@@ -97,24 +97,27 @@ class LiveWard:
         self.cards[r.patient_id], self.shown[r.patient_id] = card, text
 
     def tick(self) -> None:
-        """Re-read what changed since the last tick and send only the changed tiles."""
+        """Re-read what changed since the last tick and send only the changed tiles; stop
+        for good once the session has ended."""
         now = time.monotonic()
         if now - self.last_session >= self.ctx.refresh_seconds:
             self.last_session = now
             if self.still_signed_in() is None:
+                self.timer.cancel()
                 return
-        seq, changed = patients_changed(self.ctx.svc.store, self.seq)
+        changed = self.feed.poll()
         mark = self.alerts.version()
         full = mark != self.alert_mark or now - self.last_full >= FULL_EVERY
+        self.alert_mark = mark
+        if full:
+            self.last_full = now
+            self._add_new_patients()
         targets = list(self.rows) if full else [p for p in self.rows if p in changed]
         if not targets:
-            self.seq = seq
             return
         fresh = access.ward_rows(self.ctx.svc, self.request, self.who, targets, audit=False,
                                  names=self.names)
-        self.seq, self.alert_mark = seq, mark
         if full:
-            self.last_full = now
             for gone in set(targets) - {r.patient_id for r in fresh}:  # left the care team
                 self.cards.pop(gone).delete()
                 del self.rows[gone], self.blocks[gone], self.shown[gone]
@@ -130,3 +133,16 @@ class LiveWard:
             for i, pid in enumerate(order):
                 self.cards[pid].move(self.grid, target_index=i)
             self.order = order
+
+    def _add_new_patients(self) -> None:
+        """Cards for patients added to the caller's care teams since the page opened (their
+        first read is audited, as on opening the page)."""
+        new = [p for p in access.care_patients(self.ctx.svc, self.who) if p not in self.rows]
+        if not new:
+            return
+        with self.grid:
+            for r in access.ward_rows(self.ctx.svc, self.request, self.who, new, audit=True,
+                                      names=self.names):
+                self.rows[r.patient_id] = r
+                self._card(r)
+        self.order = [*self.order, *new]  # re-sorted with the rest below
