@@ -39,6 +39,7 @@ from medtwin.ops.schema import Model
 from medtwin.ui.access import UiDeniedError
 from medtwin.ui.layout import UiContext, header, local_time
 from medtwin.ui.pages import _guard, _live_session, _sign_out
+from medtwin.ui.runs import run_exclusively, show_failure
 from medtwin.ui.trials_page import field_problem, require_simulation_role, whole_number
 
 log = logging.getLogger(__name__)
@@ -253,10 +254,6 @@ def register(ctx: UiContext) -> None:
                               "second.").props('data-testid="ops-status" aria-live="polite"')
         results = ui.column().classes("w-full gap-3")
 
-        def fail(text: str) -> None:
-            status.set_text(text)
-            status.classes(replace="text-red-800")
-
         async def start() -> None:
             if _live_session(ctx, request) is None:
                 return
@@ -275,32 +272,27 @@ def register(ctx: UiContext) -> None:
                 hours = check_hours(hours_in.value) if has_census else 0
                 model = scenario.apply(base)
             except (MedtwinError, UiDeniedError, ValueError) as exc:
-                fail(f"Cannot run: {exc}")
+                show_failure(status, f"Cannot run: {exc}")
                 return
             run_id = uuid.uuid4().hex[:12]
             svc.record(request, who, "create", f"ops-run:{run_id}", "success",
                        detail=f"dashboard; {base.name}, scenario {scenario.name}, {reps} reps, "
                               f"seed {seed}")
-            go_button.disable()
-            results.clear()
-            progress.set_value(0)
-            try:
-                if slot.locked():
-                    status.set_text("Waiting for the run already going on this server to "
-                                    "finish…")
-                async with slot:
-                    res = await _replications(model, reps, seed)
-                    if res is None:
-                        return
-                    fc = await _forecast(model, hours, reps, seed) if has_census else None
-            except (MedtwinError, ValueError, ArithmeticError) as exc:
-                log.warning("dashboard ops run %s failed: %s", run_id, exc)
-                fail(f"The run failed: {exc}. Try another scenario or fewer replications.")
+
+            async def work() -> tuple[Results, pd.DataFrame | str | None] | None:
+                res = await _replications(model, reps, seed)
+                if res is None:
+                    return None
+                return res, (await _forecast(model, hours, reps, seed) if has_census else None)
+
+            done = await run_exclusively(
+                slot, work, button=go_button, results=results, progress=progress,
+                status=status, run_id=run_id,
+                waiting="Waiting for the run already going on this server to finish…",
+                failed="The run failed: {exc}. Try another scenario or fewer replications.")
+            if done is None or client.is_deleted:
                 return
-            finally:
-                go_button.enable()
-            if client.is_deleted:
-                return
+            res, fc = done
             _show(res, scenario, run_id, fc)
 
         async def _replications(model: Model, reps: int, seed: int) -> Results | None:

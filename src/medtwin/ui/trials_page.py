@@ -51,6 +51,7 @@ from medtwin.trials.runner import (
 from medtwin.ui.access import UiDeniedError
 from medtwin.ui.layout import UiContext, header
 from medtwin.ui.pages import _guard, _live_session, _sign_out
+from medtwin.ui.runs import run_exclusively, show_failure
 
 log = logging.getLogger(__name__)
 
@@ -305,10 +306,6 @@ def register(ctx: UiContext) -> None:
                 'data-testid="trial-status" aria-live="polite"')
         results = ui.column().classes("w-full gap-3")
 
-        def fail(text: str) -> None:
-            status.set_text(text)
-            status.classes(replace="text-red-800")
-
         async def start() -> None:
             if _live_session(ctx, request) is None:
                 return
@@ -320,28 +317,18 @@ def register(ctx: UiContext) -> None:
                                     form.seed.value, max_subjects=max_subjects,
                                     max_days=max_days)
             except (MedtwinError, UiDeniedError) as exc:
-                fail(f"Cannot run the trial: {exc}")
+                show_failure(status, f"Cannot run the trial: {exc}")
                 return
             run_id = uuid.uuid4().hex[:12]
             svc.record(request, who, "create", f"trial:{run_id}", "success",
                        detail=f"dashboard; {len(trial.cohort)} subjects x {trial.days:g} d, "
                               f"{trial.controller}, seed {trial.seed}")
-            go_button.disable()
-            results.clear()
-            progress.set_value(0)
-            try:
-                if slot.locked():
-                    status.set_text("Waiting for the simulation already running on this "
-                                    "server to finish…")
-                async with slot:
-                    result = await _run_with_progress(trial, progress, status)
-            except (MedtwinError, ValueError, ArithmeticError) as exc:
-                log.warning("dashboard trial %s failed: %s", run_id, exc)
-                fail(f"The trial failed: {exc}. Try fewer days, another controller or seed.")
-                return
-            finally:
-                go_button.enable()
-            if result is None:  # the page was closed or the server is stopping
+            result = await run_exclusively(
+                slot, lambda: _run_with_progress(trial, progress, status), button=go_button,
+                results=results, progress=progress, status=status, run_id=run_id,
+                waiting="Waiting for the simulation already running on this server to finish…",
+                failed="The trial failed: {exc}. Try fewer days, another controller or seed.")
+            if result is None:  # it failed, the page was closed or the server is stopping
                 return
             _show_result(result, run_id)
 
