@@ -33,10 +33,10 @@ from fastapi.responses import RedirectResponse
 from nicegui import run, ui
 from starlette.requests import Request
 
-from medtwin.api.deps import Services
+from medtwin.api.deps import Services, require_role
+from medtwin.api.problems import ApiError
 from medtwin.core.errors import MedtwinError, ValidationError
 from medtwin.devices.controllers import controller_names
-from medtwin.security.policy import AccessDeniedError
 from medtwin.security.roles import Principal, Role
 from medtwin.trials.report import agp_figure_plotly, agp_percentiles, cvga_figure_plotly
 from medtwin.trials.runner import (
@@ -69,14 +69,13 @@ _PLOT_LAYOUT = {"height": 420, "margin": {"l": 60, "r": 20, "t": 60, "b": 50},
 
 def require_simulation_role(svc: Services, request: Request | None, who: Principal,
                             resource: str) -> None:
-    """Refuse (audited, as the API's ``require_role``) callers who may not run simulations."""
-    if not svc.settings.security_enabled:
-        return
+    """Refuse callers who may not run simulations: the API's ``require_role`` (audited),
+    with a page-friendly error."""
     try:
-        svc.policy.require_role(who, *SIMULATION_ROLES)
-    except AccessDeniedError as exc:
-        svc.record(request, who, "access", resource, "denied", detail=str(exc))
-        raise UiDeniedError(f"{exc}: in-silico trials and hospital operations are for "
+        require_role(request, svc, who, *SIMULATION_ROLES,  # type: ignore[arg-type]
+                     resource=resource)
+    except ApiError as exc:
+        raise UiDeniedError(f"{exc.detail}: in-silico trials and hospital operations are for "
                             "clinicians, researchers and admins") from None
 
 
