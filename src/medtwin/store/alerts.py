@@ -102,8 +102,13 @@ class AlertStore:
         self.engine = store.engine
 
     def active(self, patient_id: str | None = None) -> list[Alert]:
-        """Alerts not yet resolved (newest first), for one patient or all."""
-        return [a for a in self.all(patient_id) if not a.resolved]
+        """Alerts not yet resolved (newest first), for one patient or all; resolved ones are
+        left out in the query (a ward refreshes this, and resolved alerts only accumulate)."""
+        resolved = select(alert_events.c.alert_id).where(alert_events.c.kind == "resolved")
+        q = select(alerts).where(alerts.c.id.not_in(resolved)).order_by(alerts.c.id.desc())
+        if patient_id is not None:
+            q = q.where(alerts.c.patient_id == patient_id)
+        return self._read(q)
 
     def get(self, alert_id: int) -> Alert:
         """One alert with its state; :class:`NotFoundError` if there is none."""
