@@ -5,6 +5,9 @@ Reads of a patient's twin are reads of their data: checked per patient and audit
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from fastapi import APIRouter, Query, Request
 
 from medtwin.api.deps import Caller, Svc, audited, guard
@@ -32,6 +35,8 @@ from medtwin.store.snapshots import latest_snapshot
 from medtwin.twin.dosing import Target
 from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, MODEL_VERSION
 from medtwin.twin.vancomycin import PK_MODEL, VANCO_LEVEL
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/twins", tags=["twins"], responses=PATIENT_ERRORS)
 
@@ -63,19 +68,28 @@ def _points(frame: object) -> list[ForecastPoint]:
             for r in frame.itertuples()]  # type: ignore[attr-defined]
 
 
-def _glucose(request: Request, svc: Svc, who: Caller, patient_id: str, horizon: int,
-             plan: GlucosePlan | None) -> GlucoseTwinOut:
-    grant = guard(request, svc, who, patient_id, Action.READ, GLUCOSE_RESOURCE)
+def _twin_view(request: Request, svc: Svc, who: Caller, patient_id: str, resource: str,
+               build: Callable[[], T]) -> T:
+    """Check access, build a twin's view, audit the outcome, map errors to statuses (404 an
+    unknown patient, 409 a twin without enough data yet, 422 other bad input)."""
+    grant = guard(request, svc, who, patient_id, Action.READ, resource)
     try:
-        view = glucose_view(svc.store, patient_id, horizon=horizon, plan=plan)
+        view = build()
     except NotFoundError:
-        audited(request, svc, who, grant, GLUCOSE_RESOURCE, "not-found")
+        audited(request, svc, who, grant, resource, "not-found")
         raise not_found(patient_id) from None
     except TwinNotReadyError as exc:
         raise ApiError(409, str(exc)) from None
     except MedtwinError as exc:
         raise ApiError(422, str(exc)) from None
-    audited(request, svc, who, grant, GLUCOSE_RESOURCE)
+    audited(request, svc, who, grant, resource)
+    return view
+
+
+def _glucose(request: Request, svc: Svc, who: Caller, patient_id: str, horizon: int,
+             plan: GlucosePlan | None) -> GlucoseTwinOut:
+    view = _twin_view(request, svc, who, patient_id, GLUCOSE_RESOURCE, lambda: glucose_view(
+        svc.store, patient_id, horizon=horizon, plan=plan))
     return GlucoseTwinOut(
         patient_id=patient_id, twin_time=view.twin_time, glucose=view.glucose,
         insulin_sensitivity=view.insulin_sensitivity, hypo_probability=view.hypo_probability,
@@ -106,18 +120,9 @@ def dose(request: Request, svc: Svc, who: Caller, patient_id: Id,
                              description="auc24=LOW:HIGH, cmin=LOW:HIGH or cmax=LOW:HIGH")
          ) -> DoseOut:
     """Personalise vancomycin (Goti 2018) to the stored doses and levels; recommend a regimen."""
-    grant = guard(request, svc, who, patient_id, Action.READ, DOSE_RESOURCE)
-    try:
-        view = dose_view(svc.store, patient_id, target=Target.parse(target))
-    except NotFoundError:
-        audited(request, svc, who, grant, DOSE_RESOURCE, "not-found")
-        raise not_found(patient_id) from None
-    except TwinNotReadyError as exc:
-        raise ApiError(409, str(exc)) from None
-    except MedtwinError as exc:
-        raise ApiError(422, str(exc)) from None
+    view = _twin_view(request, svc, who, patient_id, DOSE_RESOURCE, lambda: dose_view(
+        svc.store, patient_id, target=Target.parse(target)))
     rec = view.recommendation
-    audited(request, svc, who, grant, DOSE_RESOURCE)
     return DoseOut(patient_id=patient_id, model=view.model, dose_mg=rec.dose,
                    interval_h=rec.interval, infusion_h=rec.duration, target=target,
                    probability=rec.probability, median=rec.median,
