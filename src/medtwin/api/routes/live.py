@@ -41,10 +41,12 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
                                 patient_id=patient_id, detail=type(exc).__name__)
         await ws.close(code=POLICY_VIOLATION, reason="not allowed or not found")
         return
-    await ws.accept()
+    # the marks are taken before accepting: whatever is written once the client sees the
+    # connection open comes after them, so it is pushed (after accept, it could slip between)
     alerts = AlertStore(svc.store)
     last = await run_in_threadpool(svc.store.last_seq)
     last_alert = await run_in_threadpool(alerts.last_id)
+    await ws.accept()
     try:
         while True:
             new = await run_in_threadpool(svc.store.records_after, patient_id, last,
