@@ -46,7 +46,7 @@ def test_matches_the_timeline_fold_on_random_wards(store):
     store.append([Patient(id=p, source_id=p) for p in ids])
     for p in ids:  # one append per record: amended versions get later sequence numbers
         for obs in _random_patient(rng, p):
-            store.append(records=[obs])
+            store.append(records=[obs], may_amend=True)  # an EHR's amendments
     many = latest_items_many(store, ids)
     assert set(many) == set(ids)
     for p in ids:

@@ -34,21 +34,25 @@ def _patient(pid: str = "p1") -> Patient:
 
 
 def _every_kind(pid: str = "p1") -> list:
+    # source ids are per patient: a record never moves between patients (issue 12)
     return [
         Observation(subject=pid, code="85354-9", time=T0, value=None, unit=None,
-                    source_id="Observation/bp", display='BP "panel", {x}\\y ü',
+                    source_id=f"Observation/bp-{pid}", display='BP "panel", {x}\\y ü',
                     components=(Component(code="8480-6", value=120.0, unit="mm[Hg]"),
                                 Component(code="8462-4", value=80.5, unit="mm[Hg]"))),
         Observation(subject=pid, code="8867-4", time=T0.astimezone(timezone(timedelta(hours=2))),
-                    value=72, unit="/min", source_id="Observation/hr"),
+                    value=72, unit="/min", source_id=f"Observation/hr-{pid}"),
         Intervention(subject=pid, kind="infusion", time=T0, amount=1000, unit="mg",
-                     source_id="MedicationAdministration/v", duration=timedelta(minutes=61.5)),
+                     source_id=f"MedicationAdministration/v-{pid}",
+                     duration=timedelta(minutes=61.5)),
         Condition(subject=pid, code="44054006", system="http://snomed.info/sct",
-                  source_id="Condition/d", onset=T0 - timedelta(days=400)),
-        Encounter(subject=pid, source_id="Encounter/e", start=T0, end=T0 + timedelta(hours=1)),
-        MedicationRequest(subject=pid, source_id="MedicationRequest/m", time=None, code="860975"),
-        Device(source_id="Device/cgm", subject=pid, code="cgm"),
-        Consent(subject=pid, source_id="Consent/c", status="active", purposes=("TREAT",),
+                  source_id=f"Condition/d-{pid}", onset=T0 - timedelta(days=400)),
+        Encounter(subject=pid, source_id=f"Encounter/e-{pid}", start=T0,
+                  end=T0 + timedelta(hours=1)),
+        MedicationRequest(subject=pid, source_id=f"MedicationRequest/m-{pid}", time=None,
+                          code="860975"),
+        Device(source_id=f"Device/cgm-{pid}", subject=pid, code="cgm"),
+        Consent(subject=pid, source_id=f"Consent/c-{pid}", status="active", purposes=("TREAT",),
                 categories=("a", "b"), time=T0),
     ]
 

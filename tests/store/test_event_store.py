@@ -41,7 +41,7 @@ def test_append_is_idempotent_and_counts_duplicates(store):
 
 def test_a_changed_record_is_a_new_version_and_reads_show_the_latest(store):
     store.append([_patient()], [_hr(0, 70.0)])
-    store.append([], [_hr(0, 72.0)])
+    store.append([], [_hr(0, 72.0)], may_amend=True)  # only an allowed writer amends
     assert store.counts() == {"observation": 2}  # both versions kept, nothing updated
     (latest,) = store.timeline("p1")
     assert latest.value == 72.0
@@ -57,7 +57,7 @@ def test_timeline_filters_by_code_and_time(store):
     assert [r.source_id for r in window] == ["Observation/hr-1", "Observation/hr-2"]
     frame = store.timeline_frame("p1", kinds=["observation"])
     assert list(frame.columns) == ["time", "kind", "code", "display", "value", "unit",
-                                   "source_id"]
+                                   "source_id", "quality"]  # + the data-quality flag
     assert len(frame) == 5 and str(frame["time"].dt.tz) == "UTC"
 
 

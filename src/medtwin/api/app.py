@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from medtwin import __version__
 from medtwin.api import openapi, problems
 from medtwin.api.deps import Services, build_services
+from medtwin.api.input_guard import RefuseNul
 from medtwin.api.jobs import TrialJobs
-from medtwin.api.limits import BodySizeLimit
+from medtwin.api.limits import BodySizeLimit, TrustedProxies, install_token_redaction
 from medtwin.api.routes import (
     alerts,
     audit,
@@ -60,6 +61,7 @@ def create_app(settings: Settings, store: EventStore, keyring: KeyRing, *,
         gc.freeze()
         yield
         jobs.close()
+        svc.close()  # audit the open anonymous-failure windows, anchor the audit head
 
     app = FastAPI(title="medtwin", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
@@ -69,7 +71,10 @@ def create_app(settings: Settings, store: EventStore, keyring: KeyRing, *,
                    live):
         app.include_router(module.router)
     openapi.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RefuseNul)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # before the NUL scan
+    app.add_middleware(TrustedProxies, proxies=settings.trusted_proxies)  # the real client
+    install_token_redaction()
     if dashboard:
         from medtwin.ui.mount import mount_ui
 

@@ -10,13 +10,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
-from medtwin.api.limits import LoginLimiter
+from medtwin.api.limits import LoginThrottle, MemoryLoginThrottle
 from medtwin.api.problems import ApiError
 from medtwin.api.settings import Settings
 from medtwin.core.errors import NotFoundError
 from medtwin.core.records import Patient
 from medtwin.security.audit import AuditEntry, AuditLog
+from medtwin.security.audit_anchor import anchor_sink
+from medtwin.security.audit_failures import FailureAggregator, path_class
 from medtwin.security.consent import has_research_consent
 from medtwin.security.crypto import KeyRing
 from medtwin.security.deid import Deidentifier
@@ -24,6 +27,8 @@ from medtwin.security.directory import KEY_PREFIX, Directory
 from medtwin.security.passwords import PasswordHasher
 from medtwin.security.policy import AccessDeniedError, AccessPolicy, Action, Grant, not_found
 from medtwin.security.roles import Principal, Role
+from medtwin.security.sessions import SessionStore
+from medtwin.security.store_keys import check_store_keys
 from medtwin.security.tokens import TokenError, TokenIssuer
 from medtwin.store.event_store import EventStore
 
@@ -44,8 +49,10 @@ class Services:
     audit: AuditLog
     policy: AccessPolicy
     tokens: TokenIssuer
-    limiter: LoginLimiter
+    limiter: LoginThrottle
+    sessions: SessionStore
     extras: dict[str, object] = field(default_factory=dict)
+    failures: FailureAggregator | None = None  # anonymous failures, audited per window
 
     def deidentifier(self) -> Deidentifier:
         """A de-identifier keyed by the key ring's pseudonym secret."""
@@ -63,11 +70,36 @@ class Services:
         """One audit entry per patient, appended in one transaction (e.g. a ward of 100)."""
         if not self.settings.security_enabled or not patient_ids:
             return
-        client = request.client.host if request is not None and request.client else None
+        client = self.source(request)
         self.audit.append_many([AuditEntry(
             actor=who.label if who else "anonymous", role=who.role.value if who else None,
             action=action, resource=resource, outcome=outcome, patient_id=pid,
             source=client, detail=detail) for pid in patient_ids])
+        if self.failures is not None:
+            self.failures.sweep()  # audit the anonymous-failure windows that have ended
+
+    def source(self, request: HTTPConnection | None) -> str | None:
+        """The caller's address as audited (of a request or a WebSocket)."""
+        return request.client.host if request is not None and request.client else None
+
+    def anonymous_failure(self, request: HTTPConnection, reason: str) -> None:
+        """Audit a request refused for want of a valid credential, aggregated per address,
+        path class and reason (a flood of them writes a handful of entries)."""
+        if not self.settings.security_enabled:
+            return
+        if self.failures is None:
+            self.audit.append(AuditEntry(actor="anonymous", action="authenticate",
+                                         resource=path_class(request.url.path),
+                                         outcome="denied", source=self.source(request),
+                                         detail=reason))
+            return
+        self.failures.failed(self.source(request), request.url.path, reason)
+
+    def close(self) -> None:
+        """At shutdown: audit the open failure windows, anchor the audit head."""
+        if self.failures is not None:
+            self.failures.close()
+        self.audit.close()
 
 
 def build_services(settings: Settings, store: EventStore, keyring: KeyRing) -> Services:
@@ -75,14 +107,24 @@ def build_services(settings: Settings, store: EventStore, keyring: KeyRing) -> S
     hasher = PasswordHasher(time_cost=settings.argon2_time_cost,
                             memory_kib=settings.argon2_memory_kib)
     directory = Directory(store.engine, hasher)
+    check_store_keys(store.engine, keyring)  # never seal new identities under another key
+    audit = AuditLog(store.engine, keyring,
+                     anchor_sink(store.engine, configured=settings.audit_anchor_file,
+                                 key_file=keyring.file),
+                     anchor_every=settings.audit_anchor_every,
+                     anchor_seconds=settings.audit_anchor_seconds)
     return Services(
         settings=settings, store=store, keyring=keyring, directory=directory,
-        audit=AuditLog(store.engine),
+        audit=audit,
+        failures=FailureAggregator(audit.append_many,
+                                   window=settings.audit_failure_window_seconds),
         policy=AccessPolicy(directory, lambda pid: has_research_consent(store, pid)),
         tokens=TokenIssuer(settings.token_secret,
                            access_ttl=timedelta(minutes=settings.access_ttl_minutes),
                            refresh_ttl=timedelta(hours=settings.refresh_ttl_hours)),
-        limiter=LoginLimiter(settings.login_attempts, settings.login_window_seconds),
+        limiter=MemoryLoginThrottle(settings.login_attempts, settings.login_window_seconds,
+                                    max_delay=settings.login_max_delay_seconds),
+        sessions=SessionStore(store.engine, timedelta(hours=settings.refresh_ttl_hours)),
     )
 
 
@@ -95,6 +137,7 @@ _bearer = HTTPBearer(auto_error=False, description="A JWT from /auth/token, or a
                      "key (mtk_...).")
 
 Svc = Annotated[Services, Depends(services)]
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def authenticate(svc: Services, credential: str | None) -> Principal:
@@ -114,7 +157,8 @@ def authenticate(svc: Services, credential: str | None) -> Principal:
     except (TokenError, NotFoundError) as exc:
         raise ApiError(401, str(exc) if isinstance(exc, TokenError) else "invalid token",
                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-    if user.disabled or user.token_version != claims.version:
+    if (user.disabled or user.token_version != claims.version or claims.session is None
+            or not svc.sessions.is_live(claims.session, user.id)):
         raise ApiError(401, "this token was revoked (the user was disabled or logged out)",
                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     return user.principal()
@@ -129,8 +173,8 @@ def principal(request: Request, svc: Svc,
     try:
         return authenticate(svc, creds.credentials if creds else None)
     except ApiError:
-        svc.record(request, None, "authenticate", request.url.path, "denied",
-                   detail="missing, invalid, expired or revoked credential")
+        svc.anonymous_failure(request, "invalid, expired or revoked credential" if creds
+                              else "missing credential")
         raise
 
 

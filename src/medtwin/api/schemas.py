@@ -120,14 +120,40 @@ class TimelineItem(BaseModel):
     value: float | None
     unit: str | None
     source_id: str
+    quality: str | None = Field(None, description="A data-quality flag (e.g. future-dated): "
+                                "the reading is kept but not used as the latest nor scored.")
 
 
 class TimelineOut(BaseModel):
-    """A patient's events in time order."""
+    """A page of a patient's events in time order (``count`` is the page's)."""
 
     patient_id: str
     count: int
     items: list[TimelineItem]
+    next: str | None = Field(None, description="Cursor of the next page (pass as `cursor`); "
+                             "absent on the last page.")
+
+
+class VersionOut(BaseModel):
+    """One stored version of a record."""
+
+    version: int
+    recorded_at: datetime
+    quality: str | None
+    time: datetime | None
+    code: str | None
+    value: float | None
+    unit: str | None
+    status: str | None
+    record: dict[str, Any]
+
+
+class HistoryOut(BaseModel):
+    """Every version of one record, oldest first (records are append-only)."""
+
+    patient_id: str
+    source_id: str
+    versions: list[VersionOut]
 
 
 class ObservationIn(_In):
@@ -150,6 +176,8 @@ class StoredOut(BaseModel):
     duplicates: int
     patients_added: int = 0
     source_ids: list[str] = []
+    quarantined: list[str] = Field([], description="Source ids stored with a data-quality "
+                                   "flag (e.g. dated in the future): kept, never scored.")
 
 
 # --- research -----------------------------------------------------------------------------
@@ -158,13 +186,15 @@ class ResearchPatient(BaseModel):
 
     pseudonym: str
     gender: str | None
-    birth_year: int | None
+    birth_year: int | None = Field(None, description="None when over 89 (Safe Harbor).")
+    age_group: str | None = Field(None, description='"90 or older", else None.')
 
 
 class ResearchRow(BaseModel):
-    """One de-identified event (dates shifted per patient)."""
+    """One de-identified event: its year (Safe Harbor) or its shifted time (limited)."""
 
-    time: datetime | None
+    year: int | None = None
+    time: datetime | None = Field(None, description="Only in a limited data set (shifted).")
     kind: str
     code: str | None
     display: str | None
@@ -173,9 +203,11 @@ class ResearchRow(BaseModel):
 
 
 class ResearchTimeline(BaseModel):
-    """A de-identified timeline."""
+    """A de-identified timeline, named for its mode."""
 
     pseudonym: str
+    mode: str = Field(description="safe-harbor or limited (a limited data set)")
+    notice: str = Field(description="What the data is and the rules that come with it.")
     count: int
     items: list[ResearchRow]
 

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from medtwin.core.errors import ValidationError
 from medtwin.security.crypto import key_configured
@@ -30,11 +30,23 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     login_attempts: int = Field(5, ge=1, le=1000)
     login_window_seconds: int = Field(60, ge=1)
+    login_max_delay_seconds: int = Field(900, ge=1, description="Longest backoff between "
+                                         "failed logins of one account from one address.")
+    trusted_proxies: tuple[str, ...] = Field((), description="Proxies (IPs or networks, "
+                                             "comma-separated) whose X-Forwarded-For is believed.")
     argon2_memory_kib: int = Field(65536, ge=8)
     argon2_time_cost: int = Field(3, ge=1)
     ws_poll_seconds: float = Field(1.0, gt=0, le=60)
     trial_max_subjects: int = Field(30, ge=1)
     trial_max_days: float = Field(7.0, gt=0)
+    audit_anchor_file: str | None = Field(None, description="Append-only file of audit "
+                                          "anchors (default: next to the key file).")
+    audit_anchor_every: int = Field(1000, ge=1, description="Anchor every N audit entries.")
+    audit_anchor_seconds: float = Field(300.0, gt=0, description="... and after T seconds.")
+    audit_failure_window_seconds: float = Field(60.0, gt=0, description="Window in which "
+                                                "anonymous failures are counted as one entry.")
+    clock_skew_seconds: float = Field(300.0, ge=0, le=24 * 3600, description="Readings dated "
+                                      "further than this in the future are quarantined.")
     key_explicit: bool = Field(False, description="An encryption key was configured.")
     security_enabled: bool = Field(True, description="Benchmarks only: False turns auth and "
                                    "audit off; refused in production.")
@@ -47,6 +59,13 @@ class Settings(BaseModel):
                 "mode", "development") == "development":
             data = {**data, "secret": secrets.token_urlsafe(48), "secret_generated": True}
         return data
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> tuple[str, ...]:
+        from medtwin.api.limits import check_proxies
+
+        return check_proxies(value.split(",") if isinstance(value, str) else value)
 
     @model_validator(mode="after")
     def _safe_for_production(self) -> Settings:

@@ -93,6 +93,7 @@ def stream_cmd(
     try:
         if replay is not None:
             frame = numerics_frame(replay) if _is_numerics(replay) else ecg_heart_rate(replay)
+            start -= frame["offset"].max().to_pytimedelta()  # ends now: never future-dated
             readings = sorted(replay_readings(frame, patient=patient, start=start,
                                               source=replay.stem), key=lambda r: r.time)
             ids = [patient]

@@ -31,5 +31,10 @@ class StoreError(MedtwinError):
     """The store could not be reached or refused a write; nothing was half-written."""
 
 
+class ConflictError(MedtwinError):
+    """A write would change a stored record its writer may not change (records are
+    append-only: only an allowed writer adds a version); nothing was written."""
+
+
 class SimulationError(MedtwinError):
     """A simulation could not proceed (bad input found at a step, a controller misbehaved)."""

@@ -30,7 +30,11 @@ def utc(t: datetime, *, where: str = "time") -> datetime:
         raise ValidationError(
             "time has no time zone; give an offset such as +00:00 or Z", where=where
         )
-    return t.astimezone(UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+14:00 lies before the first UTC instant
+        raise ValidationError(f"time {t.isoformat()} is outside the calendar's range once "
+                              "converted to UTC (years 1 to 9999)", where=where) from None
 
 
 def _need_text(value: object, where: str) -> None:

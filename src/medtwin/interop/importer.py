@@ -5,6 +5,13 @@ hand back rows ready to insert; the store write stays in the calling process. Pa
 are written in groups, one transaction per group (a file is never half stored); when a group
 cannot be written, its files are written again one transaction each, so a file at fault
 keeps none of the others out, exactly as with one transaction per file.
+
+Every observation passes the clinical-data policy (:func:`medtwin.interop.quality.admit`):
+an implausible value is a rejected entry with the reason, a reading dated beyond the
+clock-skew tolerance in the future is stored quarantined (never scored) and raises a
+data-quality alert. An EHR import is the one writer that may amend: a changed resource under
+a stored id becomes a new version (the previous one kept), except when it would move the
+record to another patient or code, which is rejected with the reason.
 """
 
 from __future__ import annotations
@@ -24,17 +31,22 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.pool import SingletonThreadPool
 
-from medtwin.core.errors import MedtwinError
-from medtwin.core.records import Patient
+from medtwin.core.errors import MedtwinError, ValidationError
+from medtwin.core.processes import die_with_parent
+from medtwin.core.records import ClinicalRecord, Observation, Patient
 from medtwin.interop import units
 from medtwin.interop.fhir.issues import FhirImportError, FhirIssue
 from medtwin.interop.fhir.read import MAPPED_TYPES, read_fhir_file
 from medtwin.interop.fhir.validate import model_class
+from medtwin.interop.quality import FUTURE_TOLERANCE, admit
+from medtwin.store.alerts import AlertStore
 from medtwin.store.event_store import EventStore
 from medtwin.store.rows import AppendResult, Batch, prepare_rows
 
@@ -58,6 +70,7 @@ class ImportSummary:
     duplicates: int = 0
     rejected: int = 0
     patients_added: int = 0
+    quarantined: int = 0
     not_modelled: Counter[str] = field(default_factory=Counter)
     issues: list[FhirIssue] = field(default_factory=list)
 
@@ -67,7 +80,7 @@ class ImportSummary:
             "files": self.files, "files_refused": self.files_refused,
             "resources_read": self.resources_read, "stored": self.stored,
             "duplicates_skipped": self.duplicates, "rejected": self.rejected,
-            "patients_added": self.patients_added,
+            "patients_added": self.patients_added, "quarantined": self.quarantined,
             "not_modelled": dict(sorted(self.not_modelled.items())),
             "issues": [i.to_dict() for i in self.issues],
         }
@@ -81,6 +94,9 @@ class ImportSummary:
             f"stored: {self.stored}   duplicates skipped: {self.duplicates}   "
             f"rejected: {self.rejected}   patients added: {self.patients_added}",
         ]
+        if self.quarantined:
+            lines.append(f"quarantined (dated in the future; kept, never scored): "
+                         f"{self.quarantined}")
         if nm:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.not_modelled.items()))
             lines.append(f"read but not modelled (validated, not stored): {nm} ({kinds})")
@@ -114,9 +130,10 @@ class _Parsed:
     rejected: int
     not_modelled: Counter[str]
     dead_letters: list[tuple[str, str, str]]
+    quarantined: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
-def _parse(path: Path) -> _Parsed | FhirImportError:
+def _parse(path: Path, tolerance: timedelta = FUTURE_TOLERANCE) -> _Parsed | FhirImportError:
     """Read, validate, map and prepare the store rows of one file (runs in a worker)."""
     try:
         parsed = read_fhir_file(path)
@@ -126,11 +143,42 @@ def _parse(path: Path) -> _Parsed | FhirImportError:
     for i in parsed.issues:  # one dead letter per rejected entry, with all its reasons
         by_entry.setdefault(i.entry, []).append(str(i))
     raw = _raw_entries(path, by_entry) if by_entry else {}
-    return _Parsed(patients=parsed.patients, rows=prepare_rows(parsed.records),
-                   issues=parsed.issues, resources_read=parsed.resources_read,
-                   rejected=parsed.rejected, not_modelled=parsed.not_modelled,
+    records, quality, refused = _admit_all(parsed.records, path.name, tolerance)
+    return _Parsed(patients=parsed.patients, rows=prepare_rows(records, quality),
+                   issues=parsed.issues + [issue for issue, _ in refused],
+                   resources_read=parsed.resources_read,
+                   rejected=parsed.rejected + len(refused), not_modelled=parsed.not_modelled,
                    dead_letters=[(path.name, "; ".join(why), raw[e])
-                                 for e, why in by_entry.items()])
+                                 for e, why in by_entry.items()]
+                   + [(path.name, str(issue), text) for issue, text in refused],
+                   quarantined=[(r.subject, r.source_id, r.device)  # type: ignore[union-attr]
+                                for r, q in zip(records, quality, strict=True) if q])
+
+
+def _admit_all(records: list[ClinicalRecord], source: str, tolerance: timedelta
+               ) -> tuple[list[ClinicalRecord], list[str | None], list[tuple[FhirIssue, str]]]:
+    """The clinical-data policy on every observation: the records to store, each one's
+    data-quality flag, and the refused ones as (issue, record JSON)."""
+    now = datetime.now(UTC)
+    kept: list[ClinicalRecord] = []
+    quality: list[str | None] = []
+    refused: list[tuple[FhirIssue, str]] = []
+    for rec in records:
+        if not isinstance(rec, Observation):
+            kept.append(rec)
+            quality.append(None)
+            continue
+        try:
+            admitted = admit(rec, now=now, tolerance=tolerance, where="")
+        except ValidationError as exc:
+            rtype, _, rid = rec.source_id.partition("/")
+            refused.append((FhirIssue(exc.message, element=(exc.where or "").lstrip("."),
+                                      resource_type=rtype, resource_id=rid, code="value",
+                                      source=source), json.dumps(rec.to_dict())))
+            continue
+        kept.append(admitted.observation)
+        quality.append(admitted.quality)
+    return kept, quality, refused
 
 
 _WARM_TYPES = (*sorted(MAPPED_TYPES), "Bundle", "Claim", "ExplanationOfBenefit", "Procedure",
@@ -184,9 +232,11 @@ def auto_workers(files: Sequence[Path]) -> int:
     return cores if sum(map(_file_size, files)) >= AUTO_MIN_BYTES else 1
 
 
-def _init_worker() -> None:
-    """A worker process: warm (a no-op when forked from a warm parent), then keep what is
-    loaded out of the garbage collector's scans (and so out of copy-on-write)."""
+def _init_worker(parent_pid: int) -> None:
+    """A worker process: end with the importer (no orphan when it is killed), warm (a
+    no-op when forked from a warm parent), then keep what is loaded out of the garbage
+    collector's scans (and so out of copy-on-write)."""
+    die_with_parent(parent_pid)
     warm_up(unit_registry=False)
     gc.freeze()
 
@@ -204,7 +254,8 @@ def _raw_entries(path: Path, entries: Iterable[int | None]) -> dict[int | None, 
 
 
 def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int = 1,
-                 progress: Callable[[int], None] | None = None) -> ImportSummary:
+                 progress: Callable[[int], None] | None = None,
+                 future_tolerance: timedelta = FUTURE_TOLERANCE) -> ImportSummary:
     """Import every FHIR JSON file under ``paths`` into ``store``.
 
     A refused file (bad JSON, bad Bundle, a transaction with any bad entry) stores nothing
@@ -212,6 +263,7 @@ def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int
     dead-letter table with their reason. ``progress`` is called with 1 after each file is
     written (from the writer thread). With ``workers > 1`` files are parsed in that many
     worker processes, forked from this one once it has built the model classes.
+    Observations dated more than ``future_tolerance`` in the future are quarantined.
     """
     files = list(iter_fhir_files(paths))
     summary = ImportSummary()
@@ -222,10 +274,12 @@ def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int
         if fork:  # once here: the forked workers inherit it (the UCUM registry only if
             warm_up(unit_registry=False)  # a file needs it: each worker builds its own)
         pool = ProcessPoolExecutor(
-            max_workers=min(workers, len(files)), initializer=_init_worker,
+            max_workers=min(workers, len(files)), initializer=_init_worker, initargs=(os.getpid(),),
             mp_context=multiprocessing.get_context("fork") if fork else None)
     try:
-        results = _parse_in(pool, files, workers) if pool else map(_parse, files)
+        parse = (_parse if future_tolerance == FUTURE_TOLERANCE
+                 else partial(_parse, tolerance=future_tolerance))
+        results = _parse_in(pool, files, workers, parse) if pool else map(parse, files)
         writer.start()  # the workers are forked by now: no thread is copied into them
         for n, (path, parsed) in enumerate(zip(files, results, strict=True), 1):
             summary.files += 1
@@ -244,7 +298,7 @@ def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int
                 summary.issues.extend(parsed.issues)
                 summary.rejected += parsed.rejected
                 writer.add(path, Batch(parsed.patients, (), parsed.dead_letters, parsed.rows),
-                           rejected=parsed.rejected)
+                           rejected=parsed.rejected, quarantined=parsed.quarantined)
     except BaseException as exc:
         writer.close_after_error(exc)  # what was parsed before the error is still written
         raise
@@ -255,7 +309,8 @@ def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int
     return summary
 
 
-def _parse_in(pool: ProcessPoolExecutor, files: list[Path], workers: int
+def _parse_in(pool: ProcessPoolExecutor, files: list[Path], workers: int,
+              parse: Callable[[Path], _Parsed | FhirImportError] = _parse
               ) -> Iterator[_Parsed | FhirImportError]:
     """Parse ``files`` in ``pool``; results come in the files' order (the order they are
     stored in). Files go to the workers a window at a time, the largest of a window first,
@@ -267,7 +322,7 @@ def _parse_in(pool: ProcessPoolExecutor, files: list[Path], workers: int
     def submit(window: list[Path]) -> list[Future[_Parsed | FhirImportError]]:
         futures: dict[int, Future[_Parsed | FhirImportError]] = {}
         for i in sorted(range(len(window)), key=lambda i: -_file_size(window[i])):
-            futures[i] = pool.submit(_parse, window[i])
+            futures[i] = pool.submit(parse, window[i])
         return [futures[i] for i in range(len(window))]
 
     ahead = deque(submit(w) for w in windows[:2])  # now, not at the first next(): the
@@ -297,6 +352,7 @@ class _Pending:
     batch: Batch
     refused: bool
     rejected: int
+    quarantined: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
 class _Writer:
@@ -327,12 +383,13 @@ class _Writer:
             self.started = True
             self.thread.start()
 
-    def add(self, path: Path, batch: Batch, *, refused: bool = False, rejected: int = 0) -> None:
+    def add(self, path: Path, batch: Batch, *, refused: bool = False, rejected: int = 0,
+            quarantined: list[tuple[str, str, str | None]] | None = None) -> None:
         """Queue one file's batch; hand the group to the writer once large or old enough."""
         self._raise_if_failed()
         if not self.pending:
             self.since = time.monotonic()
-        self.pending.append(_Pending(path, batch, refused, rejected))
+        self.pending.append(_Pending(path, batch, refused, rejected, quarantined or []))
         self.rows += len(batch.rows or ())
         if (self.final or len(self.pending) >= GROUP_FILES or self.rows >= GROUP_ROWS
                 or time.monotonic() - self.since >= GROUP_SECONDS):
@@ -387,7 +444,8 @@ class _Writer:
         the file at fault raises, the ones before it are kept."""
         if len(pending) > 1:
             try:
-                results = self.store.append_batches([p.batch for p in pending])
+                results = self.store.append_batches([p.batch for p in pending],
+                                                    **_AMEND)
             except MedtwinError as exc:
                 log.info("a group of %d files could not be written together (%s); writing "
                          "them one by one", len(pending), type(exc).__name__)
@@ -401,13 +459,13 @@ class _Writer:
     def _one(self, p: _Pending) -> None:
         if p.refused:  # keeping the evidence must not hide the real problem
             try:
-                result = self.store.append_batches([p.batch])[0]
+                result = self.store.append_batches([p.batch], **_AMEND)[0]
             except MedtwinError as exc:
                 log.warning("could not keep refused file %s in dead letters: %s",
                             _label(p.path), type(exc).__name__)
                 result = AppendResult()
         else:
-            result = self.store.append_batches([p.batch])[0]
+            result = self.store.append_batches([p.batch], **_AMEND)[0]
         self._done(p, result)
 
     def _done(self, p: _Pending, result: AppendResult) -> None:
@@ -415,10 +473,36 @@ class _Writer:
             self.summary.stored += result.stored
             self.summary.duplicates += result.duplicates
             self.summary.patients_added += result.patients_added
+            self.summary.rejected += result.refused
+            self.summary.issues.extend(FhirIssue(why, code="conflict", source=p.path.name)
+                                       for _, why in result.refusals)
+            self.summary.quarantined += len(p.quarantined)
+            if p.quarantined:
+                _data_quality_alerts(self.store, p.quarantined)
             log.info("%s: %d stored, %d duplicates, %d rejected", _label(p.path),
-                     result.stored, result.duplicates, p.rejected)
+                     result.stored, result.duplicates, p.rejected + result.refused)
         if self.progress:
             self.progress(1)
+
+
+# an EHR import is the writer that may amend (a corrected export); a version that would move
+# a record to another patient or code is still refused, and kept as a dead letter
+_AMEND: dict[str, Any] = {"may_amend": True, "on_conflict": "dead-letter"}
+
+
+def _data_quality_alerts(store: EventStore, quarantined: list[tuple[str, str, str | None]]
+                         ) -> None:
+    """One advisory alert per patient and sender whose imported readings are quarantined."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for patient, source_id, device in quarantined:
+        groups.setdefault((patient, device or "EHR import"), []).append(source_id)
+    alerts = AlertStore(store)
+    for (patient, sender), ids in groups.items():
+        alerts.raise_alert(patient, f"data-quality:{sender}"[:64], 1,
+                           f"{sender} sent {len(ids)} reading(s) dated in the future; "
+                           "quarantined, not scored: check the sender's clock",
+                           {"device": sender, "flag": "future-dated", "source_ids": ids[:20]},
+                           data_time=None)
 
 
 def _label(path: Path) -> str:

@@ -71,4 +71,18 @@ def convert(value: float, src: str, dst: str, *, molar_mass: float | None = None
     if src == dst:
         return value
     factor, offset = _factor_offset(src, dst, molar_mass)
-    return factor * value + offset
+    return float(f"{factor * value + offset:.12g}")  # no float noise: 104 [degF] is 40 Cel
+
+
+# other units a sender commonly uses for a quantity medtwin keeps in the key's unit (what an
+# error message suggests; any unit of the same dimension converts)
+COMMON_ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "Cel": ("[degF]",), "mg/dL": ("mmol/L",), "kg": ("[lb_av]",), "cm": ("[in_i]",),
+    "mm[Hg]": ("kPa",), "mg/L": ("ug/mL",),
+}
+
+
+def accepted_units(canonical: str) -> str:
+    """``canonical`` and its common alternatives as a phrase: ``Cel or [degF]``."""
+    options = (canonical, *COMMON_ALTERNATIVES.get(canonical, ()))
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"

@@ -4,7 +4,12 @@ QoS 1 with manual acknowledgement on a persistent MQTT 5 session: a message the 
 not yet written is not acknowledged, so the broker delivers it again after a crash or a
 reconnect; the store's idempotency keys then keep the retry from being stored twice. Bad
 messages go to the dead-letter table with the reason and the raw payload; they never stop
-the stream. Several ingesters can share the load through an MQTT 5 shared subscription.
+the stream. Every reading passes the clinical-data policy (:func:`medtwin.interop.quality.
+admit`): an implausible value or a wrong unit is dead-lettered with the reason, a reading
+dated beyond the clock-skew tolerance in the future is stored flagged (quarantined: never
+the latest value, never scored). A device never amends a record: a message reusing a stored
+source id with other content is dead-lettered by the store. Several ingesters can share the
+load through an MQTT 5 shared subscription.
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ from paho.mqtt.properties import Properties
 
 from medtwin.core.errors import MedtwinError, NotFoundError, StoreError, ValidationError
 from medtwin.core.records import Observation
+from medtwin.interop.quality import FUTURE_DATED, FUTURE_TOLERANCE, admit
 from medtwin.live.payload import parse_reading, parse_topic
 from medtwin.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 
-FUTURE_TOLERANCE = timedelta(minutes=5)
 RECENT_IDS = 100_000  # source ids remembered to tell a retry from an out-of-order reading
 
 
@@ -51,11 +56,18 @@ class IngestStats:
 
 @dataclass(frozen=True, slots=True)
 class Flagged:
-    """A stored reading with what was unusual about it (told to the twin-sync loop)."""
+    """A stored reading with what was unusual about it (told to the twin-sync loop).
+    ``future-dated`` marks a quarantined reading: stored, never scored."""
 
     observation: Observation
     flags: tuple[str, ...] = ()
     site: str = ""
+    device: str = ""
+
+    @property
+    def quarantined(self) -> bool:
+        """True when the reading must not be used as the latest value nor scored."""
+        return FUTURE_DATED in self.flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +104,7 @@ class Ingester:
     receive_maximum: int = 2000
     on_stored: Callable[[list[Flagged]], None] | None = None
     stats: IngestStats = field(default_factory=IngestStats)
+    future_tolerance: timedelta = FUTURE_TOLERANCE  # clock skew allowed before quarantine
 
     def __post_init__(self) -> None:
         self._queue: queue.Queue[_Msg] = queue.Queue()
@@ -226,25 +239,26 @@ class Ingester:
         now = datetime.now(UTC)
         for m in batch:
             try:
-                obs = parse_reading(m.topic, m.payload, prefix=self.prefix)
+                admitted = admit(parse_reading(m.topic, m.payload, prefix=self.prefix),
+                                 now=now, tolerance=self.future_tolerance, where="payload")
+                obs = admitted.observation
                 if obs.subject not in self._known:
                     self._refresh(obs.subject)
             except (ValidationError, NotFoundError) as exc:
                 bad.append((m.topic, str(exc), m.payload.decode("utf-8", "replace")))
                 continue
-            flags = []
-            site = parse_topic(m.topic, self.prefix).site
-            if self._seen(obs.source_id):
-                good.append(Flagged(obs, (), site))  # a retry: the store skips it; no flags
+            topic = parse_topic(m.topic, self.prefix)
+            flags = [admitted.quality] if admitted.quality else []
+            if self._seen(obs.source_id):  # a retry: the store skips it; quarantine stays
+                good.append(Flagged(obs, tuple(flags), topic.site, topic.device))
                 continue
-            if obs.time > now + FUTURE_TOLERANCE:
-                flags.append("future-dated")
             key = (obs.subject, obs.code)
-            if key in self._latest and obs.time < self._latest[key]:
-                flags.append("out-of-order")
-            else:
-                self._latest[key] = obs.time
-            good.append(Flagged(obs, tuple(flags), site))
+            if admitted.quality is None:  # a quarantined time never moves "latest"
+                if key in self._latest and obs.time < self._latest[key]:
+                    flags.append("out-of-order")
+                else:
+                    self._latest[key] = obs.time
+            good.append(Flagged(obs, tuple(flags), topic.site, topic.device))
         return good, bad
 
     def _seen(self, source_id: str) -> bool:
@@ -268,8 +282,11 @@ class Ingester:
         good, bad = self._classify(batch)
         delay = 0.1
         while True:
-            try:
-                result = self.store.append([], [g.observation for g in good], dead_letters=bad)
+            try:  # a device never amends: a reused source id is dead-lettered, not stored
+                result = self.store.append(
+                    [], [g.observation for g in good], dead_letters=bad,
+                    quality=[FUTURE_DATED if g.quarantined else None for g in good],
+                    may_amend=False, on_conflict="dead-letter")
                 break
             except StoreError as exc:
                 self.stats.store_retries += 1
@@ -280,8 +297,10 @@ class Ingester:
         self.stats.batches += 1
         self.stats.stored += result.stored
         self.stats.duplicates += result.duplicates
-        self.stats.dead_lettered += len(bad)
-        self.stats.future_dated += sum("future-dated" in g.flags for g in good)
+        refused = {i for i, _ in result.refusals}
+        good = [g for i, g in enumerate(good) if i not in refused]  # never scored
+        self.stats.dead_lettered += len(bad) + len(refused)
+        self.stats.future_dated += sum(g.quarantined for g in good)
         self.stats.out_of_order += sum("out-of-order" in g.flags for g in good)
         if self.on_stored and good:
             try:

@@ -7,8 +7,10 @@ so scoring a new reading costs no database read. It scores NEWS2, applies the th
 trend rules (and any hooks, such as a twin's forecast), raises or resolves alerts (no alert
 storm: a rule alerts once per severity level, and resolves only after staying clear), writes
 a whole round's alerts in one transaction, and publishes new ones on
-``<prefix>/alerts/<site>/<patient>``. One loop per store: it trusts its own memory of which
-alerts are active; the store stays the truth, and a restarted loop rebuilds from it.
+``<prefix>/alerts/<site>/<patient>``. A quarantined reading (dated in the future) is never
+remembered nor scored; it raises a data-quality alert naming its device. One loop per
+store: it trusts its own memory of which alerts are active; the store stays the truth, and
+a restarted loop rebuilds from it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -30,13 +32,38 @@ from medtwin.live.ingest import Flagged, broker_address
 from medtwin.monitor.news2 import news2
 from medtwin.monitor.rules import GLUCOSE_CODES as GLUCOSE_RULE_CODES
 from medtwin.monitor.rules import Finding, evaluate, glucose_findings
-from medtwin.monitor.vitals import CODES, latest_items, vital_item, vitals_from_items
+from medtwin.monitor.vitals import (
+    CODES,
+    STALE_AFTER,
+    latest_items,
+    vital_item,
+    vitals_from_items,
+)
 from medtwin.store.alerts import Alert, AlertStore, Raise
 from medtwin.store.event_store import EventStore
 from medtwin.twin.glucose import GLUCOSE_CODES
 from medtwin.twin.glucose_sync import GlucoseSync
 
 log = logging.getLogger(__name__)
+
+def data_quality_findings(readings: list[Flagged]) -> list[Finding]:
+    """One advisory finding per device that sent a quarantined reading, naming the device
+    (rule ``data-quality:<device>``, so each faulty device alerts once until resolved)."""
+    by_device: dict[str, list[Flagged]] = {}
+    for f in readings:
+        device = f.device or f.observation.device or "unknown device"
+        by_device.setdefault(device, []).append(f)
+    out = []
+    for device, fs in sorted(by_device.items()):
+        newest = max(f.observation.time for f in fs)
+        out.append(Finding(
+            f"data-quality:{device}"[:64], 1,
+            f"device {device} sent {len(fs)} reading(s) dated in the future (up to "
+            f"{newest.isoformat()}); quarantined, not scored: check the device clock",
+            {"device": device, "quarantined": len(fs), "flag": "future-dated",
+             "source_ids": [f.observation.source_id for f in fs][:20]}))
+    return out
+
 
 class Hook(Protocol):
     """An extra rule source run when a patient gets readings with one of its ``codes``."""
@@ -85,10 +112,11 @@ class MonitorLoop:
     broker: str | None = "mqtt://127.0.0.1:1883"
     prefix: str = "medtwin"
     trend_window: timedelta = timedelta(hours=6)
-    vitals_window: timedelta = timedelta(hours=1)
+    vitals_window: timedelta | None = None  # None: each item's own window (STALE_AFTER)
     resolve_after: timedelta = timedelta(minutes=30)
     on_alert: Callable[[Alert], None] | None = None
     hooks: list[Hook] = field(default_factory=list)
+    stale_after: Mapping[str, timedelta] = field(default_factory=lambda: dict(STALE_AFTER))
     raised: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -142,8 +170,13 @@ class MonitorLoop:
                 batches.append(self._todo.get_nowait())
             touched: set[str] = set()
             hooked: dict[str, set[int]] = {}
+            quarantined: dict[str, list[Flagged]] = {}
             for batch in batches:
                 for f in batch:
+                    if f.quarantined:  # evidence only: never the latest, never scored
+                        self._state(f.observation.subject, f.site)
+                        quarantined.setdefault(f.observation.subject, []).append(f)
+                        continue
                     if self._remember(f):
                         touched.add(f.observation.subject)
                     for i, hook in enumerate(self.hooks):
@@ -153,7 +186,7 @@ class MonitorLoop:
                             state.hook_time = max(state.hook_time or f.observation.time,
                                                   f.observation.time)
             try:
-                self._evaluate(touched, hooked)
+                self._evaluate(touched, hooked, quarantined)
             except Exception:  # a failed round is logged; the next readings try again
                 log.exception("monitoring round failed")
             self._idle.set()
@@ -199,15 +232,18 @@ class MonitorLoop:
         self._load_glucose(patient, state)
         return self._evaluate({patient}, {patient: set(range(len(self.hooks)))})
 
-    def _evaluate(self, patients: set[str], hooked: dict[str, set[int]]) -> list[Alert]:
+    def _evaluate(self, patients: set[str], hooked: dict[str, set[int]],
+                  quarantined: dict[str, list[Flagged]] | None = None) -> list[Alert]:
         """Score each patient; raise and resolve their alerts in one transaction; publish."""
         raises: list[Raise] = []
         resolves: list[tuple[str, str]] = []
-        for patient in patients | set(hooked):
+        quarantined = quarantined or {}
+        for patient in patients | set(hooked) | set(quarantined):
             try:
                 findings, when = self._findings(patient) if patient in patients else ([], None)
                 for i in sorted(hooked.get(patient, ())):
                     findings += self.hooks[i](patient)
+                findings += data_quality_findings(quarantined.get(patient, []))
                 self._decide(patient, findings, when, raises, resolves)
             except Exception:  # one patient's failure must not stop the others
                 log.exception("monitoring failed for a patient")
@@ -222,7 +258,8 @@ class MonitorLoop:
         state = self._patients[patient]
         glucose = glucose_findings(list(state.glucose))
         g_when = state.glucose[-1][0] if state.glucose else None
-        vitals, when = vitals_from_items(state.items, window=self.vitals_window)
+        vitals, when = vitals_from_items(state.items, window=self.vitals_window,
+                                         stale_after=self.stale_after)
         if when is None:
             return glucose, g_when
         score = news2(vitals)

@@ -8,7 +8,8 @@ item scores 3 (a "red score") and the aggregate is below 5, medium (5-6), high (
 
 Measured values are rounded as they are charted: rates, pressure, pulse and SpO2 to whole
 numbers, temperature to one decimal. Missing items make the score *partial*: it is still
-computed from what is there, and says which items are missing.
+computed from what is there, and says which items are missing and which were left out as
+stale (measured, but too long ago to describe the patient now).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from medtwin.core.errors import ValidationError
+from medtwin.interop.quality import PLAUSIBLE
 
 
 class Risk(StrEnum):
@@ -42,9 +44,11 @@ _SBP = ((90, 3), (100, 2), (110, 1), (219, 0), (math.inf, 3))
 _PULSE = ((40, 3), (50, 1), (90, 0), (110, 1), (130, 2), (math.inf, 3))
 _TEMP = ((35.0, 3), (36.0, 1), (38.0, 0), (39.0, 1), (math.inf, 2))
 
-# plausible ranges: outside them a value is a data error, not a score
-_RANGES = {"respiration_rate": (0, 80), "spo2": (30, 100), "systolic_bp": (30, 300),
-           "pulse": (10, 300), "temperature": (25.0, 45.0)}
+# plausible ranges (the one table, in interop.quality): outside them a value is a data
+# error, not a score
+_RANGES = {item: PLAUSIBLE[code] for item, code in (
+    ("respiration_rate", "9279-1"), ("spo2", "59408-5"), ("systolic_bp", "8480-6"),
+    ("pulse", "8867-4"), ("temperature", "8310-5"))}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class Vitals:
     consciousness: str | None = None
     temperature: float | None = None
     spo2_scale: int = 1
+    stale: tuple[str, ...] = ()  # items measured too long ago to be scored (left None)
 
     def __post_init__(self) -> None:
         for name, (lo, hi) in _RANGES.items():
@@ -83,16 +88,25 @@ class News2:
     points: dict[str, int]
     risk: Risk
     missing: tuple[str, ...] = field(default=())
+    stale: tuple[str, ...] = field(default=())
 
     @property
     def partial(self) -> bool:
-        """True when some item was not measured (the score may understate the risk)."""
-        return bool(self.missing)
+        """True when some item was not measured or is stale (the score may understate the
+        risk)."""
+        return bool(self.missing or self.stale)
+
+    def explain(self) -> str:
+        """Why the score is partial, e.g. ``missing spo2; stale temperature`` ("" if whole)."""
+        parts = [f"{what} {', '.join(items)}" for what, items in
+                 (("missing", self.missing), ("stale", self.stale)) if items]
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {"total": self.total, "risk": self.risk.value, "points": dict(self.points),
-                "partial": self.partial, "missing": list(self.missing)}
+                "partial": self.partial, "missing": list(self.missing),
+                "stale": list(self.stale)}
 
 
 def _band(value: float, table: tuple[tuple[float, int], ...]) -> int:
@@ -137,5 +151,6 @@ def news2(v: Vitals) -> News2:
         risk = Risk.LOW_MEDIUM
     else:
         risk = Risk.LOW
-    missing = tuple(i for i in ITEMS if i not in points)
-    return News2(total=total, points=points, risk=risk, missing=missing)
+    stale = tuple(i for i in ITEMS if i in v.stale and i not in points)
+    missing = tuple(i for i in ITEMS if i not in points and i not in stale)
+    return News2(total=total, points=points, risk=risk, missing=missing, stale=stale)

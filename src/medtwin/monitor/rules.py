@@ -64,7 +64,7 @@ def news2_finding(score: News2) -> Finding:
     sev = _SEVERITY[score.risk]
     if not sev:
         return Finding("news2", 0)
-    partial = " (partial set)" if score.partial else ""
+    partial = f" (partial: {score.explain()})" if score.partial else ""
     return Finding("news2", sev, f"NEWS2 {score.total}: {score.risk.value} risk{partial}",
                    score.to_dict())
 

@@ -1,8 +1,13 @@
-"""Assemble a NEWS2 set of vitals from a patient's latest stored observations."""
+"""Assemble a NEWS2 set of vitals from a patient's latest stored observations.
+
+Only trusted readings count: the store leaves out readings with a data-quality flag (e.g.
+dated in the future), so they are never "the latest". A parameter whose latest reading is
+older than its staleness window (:data:`STALE_AFTER`) is not scored and is named as stale.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from medtwin.core.records import Observation
@@ -70,28 +75,53 @@ def latest_items_many(store: EventStore, patient_ids: Sequence[str]
     return out
 
 
+# How old (before the time the score is for) an item's latest reading may be and still be
+# scored, per item: a reading outside it is stale. One hour for each by default (the
+# charting interval of an unwell patient); pass another mapping to change one.
+STALE_AFTER: Mapping[str, timedelta] = {
+    "respiration_rate": timedelta(hours=1), "spo2": timedelta(hours=1),
+    "on_oxygen": timedelta(hours=1), "systolic_bp": timedelta(hours=1),
+    "pulse": timedelta(hours=1), "consciousness": timedelta(hours=1),
+    "temperature": timedelta(hours=1)}
+_NEWS2_NAME = {"on_oxygen": "air_or_oxygen"}
+
+
 def vitals_from_items(items: dict[str, tuple[datetime, object]], *,
-                      window: timedelta = timedelta(hours=1), spo2_scale: int = 1
+                      window: timedelta | None = None, spo2_scale: int = 1,
+                      at: datetime | None = None,
+                      stale_after: Mapping[str, timedelta] = STALE_AFTER
                       ) -> tuple[Vitals, datetime | None]:
-    """Vitals from the latest (time, value) of each item, keeping those within ``window`` of
-    the newest; also returns the newest time."""
+    """Vitals from the latest (time, value) of each item, keeping those that are current:
+    within their staleness window (``window`` for every item, else ``stale_after``) before
+    ``at`` (default: the newest reading). Stale items are named in ``Vitals.stale``. Also
+    returns the newest time."""
     if not items:
         return Vitals(spo2_scale=spo2_scale), None
     newest = max(t for t, _ in items.values())
-    values = {k: v for k, (t, v) in items.items() if t >= newest - window}
-    return Vitals(spo2_scale=spo2_scale, **values), newest  # type: ignore[arg-type]
+    ref = at or newest
+    values, stale = {}, []
+    for k, (t, v) in items.items():
+        limit = window if window is not None else stale_after.get(k, timedelta(hours=1))
+        if t >= ref - limit:
+            values[k] = v
+        else:
+            stale.append(_NEWS2_NAME.get(k, k))
+    return Vitals(spo2_scale=spo2_scale, stale=tuple(stale),
+                  **values), newest  # type: ignore[arg-type]
 
 
 def latest_vitals(store: EventStore, patient_id: str, *, at: datetime | None = None,
-                  window: timedelta = timedelta(hours=1), spo2_scale: int = 1
+                  window: timedelta | None = None, spo2_scale: int = 1,
+                  stale_after: Mapping[str, timedelta] = STALE_AFTER
                   ) -> tuple[Vitals, datetime | None]:
-    """The latest value of each NEWS2 item taken within ``window`` of the newest reading.
+    """The latest trusted value of each NEWS2 item that is still current (see
+    :func:`vitals_from_items`; with ``at``, current at that time).
 
     Returns the vitals and the time of the newest reading (None when there is none).
-    Items with no reading in the window stay ``None`` (the score is then partial).
+    Items with no current reading stay ``None`` (the score is then partial and says why).
     """
     return vitals_from_items(latest_items(store, patient_id, at=at), window=window,
-                             spo2_scale=spo2_scale)
+                             spo2_scale=spo2_scale, at=at, stale_after=stale_after)
 
 
 def latest_items(store: EventStore, patient_id: str, *, at: datetime | None = None

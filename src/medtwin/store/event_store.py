@@ -28,15 +28,16 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import pandas as pd
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, and_, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from medtwin.core.errors import NotFoundError, StoreError
+from medtwin.core.errors import ConflictError, NotFoundError, StoreError
 from medtwin.core.records import RECORD_OF_KIND, ClinicalRecord, Patient
 from medtwin.store import schema as t
 from medtwin.store.engine import describe, make_engine, migrate
 from medtwin.store.rows import AppendResult, Batch, prepare_rows
+from medtwin.store.versions import version_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,10 @@ _CHUNK = 500
 _BULK = 5000  # events per INSERT statement on PostgreSQL
 _SQLITE_ROWS = 500  # ... and at most this many on SQLite
 _EVENT_COLUMNS = ("idem_key", "kind", "patient_id", "source_id", "code", "time", "value",
-                  "unit", "payload")
+                  "unit", "payload", "quality")
 _PG_ARRAY_TYPES = ("text", "text", "text", "text", "text", "timestamptz", "float8", "text",
-                   "json")
+                   "json", "text")
+REFUSED_SOURCE = "append-only"  # the dead letters' source for refused versions
 
 
 class IdentityCipher(Protocol):
@@ -103,37 +105,69 @@ class EventStore:
 
     def append(self, patients: Sequence[Patient] = (), records: Sequence[ClinicalRecord] = (),
                *, dead_letters: Sequence[tuple[str, str, str]] = (),
-               rows: list[dict[str, Any]] | None = None) -> AppendResult:
+               rows: list[dict[str, Any]] | None = None,
+               quality: Sequence[str | None] | None = None, may_amend: bool = False,
+               on_conflict: str = "raise") -> AppendResult:
         """Append patients and records in one transaction; already-stored ones are skipped.
 
         ``dead_letters`` are (source, reason, raw payload) rows kept for rejected input.
-        ``rows`` may carry :func:`prepare_rows` of ``records``, computed beforehand.
+        ``rows`` may carry :func:`prepare_rows` of ``records``, computed beforehand;
+        ``quality`` each record's data-quality flag (a flagged record is kept, never scored).
         A record whose subject is not a known patient (here or in ``patients``) is refused
-        with :class:`NotFoundError` and nothing is written.
+        with :class:`NotFoundError` and nothing is written. Records are append-only: see
+        :meth:`append_batches` for ``may_amend`` and ``on_conflict``.
         """
-        (result,) = self.append_batches([Batch(patients, records, dead_letters, rows)])
+        (result,) = self.append_batches([Batch(patients, records, dead_letters, rows, quality)],
+                                        may_amend=may_amend, on_conflict=on_conflict)
         return result
 
-    def append_batches(self, batches: Sequence[Batch]) -> list[AppendResult]:
+    def append_batches(self, batches: Sequence[Batch], *, may_amend: bool = False,
+                       on_conflict: str = "raise") -> list[AppendResult]:
         """Append several batches in one transaction (one commit): all of them or, on any
         error, none. Each batch sees the patients of the batches before it, and a record
         already in an earlier batch is a duplicate, as if the batches were appended one
-        after the other. Returns one :class:`AppendResult` per batch."""
+        after the other. Returns one :class:`AppendResult` per batch.
+
+        Different content under a stored (kind, source id) is a new version, written only
+        when ``may_amend`` (an EHR import; never a device nor a REST POST), and never when it
+        would move the record to another patient or code. A refused record raises
+        :class:`ConflictError` with nothing written (``on_conflict="raise"``), or is kept
+        as a dead letter with the reason while the rest is written
+        (``on_conflict="dead-letter"``, a stream that must not stop for one bad message).
+        """
+        if on_conflict not in ("raise", "dead-letter"):
+            raise ValueError(f"on_conflict must be 'raise' or 'dead-letter', not {on_conflict!r}")
         now = datetime.now(UTC)
-        prepared = [prepare_rows(b.records) if b.rows is None else b.rows for b in batches]
+        prepared = [prepare_rows(b.records, b.quality) if b.rows is None else b.rows
+                    for b in batches]
         try:
             with self.engine.begin() as conn:
-                added = self._add_patients(conn, batches, prepared, now)
-                stored = self._insert_events(conn, prepared, now)
+                refused = version_conflicts(conn, prepared, may_amend=may_amend)
+                if on_conflict == "raise" and any(refused):
+                    reasons = [why for bad in refused for why in bad.values()]
+                    more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+                    raise ConflictError(reasons[0] + more)
+                kept = [[r for i, r in enumerate(rows) if i not in bad] if bad else rows
+                        for rows, bad in zip(prepared, refused, strict=True)]
+                added = self._add_patients(conn, batches, kept, now)
+                stored = self._insert_events(conn, kept, now)
                 letters = [{"source": src, "reason": why, "payload": raw, "recorded_at": now}
                            for b in batches for src, why, raw in b.dead_letters]
+                letters += [{"source": REFUSED_SOURCE, "reason": why,
+                             "payload": _payload_text(rows[i]["payload"]), "recorded_at": now}
+                            for rows, bad in zip(prepared, refused, strict=True)
+                            for i, why in bad.items()]
                 if letters:
                     conn.execute(insert(t.dead_letters), letters)
         except SQLAlchemyError as exc:
             raise StoreError(f"write to {describe(self.engine)} failed and was rolled back: "
                              f"{getattr(exc, 'orig', None) or exc}") from exc
-        return [AppendResult(stored=n, duplicates=len(rows) - n, patients_added=a)
-                for rows, n, a in zip(prepared, stored, added, strict=True)]
+        if any(refused):
+            log.warning("refused %d record version(s) a writer may not make",
+                        sum(map(len, refused)))
+        return [AppendResult(stored=n, duplicates=len(rows) - n, patients_added=a,
+                             refused=len(bad), refusals=tuple(bad.items()))
+                for rows, n, a, bad in zip(kept, stored, added, refused, strict=True)]
 
     def _add_patients(self, conn: Any, batches: Sequence[Batch],
                       prepared: list[list[dict[str, Any]]], now: datetime) -> list[int]:
@@ -206,7 +240,7 @@ class EventStore:
             params = [v for r in part for v in (
                 r["idem_key"], r["kind"], r["patient_id"], r["source_id"], r["code"],
                 to_db(r["time"]), r["value"], r["unit"], _payload_text(r["payload"]),
-                recorded_at)]
+                r.get("quality"), recorded_at)]
             stored += int(conn.exec_driver_sql(
                 f"INSERT INTO {prep.format_table(t.events)} ({cols}) VALUES {marks} "
                 "ON CONFLICT DO NOTHING", tuple(params)).rowcount)
@@ -230,7 +264,8 @@ class EventStore:
         for i in range(0, len(rows), _BULK):
             part = rows[i:i + _BULK]
             params: dict[str, Any] = {  # typed arrays: one type per array
-                c: [_text_or_none(r[c]) for r in part] if ty == "text" else [r[c] for r in part]
+                c: [_text_or_none(r.get(c)) for r in part] if ty == "text"
+                else [r[c] for r in part]
                 for c, ty in zip(_EVENT_COLUMNS, _PG_ARRAY_TYPES, strict=True)}
             params["time"] = [to_db(v) for v in params["time"]]
             params["value"] = [None if v is None else float(v) for v in params["value"]]
@@ -246,7 +281,8 @@ class EventStore:
         for chunk in _chunks([r["idem_key"] for r in rows]):
             existing |= set(conn.scalars(select(t.events.c.idem_key).where(
                 t.events.c.idem_key.in_(chunk))))
-        fresh = [{**r, "payload": _payload_value(r["payload"]), "recorded_at": now}
+        fresh = [{**r, "payload": _payload_value(r["payload"]), "quality": r.get("quality"),
+                  "recorded_at": now}
                  for r in rows if r["idem_key"] not in existing]
         if fresh:
             conn.execute(insert(t.events), fresh)
@@ -319,58 +355,117 @@ class EventStore:
 
     def _select(self, patient_id: str, kinds: Iterable[str] | None, codes: Iterable[str] | None,
                 since: datetime | None, until: datetime | None) -> Any:
-        q = select(t.events.c.seq, t.events.c.kind, t.events.c.source_id, t.events.c.payload,
-                   t.events.c.code, t.events.c.time, t.events.c.value, t.events.c.unit
-                   ).where(t.events.c.patient_id == patient_id)
+        e = t.events.c
+        q = select(e.seq, e.kind, e.source_id, e.payload, e.code, e.time, e.value, e.unit,
+                   e.quality).where(e.patient_id == patient_id)
         if kinds:
-            q = q.where(t.events.c.kind.in_(list(kinds)))
+            q = q.where(e.kind.in_(list(kinds)))
         if codes:
-            q = q.where(t.events.c.code.in_(list(codes)))
+            q = q.where(e.code.in_(list(codes)))
         if since is not None:
-            q = q.where(t.events.c.time >= since)
+            q = q.where(e.time >= since)
         if until is not None:
-            q = q.where(t.events.c.time < until)
-        return q.order_by(t.events.c.time, t.events.c.seq)
+            q = q.where(e.time < until)
+        return q
 
     def _rows(self, patient_id: str, kinds: Iterable[str] | None, codes: Iterable[str] | None,
-              since: datetime | None, until: datetime | None) -> list[Any]:
+              since: datetime | None, until: datetime | None, *,
+              include_flagged: bool = False) -> list[Any]:
         if not self.has_patient(patient_id):
             raise _unknown_patient(patient_id)
+        q = self._select(patient_id, kinds, codes, since, until).order_by(t.events.c.time,
+                                                                          t.events.c.seq)
         with self.engine.connect() as conn:
-            rows = conn.execute(self._select(patient_id, kinds, codes, since, until)).all()
+            rows = conn.execute(q).all()
         latest: dict[tuple[str, str], Any] = {}
         for r in rows:  # a newer version of the same source record replaces the older
             key = (r.kind, r.source_id)
             if key not in latest or r.seq > latest[key].seq:
                 latest[key] = r
-        keep = {id(r) for r in latest.values()}
+        keep = {id(r) for r in latest.values() if include_flagged or r.quality is None}
         return [r for r in rows if id(r) in keep]
 
     def timeline(self, patient_id: str, *, kinds: Iterable[str] | None = None,
                  codes: Iterable[str] | None = None, since: datetime | None = None,
-                 until: datetime | None = None) -> list[ClinicalRecord]:
-        """A patient's records in time order, filtered by kind, code and [since, until)."""
+                 until: datetime | None = None, include_flagged: bool = False
+                 ) -> list[ClinicalRecord]:
+        """A patient's records in time order, filtered by kind, code and [since, until).
+
+        Records with a data-quality flag (e.g. dated in the future) are left out unless
+        ``include_flagged``: what models, scores and twins read is trusted data only."""
         return [RECORD_OF_KIND[r.kind].from_dict(r.payload)
-                for r in self._rows(patient_id, kinds, codes, since, until)]
+                for r in self._rows(patient_id, kinds, codes, since, until,
+                                    include_flagged=include_flagged)]
 
     def timeline_entries(self, patient_id: str, *, kinds: Iterable[str] | None = None,
                          codes: Iterable[str] | None = None, since: datetime | None = None,
-                         until: datetime | None = None) -> list[dict[str, Any]]:
-        """The timeline as plain rows (time, kind, code, display, value, unit, source_id),
-        without rebuilding records: the fast path for listing."""
-        return [{"time": r.time, "kind": r.kind, "code": r.code,
-                 "display": r.payload.get("display"), "value": r.value, "unit": r.unit,
-                 "source_id": r.source_id}
-                for r in self._rows(patient_id, kinds, codes, since, until)]
+                         until: datetime | None = None, include_flagged: bool = True
+                         ) -> list[dict[str, Any]]:
+        """The timeline as plain rows (time, kind, code, display, value, unit, source_id,
+        quality), without rebuilding records: the fast path for listing. Flagged rows are
+        listed (with their flag) by default: clinicians see what arrived and why it is
+        not used."""
+        return [_entry(r) for r in self._rows(patient_id, kinds, codes, since, until,
+                                              include_flagged=include_flagged)]
+
+    def timeline_page(self, patient_id: str, *, kinds: Iterable[str] | None = None,
+                      codes: Iterable[str] | None = None, since: datetime | None = None,
+                      until: datetime | None = None, limit: int = 1000,
+                      after: tuple[datetime | None, int] | None = None
+                      ) -> tuple[list[dict[str, Any]], tuple[datetime | None, int] | None]:
+        """One page of :meth:`timeline_entries` (flagged rows included, with their flag):
+        at most ``limit`` rows after the position ``after`` (a row's (time, seq), as
+        returned for the previous page). Returns the rows and the position to ask for next
+        (None on the last page). Rows without a time come first; only the newest version of
+        each source record is listed, decided in the query, so pages never overlap."""
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        if not self.has_patient(patient_id):
+            raise _unknown_patient(patient_id)
+        e = t.events.c
+        newer = t.events.alias("newer")
+        q = self._select(patient_id, kinds, codes, since, until).where(~exists().where(
+            newer.c.kind == e.kind, newer.c.source_id == e.source_id,
+            newer.c.patient_id == e.patient_id, newer.c.seq > e.seq))
+        if after is not None:
+            at, seq = after
+            q = q.where(or_(and_(e.time.is_(None), e.seq > seq), e.time.is_not(None))
+                        if at is None else
+                        or_(e.time > at, and_(e.time == at, e.seq > seq)))
+        q = q.order_by(e.time.asc().nulls_first(), e.seq).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_entry(r) for r in rows], ((rows[-1].time, rows[-1].seq) if more else None)
+
+    def history(self, patient_id: str, kind: str, source_id: str) -> list[dict[str, Any]]:
+        """Every stored version of one of the patient's records, oldest first: its sequence
+        number, when it was stored, its data-quality flag and the record. Empty when the
+        patient has no record of that kind under that source id."""
+        if not self.has_patient(patient_id):
+            raise _unknown_patient(patient_id)
+        e = t.events.c
+        q = (select(e.seq, e.recorded_at, e.quality, e.payload)
+             .where(e.kind == kind, e.source_id == source_id, e.patient_id == patient_id)
+             .order_by(e.seq))
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [{"version": n, "seq": r.seq, "recorded_at": r.recorded_at,
+                 "quality": r.quality, "record": RECORD_OF_KIND[kind].from_dict(r.payload)}
+                for n, r in enumerate(rows, 1)]
 
     def timeline_frame(self, patient_id: str, *, kinds: Iterable[str] | None = None,
                        codes: Iterable[str] | None = None, since: datetime | None = None,
-                       until: datetime | None = None) -> pd.DataFrame:
-        """The timeline as a tidy DataFrame: time, kind, code, display, value, unit, source_id."""
+                       until: datetime | None = None, include_flagged: bool = False
+                       ) -> pd.DataFrame:
+        """The timeline as a tidy DataFrame: time, kind, code, display, value, unit,
+        source_id, quality. For charts and analysis, so flagged rows are left out unless
+        ``include_flagged`` (one reading dated 9999 would stretch every time axis)."""
         rows = self.timeline_entries(patient_id, kinds=kinds, codes=codes, since=since,
-                                     until=until)
+                                     until=until, include_flagged=include_flagged)
         frame = pd.DataFrame(rows, columns=["time", "kind", "code", "display", "value", "unit",
-                                            "source_id"])
+                                            "source_id", "quality"])
         frame["time"] = pd.to_datetime(frame["time"], utc=True)
         frame["value"] = frame["value"].astype("Float64")
         return frame
@@ -409,6 +504,12 @@ class EventStore:
             rows = conn.execute(select(t.dead_letters).order_by(t.dead_letters.c.id)).mappings()
             return pd.DataFrame(rows.all(),
                                 columns=["id", "source", "reason", "payload", "recorded_at"])
+
+
+def _entry(r: Any) -> dict[str, Any]:
+    return {"time": r.time, "kind": r.kind, "code": r.code,
+            "display": r.payload.get("display"), "value": r.value, "unit": r.unit,
+            "source_id": r.source_id, "quality": r.quality}
 
 
 def _unknown_patient(patient_id: str) -> NotFoundError:

@@ -4,7 +4,8 @@ A ward screen needs, for every patient, only the latest value of a dozen codes; 
 decoding whole timelines for that is what made it slow. Here one statement finds each
 (patient, code)'s newest time from the covering index and joins back only the rows at those
 instants, with the same version rule as :meth:`EventStore.timeline` (a newer version of a
-source record wins).
+source record wins). Rows with a data-quality flag (a reading dated in the future, ...) are
+never "the latest": they are skipped here exactly as the timeline skips them.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ def latest_per_code(store: EventStore, patient_ids: Sequence[str], codes: Iterab
         chunk = list(patient_ids[i:i + CHUNK])
         newest = (select(e.patient_id.label("pid"), e.code.label("code"),
                          func.max(e.time).label("at"))
-                  .where(e.kind == kind, e.patient_id.in_(chunk), e.code.in_(codes))
+                  .where(e.kind == kind, e.patient_id.in_(chunk), e.code.in_(codes),
+                         e.quality.is_(None))
                   .group_by(e.patient_id, e.code).subquery())
         at_top = (select(e.seq, e.patient_id, e.source_id, e.payload)
                   .join(newest, and_(e.patient_id == newest.c.pid, e.code == newest.c.code,
                                      e.time == newest.c.at))
-                  .where(e.kind == kind).order_by(e.patient_id, e.time, e.seq))
+                  .where(e.kind == kind, e.quality.is_(None))
+                  .order_by(e.patient_id, e.time, e.seq))
         with store.engine.connect() as conn:
             rows = conn.execute(at_top).all()
         newest_version: dict[tuple[str, str], int] = {}
@@ -60,7 +63,8 @@ def latest_per_code(store: EventStore, patient_ids: Sequence[str], codes: Iterab
 
 def _amended_elsewhere(store: EventStore, kind: str, codes: list[str],
                        candidates: dict[tuple[str, str], int]) -> set[str]:
-    """Patients one of whose candidate records has a newer version at another time."""
+    """Patients one of whose candidate records has a newer version at another time (or a
+    flagged one: the timeline fold then decides)."""
     if not candidates:
         return set()
     e = t.events.c

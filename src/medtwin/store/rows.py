@@ -22,10 +22,13 @@ class AppendResult:
     stored: int = 0
     duplicates: int = 0
     patients_added: int = 0
+    refused: int = 0  # records refused as a change their writer may not make (dead letters)
+    refusals: tuple[tuple[int, str], ...] = ()  # ... each as (index in the batch, why)
 
     def __add__(self, other: AppendResult) -> AppendResult:
         return AppendResult(self.stored + other.stored, self.duplicates + other.duplicates,
-                            self.patients_added + other.patients_added)
+                            self.patients_added + other.patients_added,
+                            self.refused + other.refused, self.refusals + other.refusals)
 
 
 def idempotency_key(kind: str, source_id: str, content_hash: str) -> str:
@@ -33,11 +36,20 @@ def idempotency_key(kind: str, source_id: str, content_hash: str) -> str:
     return hashlib.sha256(f"{kind}\x1f{source_id}\x1f{content_hash}".encode()).hexdigest()
 
 
-def prepare_rows(records: Iterable[ClinicalRecord]) -> list[dict[str, Any]]:
+def prepare_rows(records: Iterable[ClinicalRecord],
+                 quality: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
     """The ``events`` rows of ``records`` (keys, columns and the payload as canonical JSON
     text): the CPU part of a write, which an importer may do in worker processes before
-    handing the rows to :meth:`EventStore.append`."""
-    return [_record_row(r) for r in records]
+    handing the rows to :meth:`EventStore.append`. ``quality`` gives each record's
+    data-quality flag (None: trusted); a flagged row is kept but never used as "latest"
+    nor scored. The flag is not part of the content hash: the record is the same record."""
+    rows = [_record_row(r) for r in records]
+    if quality is not None:
+        if len(quality) != len(rows):
+            raise ValueError(f"{len(quality)} quality flags for {len(rows)} records")
+        for row, flag in zip(rows, quality, strict=True):
+            row["quality"] = flag
+    return rows
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
@@ -95,15 +107,18 @@ def _record_row(rec: ClinicalRecord) -> dict[str, Any]:
         "value": None if value is None else float(value),
         "unit": getattr(rec, "unit", None),
         "payload": text,
+        "quality": None,
     }
 
 
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One unit of input for :meth:`EventStore.append_batches` (e.g. one imported file):
-    patients, records (or their :func:`prepare_rows`) and dead letters."""
+    patients, records (or their :func:`prepare_rows`), dead letters and, per record, its
+    data-quality flag (``quality``; None for all trusted)."""
 
     patients: Sequence[Patient] = ()
     records: Sequence[ClinicalRecord] = ()
     dead_letters: Sequence[tuple[str, str, str]] = ()
     rows: list[dict[str, Any]] | None = None
+    quality: Sequence[str | None] | None = None

@@ -84,8 +84,11 @@ events = Table(
     Column("unit", String(64)),
     Column("payload", JSON, nullable=False),
     Column("recorded_at", UTCDateTime, nullable=False),
+    # issue 12 (migration 0005): a data-quality flag (NULL = trusted), versions by source id
+    Column("quality", String(32)),
     Index("ix_events_patient_kind_code_time", "patient_id", "kind", "code", "time"),
     Index("ix_events_patient_time", "patient_id", "time"),
+    Index("ix_events_kind_source", "kind", "source_id"),
 )
 
 dead_letters = Table(
@@ -112,6 +115,7 @@ users = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("token_version", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(36)),  # the admin who created it via the API (issue 12)
 )
 
 care_team_members = Table(
@@ -158,6 +162,8 @@ audit_log = Table(
     Column("body_hash", String(64), nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # issue 12 (migration 0006): the key the entry's HMAC is under (NULL: legacy, unkeyed)
+    Column("key_id", String(32)),
 )
 
 audit_head = Table(
@@ -166,4 +172,35 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("key_id", String(32)),  # issue 12 (0006): key of the last entry (NULL: unkeyed)
+)
+
+# --- access (issue 12): refresh-token sessions and patient-binding approvals ---------------
+auth_sessions = Table(
+    "auth_sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id"), nullable=False),
+    Column("refresh_hash", String(64), nullable=False),  # SHA-256 of the one live refresh jti
+    Column("generation", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("refreshed_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("revoked_reason", String(32)),
+    Index("ix_auth_sessions_user", "user_id"),
+)
+
+patient_bindings = Table(
+    "patient_bindings",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(36), ForeignKey("users.id"), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("requested_by", String(36), nullable=False),
+    Column("requested_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, approved, rejected
+    Column("decided_by", String(36)),
+    Column("decided_at", UTCDateTime),
+    Index("ix_patient_bindings_user", "user_id"),
 )

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import pandas as pd
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Path, Query, Request, status
 
 from medtwin.api.deps import (
     BREAK_GLASS_HEADER,
     Caller,
+    Services,
     Svc,
     audited,
     guard,
@@ -22,6 +23,7 @@ from medtwin.api.problems import ApiError
 from medtwin.api.routes import PATIENT_ERRORS
 from medtwin.api.schemas import (
     Code,
+    HistoryOut,
     Id,
     ObservationIn,
     PatientOut,
@@ -29,14 +31,19 @@ from medtwin.api.schemas import (
     StoredOut,
     TimelineItem,
     TimelineOut,
+    VersionOut,
 )
-from medtwin.core.errors import NotFoundError
+from medtwin.api.timeline_cursor import decode_cursor, encode_cursor
+from medtwin.core.errors import ConflictError, NotFoundError, ValidationError
 from medtwin.core.records import KIND_OF, Observation
+from medtwin.interop.quality import Admitted, admit
 from medtwin.security.policy import AccessDeniedError, Action, not_found
 from medtwin.security.roles import Role
+from medtwin.store.alerts import AlertStore
 
 router = APIRouter(prefix="/patients", tags=["patients"], responses=PATIENT_ERRORS)
 KINDS = tuple(KIND_OF.values())
+DEFAULT_PAGE, MAX_PAGE = 1000, 10_000  # timeline rows per page
 
 
 @router.get("", response_model=list[PatientSummary])
@@ -72,44 +79,115 @@ def get_patient(request: Request, svc: Svc, who: Caller, patient_id: Id) -> Pati
 def timeline(request: Request, svc: Svc, who: Caller, patient_id: Id,
              code: Annotated[list[Code] | None, Query(max_length=50)] = None,
              kind: Annotated[list[str] | None, Query(max_length=10)] = None,
-             since: datetime | None = None, until: datetime | None = None) -> TimelineOut:
-    """A patient's events in time order, filtered by code, kind and [since, until)."""
+             since: datetime | None = None, until: datetime | None = None,
+             limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+             cursor: Annotated[str | None, Query(max_length=200)] = None) -> TimelineOut:
+    """A page of a patient's events in time order, filtered by code, kind and [since,
+    until); ``next`` is the cursor of the following page. Flagged readings (e.g. dated in
+    the future) are listed with their ``quality`` flag: they are kept, never scored."""
     grant = guard(request, svc, who, patient_id, Action.READ, "timeline")
     if kind and not set(kind) <= set(KINDS):
         raise ApiError(422, f"unknown kind; use {', '.join(KINDS)}")
-    since, until = (_aware(x) for x in (since, until))
+    since, until = _aware(since, "since"), _aware(until, "until")
+    after = decode_cursor(cursor) if cursor else None
     try:
-        rows = svc.store.timeline_entries(patient_id, kinds=kind, codes=code, since=since,
-                                          until=until)
+        rows, more = svc.store.timeline_page(patient_id, kinds=kind, codes=code, since=since,
+                                             until=until, limit=limit, after=after)
     except NotFoundError:
         audited(request, svc, who, grant, "timeline", "not-found")
         raise not_found(patient_id) from None
     audited(request, svc, who, grant, "timeline")
     items = [TimelineItem.model_construct(**r) for r in rows]  # typed rows from the store
-    return TimelineOut(patient_id=patient_id, count=len(items), items=items)
+    return TimelineOut(patient_id=patient_id, count=len(items), items=items,
+                       next=encode_cursor(more) if more else None)
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+@router.get("/{patient_id}/observations/{source_id:path}/history", response_model=HistoryOut)
+def observation_history(request: Request, svc: Svc, who: Caller, patient_id: Id,
+                        source_id: Annotated[str, Path(max_length=200)]) -> HistoryOut:
+    """Every stored version of one observation, oldest first (records are append-only:
+    an amendment adds a version and keeps the previous one)."""
+    grant = guard(request, svc, who, patient_id, Action.READ, "history")
+    try:
+        versions = svc.store.history(patient_id, "observation", source_id)
+    except NotFoundError:
+        audited(request, svc, who, grant, "history", "not-found")
+        raise not_found(patient_id) from None
+    if not versions:
+        audited(request, svc, who, grant, "history", "not-found")
+        raise ApiError(404, f"patient {patient_id!r} has no observation {source_id!r}; the "
+                       "timeline lists source ids")
+    audited(request, svc, who, grant, "history")
+    return HistoryOut(patient_id=patient_id, source_id=source_id, versions=[
+        VersionOut(version=v["version"], recorded_at=v["recorded_at"], quality=v["quality"],
+                   time=v["record"].time, code=v["record"].code, value=v["record"].value,
+                   unit=v["record"].unit, status=v["record"].status,
+                   record=v["record"].to_dict()) for v in versions])
+
+
+def _aware(t: datetime | None, name: str) -> datetime | None:
+    """``t`` in UTC (naive means UTC); 422 when it lies outside the calendar once in UTC."""
+    if t is None:
+        return None
+    try:
+        return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(422, f"{name}: {t.isoformat()} is outside the calendar once converted "
+                       "to UTC (years 1 to 9999)") from None
 
 
 @router.post("/{patient_id}/observations", response_model=StoredOut,
              status_code=status.HTTP_201_CREATED)
 def add_observation(request: Request, svc: Svc, who: Caller, patient_id: Id,
                     body: ObservationIn) -> StoredOut:
-    """Store one numeric reading (clinicians of the care team; the bound device)."""
+    """Store one numeric reading (clinicians of the care team; the bound device).
+
+    The reading passes the clinical-data policy: its unit is normalised (104 [degF] is
+    stored as 40 Cel; a unit of another quantity is 422), an impossible value is 422 naming
+    the field, and a time beyond the clock-skew tolerance in the future is stored
+    quarantined (never scored) with a data-quality alert naming the sender. POST never
+    amends: a source id that already holds another record is 409."""
     grant = guard(request, svc, who, patient_id, Action.WRITE, "Observation")
     source_id = body.source_id or f"Observation/{uuid.uuid4()}"
     if not source_id.startswith("Observation/"):
         source_id = f"Observation/{source_id}"
-    obs = Observation(subject=patient_id, code=body.code, system=body.system,
-                      display=body.display, time=body.time, value=body.value, unit=body.unit,
-                      source_id=source_id,
-                      device=who.name if who.role is Role.DEVICE else None)
+    sender = who.name if who.role is Role.DEVICE else None
     try:
-        res = svc.store.append(records=[obs])
+        obs = Observation(subject=patient_id, code=body.code, system=body.system,
+                          display=body.display, time=body.time, value=body.value,
+                          unit=body.unit, source_id=source_id, device=sender)
+        admitted = admit(obs, where="body", tolerance=timedelta(
+            seconds=svc.settings.clock_skew_seconds))
+    except (ValidationError, OverflowError) as exc:
+        audited(request, svc, who, grant, "Observation", "invalid")
+        detail = str(exc) if isinstance(exc, ValidationError) else \
+            "body.time: out of the supported range of times; send an ISO 8601 time with a zone"
+        raise ApiError(422, detail) from None
+    try:
+        res = svc.store.append(records=[admitted.observation], quality=[admitted.quality],
+                               may_amend=False)
     except NotFoundError:
         audited(request, svc, who, grant, "Observation", "not-found")
         raise not_found(patient_id) from None
+    except ConflictError as exc:
+        audited(request, svc, who, grant, "Observation", "conflict")
+        raise ApiError(409, f"{exc}. POST only adds new readings; see the record's versions "
+                       f"at GET /patients/{patient_id}/observations/{source_id}/history"
+                       ) from None
     audited(request, svc, who, grant, "Observation")
-    return StoredOut(stored=res.stored, duplicates=res.duplicates, source_ids=[source_id])
+    if admitted.quality and res.stored:
+        _data_quality_alert(svc, patient_id, admitted, sender or f"user {who.name}")
+    return StoredOut(stored=res.stored, duplicates=res.duplicates, source_ids=[source_id],
+                     quarantined=[source_id] if admitted.quality else [])
+
+
+def _data_quality_alert(svc: Services, patient_id: str, admitted: Admitted,
+                        sender: str) -> None:
+    """Raise the advisory alert that tells clinicians a sender's readings are quarantined."""
+    obs = admitted.observation
+    AlertStore(svc.store).raise_alert(
+        patient_id, f"data-quality:{sender}"[:64], 1,
+        f"{sender} sent a reading dated {obs.time.isoformat()}, in the future; quarantined, "
+        "not scored: check the sender's clock",
+        {"device": sender, "flag": admitted.quality, "source_ids": [obs.source_id]},
+        data_time=None)
