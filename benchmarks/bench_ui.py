@@ -190,6 +190,9 @@ def main() -> None:
     os.environ.update(XDG_DATA_HOME=str(tmp / "data"), MEDTWIN_ARGON2_MEMORY_KIB="8",
                       MEDTWIN_ARGON2_TIME_COST="1")
     os.environ.pop("MEDTWIN_DB", None)
+    from medtwin.security.crypto import create_key_file, default_key_file
+
+    create_key_file(default_key_file())  # the bench's own key, made on purpose (in tmp)
     db = str(tmp / "ward.sqlite")
     t = time.perf_counter()
     password, ids = build(db, a.patients)

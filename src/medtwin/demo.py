@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import Observation
@@ -23,6 +24,9 @@ from medtwin.interop.fhir.synthetic import generate_patients, write_bundles
 from medtwin.interop.importer import import_paths
 from medtwin.store.engine import default_db_path
 from medtwin.store.event_store import EventStore
+
+if TYPE_CHECKING:
+    from medtwin.security.crypto import KeyRing
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +166,25 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
     from medtwin.api.app import create_app
     from medtwin.api.settings import Settings
     from medtwin.live.sync import GlucoseHook
-    from medtwin.security.crypto import load_keyring
+    from medtwin.security.crypto import KeyRing
     from medtwin.twin.glucose_sync import GlucoseSync
     from medtwin.ui.live_ward import LiveWard
     from medtwin.ui.twins import patient_kind
 
     if not port_free(port):
         raise MedtwinError(f"port {port} on 127.0.0.1 is in use; choose another with --port")
-    keyring = load_keyring()
+    # a key made on purpose for this run: the demo's store is new each run, and its audit
+    # anchors from earlier runs (under earlier keys) are then told apart from this run's.
+    # It is kept beside a file store so that the store can be read after the demo ends.
+    keyring = KeyRing.generate()
     start = (datetime.now(UTC) - timedelta(days=2)).replace(second=0, microsecond=0)
     echo(run_demo(db, n_patients=n_patients, seed=seed, start=start, keyring=keyring))
     settings = Settings.from_env(db=db or str(default_demo_path()))
     target = _fresh_target(db)
+    key_file = _save_demo_key(keyring, target)
+    if key_file is not None:
+        echo(f"the demo store's key: {key_file} (after the demo: MEDTWIN_KEY_FILE={key_file} "
+             f"medtwin export PATIENT --db {target})")
     store = EventStore.open(target, keyring=keyring)
     try:
         kinds = {pid: patient_kind(store, pid) for pid in store.patients()["id"]}
@@ -189,7 +200,8 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
         try:
             app = create_app(settings, store, keyring, dashboard=True)
             server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                                   log_level="warning", server_header=False))
+                                                   log_level="warning", server_header=False,
+                                                   proxy_headers=False))
             echo(_banner(port, ward.broker_url or "", logins, duration))
             if duration is not None:
                 timer = threading.Timer(duration, lambda: setattr(server, "should_exit", True))
@@ -219,6 +231,17 @@ def _fresh_target(db: str | None) -> str:
     if db is not None and "://" in db:
         return db
     return str(Path(db) if db else default_demo_path())
+
+
+def _save_demo_key(keyring: KeyRing, target: str) -> Path | None:
+    """Write this run's key beside a file store (``<store>.key``, 0600), replacing the last
+    run's; a server database gets none (its key is the operator's)."""
+    if "://" in target:
+        return None
+    path = Path(target).with_suffix(".key")
+    path.unlink(missing_ok=True)
+    keyring.save(path)
+    return path
 
 
 def _banner(port: int, broker: str, logins: list[DemoLogin], duration: float | None) -> str:

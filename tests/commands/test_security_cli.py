@@ -55,12 +55,17 @@ def test_keys_rotate_reencrypts_and_keeps_identities(env):
     with EventStore.open(db, keyring=ring) as s:
         s.append([Patient(id="p1", source_id="Patient/p1",
                           identity={"name": [{"family": "Curie"}]})])
+    assert runner.invoke(app, ["key", "add", "--device", "d1", "--patient", "p1",
+                               "--db", db]).exit_code == 0  # audited under the old key
     out = runner.invoke(app, ["keys", "rotate", "--db", db, "--drop-old"])
     assert out.exit_code == 0 and "re-encrypted 1" in out.output, out.output
     new = load_key_file(keyfile)
     assert new.current != ring.current and list(new.keys) == [new.current]
     exported = runner.invoke(app, ["export", "p1", "--db", db])
     assert exported.exit_code == 0 and "Curie" in exported.output
+    # the old key is gone, the audit entries written under it still verify
+    verify = runner.invoke(app, ["audit", "verify", "--db", db])
+    assert verify.exit_code == 0 and "intact: 2 entries" in verify.output, verify.output
 
 
 def test_serve_refuses_production_without_a_secret(env, monkeypatch):
@@ -72,3 +77,15 @@ def test_serve_refuses_production_without_a_secret(env, monkeypatch):
     monkeypatch.setenv("MEDTWIN_SECRET", "changeme")
     out = runner.invoke(app, ["serve", "--db", db, "--port", "8999"])
     assert out.exit_code == 2 and "MEDTWIN_SECRET" in out.output
+
+
+def test_audit_anchor_and_verify_name_the_anchor_file(env):
+    db, keyfile = env
+    assert runner.invoke(app, ["audit", "anchor", "--db", db]).exit_code == 2  # empty chain
+    runner.invoke(app, ["key", "add", "--device", "d1", "--patient", "p1", "--db", db])
+    out = runner.invoke(app, ["audit", "anchor", "--db", db])
+    anchors = keyfile.parent / "audit-anchors"
+    assert out.exit_code == 0 and "anchored entry #1" in out.output and str(anchors) in out.output
+    report = json.loads(runner.invoke(app, ["audit", "verify", "--db", db, "--json"]).output)
+    assert report["ok"] and report["anchors"] >= 2
+    assert report["anchor_source"].startswith(str(anchors))

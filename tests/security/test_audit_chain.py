@@ -40,9 +40,9 @@ TAMPER = {
 
 
 @pytest.mark.parametrize("case", list(TAMPER))
-def test_tampering_is_detected_and_located(secure_store, case, monkeypatch):
+def test_tampering_is_detected_and_located(secure_store, audit_log, case):
     store, db, schema = secure_store
-    log = AuditLog(store.engine)
+    log = audit_log(store)
     _fill(log)
     assert log.verify().ok
     sql, kind, seq = TAMPER[case]
@@ -55,9 +55,9 @@ def test_tampering_is_detected_and_located(secure_store, case, monkeypatch):
         assert out.exit_code == 1 and kind in out.output and f"#{seq}" in out.output
 
 
-def test_intact_chain_verifies_and_concurrent_appends_stay_chained(secure_store):
+def test_intact_chain_verifies_and_concurrent_appends_stay_chained(secure_store, audit_log):
     store, _, _ = secure_store
-    log = AuditLog(store.engine)
+    log = audit_log(store)
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda i: log.append(AuditEntry(actor=f"u{i}", action="read",
                                                       resource="x", outcome="success")),
@@ -66,9 +66,9 @@ def test_intact_chain_verifies_and_concurrent_appends_stay_chained(secure_store)
     assert v.ok and v.entries == 40 and v.head_seq == 40, v.text()
 
 
-def test_audit_events_are_valid_fhir(secure_store):
+def test_audit_events_are_valid_fhir(secure_store, audit_log):
     store, _, _ = secure_store
-    log = AuditLog(store.engine)
+    log = audit_log(store)
     _fill(log, 3)
     log.append(AuditEntry(actor="anonymous", action="authenticate", resource="/patients",
                           outcome="denied", detail="bad token"))
@@ -78,3 +78,26 @@ def test_audit_events_are_valid_fhir(secure_store):
         _, issues = validate_resource(e["resource"])
         assert not issues, issues
     assert bundle["entry"][-1]["resource"]["outcome"] == "8"
+
+
+def test_recent_reads_the_last_entries_newest_first(secure_store, audit_log):
+    store, _, _ = secure_store
+    log = audit_log(store)
+    _fill(log, 6)
+    assert [e.seq for e in log.recent(3)] == [6, 5, 4]
+    assert [e.seq for e in log.recent(50)] == [6, 5, 4, 3, 2, 1]
+
+
+def test_anchors_are_written_at_the_start_every_n_entries_and_at_close(secure_store,
+                                                                        audit_log):
+    store, _, _ = secure_store
+    log = audit_log(store, anchor_every=4, anchor_seconds=3600)
+    _fill(log, 10)
+    seqs = sorted(a.seq for a in log.anchors.read())
+    assert seqs == [1, 4, 8]  # the start of keying, then every 4 entries
+    log.close()  # the entries since the last anchor are anchored at shutdown
+    assert sorted(a.seq for a in log.anchors.read()) == [1, 4, 8, 10]
+    timed = audit_log(store, anchor_every=1000, anchor_seconds=1e-9)
+    _fill(timed, 1)
+    assert max(a.seq for a in log.anchors.read()) == 11  # T seconds have passed
+    assert log.verify().ok

@@ -18,7 +18,6 @@ from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.ops.forecast import Census, forecast
 from medtwin.ops.loader import load_model
 from medtwin.ops.runner import gather_replications, one_replication, run_replications
-from medtwin.security.audit import AuditLog
 from medtwin.security.crypto import KeyRing
 from medtwin.security.roles import Principal, Role
 from medtwin.store.event_store import EventStore
@@ -165,7 +164,7 @@ def svc(tmp_path):
 @pytest.mark.parametrize("role", [Role.CLINICIAN, Role.RESEARCHER, Role.ADMIN])
 def test_clinicians_researchers_and_admins_may_simulate(svc, role):
     trials_page.require_simulation_role(svc, None, Principal("u1", "someone", role), "trials")
-    assert AuditLog(svc.store.engine).entries() == []
+    assert svc.audit.entries() == []
 
 
 @pytest.mark.parametrize("role", [Role.PATIENT, Role.DEVICE])
@@ -173,7 +172,7 @@ def test_other_roles_are_refused_and_the_refusal_is_audited(svc, role):
     who = Principal("u2", "other", role)
     with pytest.raises(UiDeniedError, match="clinicians, researchers and admins"):
         trials_page.require_simulation_role(svc, None, who, "ops-page")
-    [entry] = AuditLog(svc.store.engine).entries()
+    [entry] = svc.audit.entries()
     assert (entry.actor, entry.action, entry.resource, entry.outcome) == (
         who.label, "access", "ops-page", "denied")
 

@@ -15,14 +15,35 @@ from medtwin.store.event_store import EventStore
 DB_HELP = "Store URL or SQLite path (default: medtwin.sqlite in the user data directory)."
 
 
-def open_store(db: str | None) -> EventStore:
-    """Open the store at ``db`` with the key ring (identities are sealed at rest)."""
-    from medtwin.security.crypto import load_keyring
+def open_store(db: str | None, *, need_key: bool = False) -> EventStore:
+    """Open the store at ``db`` with the key ring (identities are sealed at rest).
+
+    A store whose identities are sealed with a key the ring lacks is refused. Without any key
+    (none configured, no key file) a command that needs none still runs; sealing or opening
+    an identity then fails, naming ``medtwin keys generate``. ``need_key`` refuses at once.
+    No key file is ever created here."""
+    from medtwin.security.crypto import KeyRing, NoKeyError, load_keyring
+    from medtwin.security.store_keys import AbsentKeyRing, check_store_keys
 
     try:
-        return EventStore.open(db, keyring=load_keyring())
+        ring: KeyRing | None = load_keyring()
+        cipher: object = ring
+    except NoKeyError as exc:
+        if need_key:
+            fail(exc)
+        ring, cipher = None, AbsentKeyRing(exc)
     except MedtwinError as exc:
         fail(exc)
+    try:
+        store = EventStore.open(db, keyring=cipher)  # type: ignore[arg-type]
+    except MedtwinError as exc:
+        fail(exc)
+    try:
+        check_store_keys(store.engine, ring)
+    except MedtwinError as exc:
+        store.close()
+        fail(exc)
+    return store
 
 
 def fail(exc: Exception, code: int = 2) -> NoReturn:

@@ -5,21 +5,27 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
+from medtwin.commands._common import open_store, progress
 from medtwin.core.errors import MedtwinError
+from medtwin.security.audit import AuditLog
 from medtwin.security.crypto import (
     ENV_KEY,
     ENV_KEY_FILE,
-    default_key_file,
+    KeyRing,
+    configured_key_file,
+    create_key_file,
     load_key_file,
-    load_keyring,
 )
 from medtwin.security.directory import Directory
 from medtwin.security.passwords import PasswordHasher
 from medtwin.store.event_store import EventStore
+
+if TYPE_CHECKING:
+    from medtwin.api.settings import Settings
 
 DB_HELP = "Store URL or SQLite path (default: medtwin.sqlite in the user data directory)."
 
@@ -36,33 +42,53 @@ def _fail(exc: Exception | str, code: int = 2) -> NoReturn:
 
 
 def open_secure_store(db: str | None) -> EventStore:
-    """The store with the configured key ring (the edge where keys are loaded)."""
+    """The store with the configured key ring (the edge where keys are loaded); refused
+    without a key, or when the store's identities are sealed with a key the ring lacks."""
+    return open_store(db, need_key=True)
+
+
+def _settings() -> Settings:
+    from medtwin.api.settings import Settings
+
     try:
-        return EventStore.open(db, keyring=load_keyring())
+        return Settings.from_env()
     except MedtwinError as exc:
         _fail(exc)
 
 
 def _directory(store: EventStore) -> Directory:
-    from medtwin.api.settings import Settings
-
-    try:
-        s = Settings.from_env()
-    except MedtwinError as exc:
-        _fail(exc)
+    s = _settings()
     return Directory(store.engine, PasswordHasher(time_cost=s.argon2_time_cost,
                                                   memory_kib=s.argon2_memory_kib))
 
 
+def audit_log(store: EventStore) -> AuditLog:
+    """The store's audit chain, keyed by its key ring and anchored where the service anchors
+    it (``MEDTWIN_AUDIT_ANCHOR_FILE``, else next to the key file)."""
+    from medtwin.security.audit_anchor import anchor_sink
+
+    ring = store.keyring
+    assert isinstance(ring, KeyRing)  # open_secure_store opened it with one
+    s = _settings()
+    return AuditLog(store.engine, ring,
+                    anchor_sink(store.engine, configured=s.audit_anchor_file,
+                                key_file=ring.file),
+                    anchor_every=s.audit_anchor_every, anchor_seconds=s.audit_anchor_seconds)
+
+
 def _audit(store: EventStore, action: str, resource: str, detail: str | None = None,
            patient_id: str | None = None) -> None:
-    from medtwin.security.audit import AuditEntry, AuditLog
+    from medtwin.security.audit import AuditEntry
 
     actor = f"cli:{os.environ.get('USER', 'unknown')}"
-    AuditLog(store.engine).append(AuditEntry(actor=actor, role="admin", action=action,
-                                             resource=resource, outcome="success",
-                                             patient_id=patient_id, detail=detail,
-                                             source="local"))
+    log = audit_log(store)
+    try:
+        log.append(AuditEntry(actor=actor, role="admin", action=action, resource=resource,
+                              outcome="success", patient_id=patient_id, detail=detail,
+                              source="local"))
+    except MedtwinError as exc:
+        _fail(exc)
+    log.close()  # the command ends here: anchor what it appended
 
 
 # --- users ---------------------------------------------------------------------------------
@@ -85,7 +111,7 @@ def user_add(
                 d.add_to_team(t, user_id=user.id)
         except MedtwinError as exc:
             _fail(exc)
-        _audit(store, "create", f"user:{username}")
+        _audit(store, "create", f"user:{username}", patient_id=user.patient_id)
     typer.echo(f"added {user.role.value} {user.username} ({user.id})")
 
 
@@ -162,34 +188,71 @@ def key_add(device: str = typer.Option(..., "--device", help="Device id."),
 @audit_app.command("verify")
 def audit_verify(db: str | None = typer.Option(None, "--db", help=DB_HELP),
                  as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Check the audit hash chain; exit 1 and say where if anything was tampered with."""
-    from medtwin.security.audit import AuditLog
+    """Check the audit chain (HMACs under the key ring, links, head) and that every anchor
+    outside the database agrees with it; exit 1 and say what was found. Reads the chain a
+    page at a time (constant memory)."""
+    from sqlalchemy import select
+
+    from medtwin.store import schema as t
 
     with open_secure_store(db) as store:
-        v = AuditLog(store.engine).verify()
+        log = audit_log(store)
+        with store.engine.connect() as conn:
+            total = int(conn.scalar(select(t.audit_head.c.seq)) or 0)
+        with progress(total, "verifying the audit chain", unit="entry") as bar:
+            v = log.verify(progress=bar.update)
     if as_json:
-        typer.echo(json.dumps({"ok": v.ok, "entries": v.entries, "head_seq": v.head_seq,
-                               "head_hash": v.head_hash,
-                               "problems": [p.__dict__ for p in v.problems]}, indent=2))
+        typer.echo(json.dumps(v.as_dict(), indent=2))
     else:
         typer.echo(v.text())
     if not v.ok:
         raise typer.Exit(1)
 
 
+@audit_app.command("anchor")
+def audit_anchor(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+    """Anchor the audit chain's head outside the database now (the service also anchors
+    every N entries and T seconds: MEDTWIN_AUDIT_ANCHOR_EVERY / _SECONDS)."""
+    with open_secure_store(db) as store:
+        log = audit_log(store)
+        try:
+            a = log.anchor()
+        except MedtwinError as exc:
+            _fail(exc)
+    where = log.anchors.describe() if log.anchors else "?"
+    typer.echo(f"anchored entry #{a.seq} {a.hash[:16]} in {where}")
+
+
 @audit_app.command("export")
 def audit_export(db: str | None = typer.Option(None, "--db", help=DB_HELP),
                  patient: str | None = typer.Option(None, "--patient")) -> None:
     """Write audit entries as a FHIR Bundle of AuditEvent to stdout."""
-    from medtwin.security.audit import AuditLog
     from medtwin.security.audit_fhir import audit_bundle
 
     with open_secure_store(db) as store:
-        entries = AuditLog(store.engine).entries(patient_id=patient)
+        entries = audit_log(store).entries(patient_id=patient)
     typer.echo(json.dumps(audit_bundle(entries), indent=2))
 
 
 # --- encryption keys -------------------------------------------------------------------------
+@keys_app.command("generate")
+def keys_generate(out: Path | None = typer.Option(None, "--out", help="Where to write the "
+                                                  "key file (default: MEDTWIN_KEY_FILE, else "
+                                                  "keys.json in the user data directory)."),
+                  ) -> None:
+    """Create a new key file (0600); an existing file is never replaced. Back it up: what
+    is sealed under it cannot be read without it."""
+    path = (out.expanduser() if out else configured_key_file())
+    if path is None:
+        _fail(f"{ENV_KEY} holds the key; give --out PATH for a key file")
+    try:
+        ring = create_key_file(path)
+    except (MedtwinError, OSError) as exc:
+        _fail(exc)
+    typer.echo(f"created key file {path} (key {ring.current}); back it up, and set "
+               f"{ENV_KEY_FILE}={path} when it is not the default location")
+
+
 @keys_app.command("rotate")
 def keys_rotate(db: str | None = typer.Option(None, "--db", help=DB_HELP),
                 drop_old: bool = typer.Option(False, "--drop-old", help="Remove old keys from "
@@ -198,9 +261,10 @@ def keys_rotate(db: str | None = typer.Option(None, "--db", help=DB_HELP),
     """Make a new key, re-encrypt every identity under it, and save the key file."""
     if os.environ.get(ENV_KEY):
         _fail(f"{ENV_KEY} holds a single key; rotate with a key file ({ENV_KEY_FILE})")
-    path = Path(os.environ.get(ENV_KEY_FILE) or default_key_file()).expanduser()
+    path = configured_key_file()
+    assert path is not None  # MEDTWIN_KEY was refused above
     try:
-        ring = load_key_file(path) if path.exists() else load_keyring()
+        ring = load_key_file(path)  # never made here: `medtwin keys generate` does that
     except MedtwinError as exc:
         _fail(exc)
     new = ring.rotated()
@@ -238,6 +302,7 @@ def serve(db: str | None = typer.Option(None, "--db", help=DB_HELP),
     try:
         app = create_app(settings, store, store.keyring,  # type: ignore[arg-type]
                          dashboard=True)
-        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
+        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False,
+                    proxy_headers=False)  # the app trusts only MEDTWIN_TRUSTED_PROXIES
     finally:
         store.close()

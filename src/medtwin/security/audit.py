@@ -1,31 +1,62 @@
-"""The audit trail: an append-only hash chain in the store, with a head anchor.
+"""The audit trail: an append-only chain of entries keyed with HMAC-SHA256, anchored outside
+the database.
 
-Entry ``n`` stores ``body_hash`` = SHA-256 of its content and ``hash`` = SHA-256 of
-(previous hash, n, body_hash). A one-row head table holds the last number and hash,
-updated in the same transaction as each append (its row lock also serialises writers), so
-removing the last entries is detected too. :meth:`AuditLog.verify` walks the chain and says
-which entry was changed, removed or re-ordered.
+Entry ``n`` stores ``body_hash`` = SHA-256 of its content and ``hash`` = HMAC-SHA256 of
+(previous hash, n, body_hash, key id) under the audit key, which is derived from the key ring
+(HKDF) and never stored in the database; the key id is stored with the entry, so keys can
+rotate. A one-row head table holds the last number and hash (its row lock serialises
+writers). A database writer without the key can change rows but cannot compute the hashes
+that go with them.
+
+The head is also anchored outside the database (see :mod:`medtwin.security.audit_anchor`):
+at the first keyed entry of a chain, every ``anchor_every`` entries, after ``anchor_seconds``
+and on :meth:`AuditLog.anchor`. :meth:`AuditLog.verify` streams the chain page by page
+(constant memory) and says which entry was changed, removed, re-ordered or forged, and which
+anchor the chain no longer agrees with (a dropped tail, a rewrite, a wiped and restarted
+chain). Entries written before keying (key id NULL) are accepted only before the point the
+anchors record as the start of keying.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
-from collections.abc import Iterator
+import threading
+import time as _time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
+from medtwin.core.errors import MedtwinError
+from medtwin.security.audit_anchor import Anchor, AnchorSink
 from medtwin.store import schema as t
 
 log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
+PAGE = 5000  # entries per read of :meth:`AuditLog.verify`
+MAX_PROBLEMS = 1000  # problems kept in detail; the rest are counted
+_REORDER_WINDOW = 64  # how far a re-ordered entry is looked for
 _FIELDS = ("time", "actor", "role", "action", "resource", "patient_id", "source", "outcome",
            "detail")
+
+
+class AuditKeys(Protocol):
+    """The audit keys (medtwin's ``KeyRing``): the current key id and a key by id."""
+
+    current: str
+    source: str
+
+    def audit_key(self, kid: str) -> bytes | None: ...
+
+
+class AuditError(MedtwinError):
+    """The audit trail cannot be written or anchored as asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +88,20 @@ def body_hash(entry: AuditEntry) -> str:
 
 
 def link_hash(prev: str, seq: int, body: str) -> str:
-    """The chain hash of entry ``seq``."""
+    """The unkeyed chain hash of entry ``seq`` (entries written before keying)."""
     return hashlib.sha256(f"{prev}|{seq}|{body}".encode()).hexdigest()
+
+
+def keyed_hash(key: bytes, kid: str, prev: str, seq: int, body: str) -> str:
+    """The keyed chain hash of entry ``seq``: HMAC-SHA256 under the audit key ``kid``."""
+    return hmac.new(key, f"{prev}|{seq}|{body}|{kid}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
 class Problem:
     """One finding of :meth:`AuditLog.verify`."""
 
-    kind: str  # changed | removed | reordered | head
+    kind: str  # changed | removed | reordered | forged | unkeyed | key | head | anchor
     seq: int | None
     message: str
 
@@ -81,19 +117,34 @@ class Verification:
     head_seq: int
     head_hash: str
     problems: list[Problem]
+    more: int = 0  # problems beyond MAX_PROBLEMS, counted only
+    anchors: int = 0  # anchors checked against the chain
+    anchor_source: str | None = None
+    legacy: int = 0  # unkeyed entries from before keying, accepted
 
     @property
     def ok(self) -> bool:
         """True when nothing was tampered with."""
-        return not self.problems
+        return not self.problems and not self.more
 
     def text(self) -> str:
         """A human report."""
         if self.ok:
+            where = (f"; {self.anchors} anchor(s) in {self.anchor_source} agree"
+                     if self.anchor_source else "; no anchor sink")
+            legacy = f"; {self.legacy} unkeyed entries from before keying" if self.legacy else ""
             return (f"audit chain intact: {self.entries} entries, head #{self.head_seq} "
-                    f"{self.head_hash[:16]}")
-        return "\n".join([f"audit chain BROKEN ({len(self.problems)} problem(s)):"]
-                         + [f"  - {p}" for p in self.problems])
+                    f"{self.head_hash[:16]}{where}{legacy}")
+        more = [f"  ... and {self.more} more"] if self.more else []
+        return "\n".join([f"audit chain BROKEN ({len(self.problems) + self.more} problem(s)):"]
+                         + [f"  - {p}" for p in self.problems] + more)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"ok": self.ok, "entries": self.entries, "head_seq": self.head_seq,
+                "head_hash": self.head_hash, "anchors": self.anchors,
+                "anchor_source": self.anchor_source, "legacy": self.legacy,
+                "problems": [p.__dict__ for p in self.problems], "more_problems": self.more}
 
 
 def _row_entry(r: Any) -> AuditEntry:
@@ -103,37 +154,133 @@ def _row_entry(r: Any) -> AuditEntry:
 
 
 class AuditLog:
-    """Appends to and verifies the audit chain of one store."""
+    """Appends to, anchors and verifies the audit chain of one store."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, keys: AuditKeys, anchors: AnchorSink | None = None, *,
+                 anchor_every: int = 1000, anchor_seconds: float = 300.0,
+                 page: int = PAGE) -> None:
         self.engine = engine
+        self.keys = keys
+        self.anchors = anchors
+        self.anchor_every = anchor_every
+        self.anchor_seconds = anchor_seconds
+        self.page = page
+        self._derived: dict[str, bytes | None] = {}
+        self._lock = threading.Lock()
+        self._anchored_seq: int | None = None  # the last seq this process anchored
+        self._anchored_at = _time.monotonic()
+        self._pending: tuple[int, str] | None = None  # the last appended, not yet anchored
 
+    def _key(self, kid: str) -> bytes | None:
+        if kid not in self._derived:
+            self._derived[kid] = self.keys.audit_key(kid)
+        return self._derived[kid]
+
+    # --- writing -------------------------------------------------------------------------------
     def append(self, entry: AuditEntry) -> int:
         """Append ``entry`` durably; return its number."""
         return self.append_many([entry])[-1]
 
     def append_many(self, entries: list[AuditEntry]) -> list[int]:
         """Append entries in one transaction, in order; return their numbers."""
+        if not entries:
+            return []
+        kid = self.keys.current
+        key = self._key(kid)
+        if key is None:
+            raise AuditError(f"the current key {kid!r} of {self.keys.source} gives no audit key")
         with self.engine.begin() as conn:
             # the write to the head comes first: it takes the lock that orders appends
             conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
                          .values(seq=t.audit_head.c.seq + len(entries)))
-            head = conn.execute(select(t.audit_head.c.seq, t.audit_head.c.hash)
+            head = conn.execute(select(t.audit_head.c.seq, t.audit_head.c.hash,
+                                       t.audit_head.c.key_id)
                                 .where(t.audit_head.c.id == 1)).one()
             seq, prev = int(head.seq) - len(entries), head.hash
-            rows, numbers = [], []
+            starts_keying = seq == 0 or head.key_id is None
+            rows, numbers, first_hash = [], [], ""
             for e in entries:
                 seq += 1
                 b = body_hash(e)
-                h = link_hash(prev, seq, b)
+                h = keyed_hash(key, kid, prev, seq, b)
                 rows.append({**e.body(), "time": e.time, "seq": seq, "body_hash": b,
-                             "prev_hash": prev, "hash": h})
+                             "prev_hash": prev, "hash": h, "key_id": kid})
                 numbers.append(seq)
+                first_hash = first_hash or h
                 prev = h
             conn.execute(insert(t.audit_log), rows)
-            conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(hash=prev))
+            conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
+                         .values(hash=prev, key_id=kid))
+        self._after_append(numbers[0], first_hash, seq, prev, starts_keying)
         return numbers
 
+    def _after_append(self, first: int, first_hash: str, last: int, last_hash: str,
+                      starts_keying: bool) -> None:
+        """Anchor the start of keying at once; then every ``anchor_every`` entries or
+        ``anchor_seconds``. A failed anchor write is logged: the entries are stored."""
+        if self.anchors is None:
+            return
+        with self._lock:
+            if self._anchored_seq is None:
+                self._anchored_seq = first - 1
+            due = (last - self._anchored_seq >= self.anchor_every
+                   or _time.monotonic() - self._anchored_at >= self.anchor_seconds)
+            self._pending = None if due else (last, last_hash)
+            if due:
+                self._anchored_seq, self._anchored_at = last, _time.monotonic()
+        try:
+            if starts_keying:
+                self._write_anchor(first, first_hash, keyed_from=first)
+            if due:
+                self._write_anchor(last, last_hash)
+        except OSError as exc:
+            log.error("could not write an audit anchor to %s: %s", self.anchors.describe(), exc)
+
+    def _write_anchor(self, seq: int, hash_: str, keyed_from: int | None = None) -> Anchor:
+        assert self.anchors is not None
+        kid = self.keys.current
+        key = self._key(kid)
+        assert key is not None
+        a = Anchor(seq, hash_, datetime.now(UTC).isoformat(timespec="microseconds"), kid,
+                   keyed_from).signed(key)
+        self.anchors.write(a)
+        return a
+
+    def anchor(self) -> Anchor:
+        """Anchor the current head outside the database now (``medtwin audit anchor``). A
+        chain not yet keyed is anchored as a whole: its entries so far are adopted as legacy."""
+        if self.anchors is None:
+            raise AuditError("no anchor sink is configured (MEDTWIN_AUDIT_ANCHOR_FILE)")
+        with self.engine.connect() as conn:
+            head = conn.execute(select(t.audit_head.c.seq, t.audit_head.c.hash,
+                                       t.audit_head.c.key_id)
+                                .where(t.audit_head.c.id == 1)).one()
+            first_keyed = conn.scalar(select(func.min(t.audit_log.c.seq))
+                                      .where(t.audit_log.c.key_id.is_not(None)))
+        if int(head.seq) == 0:
+            raise AuditError("the audit chain is empty: there is nothing to anchor yet")
+        keyed_from = int(head.seq) + 1 if head.key_id is None else int(first_keyed or 1)
+        with self._lock:
+            self._anchored_seq, self._anchored_at = int(head.seq), _time.monotonic()
+            self._pending = None
+        try:
+            return self._write_anchor(int(head.seq), head.hash, keyed_from=keyed_from)
+        except OSError as exc:
+            raise AuditError(f"cannot write the anchor to {self.anchors.describe()}: "
+                             f"{exc.strerror}") from None
+
+    def close(self) -> None:
+        """Anchor what this process appended since its last anchor (at shutdown)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None and self.anchors is not None:
+            try:
+                self._write_anchor(*pending)
+            except OSError as exc:
+                log.error("could not write an audit anchor to %s: %s",
+                          self.anchors.describe(), exc)
+
+    # --- reading -------------------------------------------------------------------------------
     def entries(self, *, patient_id: str | None = None, since_seq: int = 0,
                 limit: int | None = None) -> list[AuditEntry]:
         """Stored entries in chain order (optionally for one patient)."""
@@ -145,50 +292,179 @@ class AuditLog:
         with self.engine.connect() as conn:
             return [_row_entry(r) for r in conn.execute(q).mappings()]
 
-    def _rows(self) -> Iterator[Any]:
+    def recent(self, n: int) -> list[AuditEntry]:
+        """The last ``n`` entries, newest first (reads only those)."""
+        q = select(t.audit_log).order_by(t.audit_log.c.seq.desc()).limit(n)
         with self.engine.connect() as conn:
-            yield from conn.execute(select(t.audit_log).order_by(t.audit_log.c.seq)).mappings()
+            return [_row_entry(r) for r in conn.execute(q).mappings()]
 
-    def verify(self) -> Verification:
-        """Walk the chain; report every changed, removed or re-ordered entry, and a head that
-        does not match the last entry (entries removed from the end)."""
-        rows = list(self._rows())
+    def pages(self) -> Iterator[list[Any]]:
+        """The chain in order, ``page`` rows per read (keyset pagination on ``seq``)."""
+        last = None
+        while True:
+            q = select(t.audit_log).order_by(t.audit_log.c.seq).limit(self.page)
+            if last is not None:
+                q = q.where(t.audit_log.c.seq > last)
+            with self.engine.connect() as conn:
+                rows = conn.execute(q).mappings().all()
+            if not rows:
+                return
+            yield rows
+            last = rows[-1]["seq"]
+
+    def _read_anchors(self, report: Callable[[Problem], None]) -> dict[int, list[Anchor]]:
+        """Valid anchors by seq; a line that is malformed or whose HMAC is wrong is a problem
+        (only the key holder writes anchors), one under a key not in the ring is skipped."""
+        out: dict[int, list[Anchor]] = {}
+        if self.anchors is None:
+            return out
+        for a in self.anchors.read():
+            if isinstance(a, str):
+                report(Problem("anchor", None, f"unreadable anchor: {a}"))
+                continue
+            key = self._key(a.kid)
+            if key is None:
+                log.info("skipped an audit anchor under key %s, not in %s", a.kid,
+                         self.keys.source)
+                continue
+            if not a.valid(key):
+                report(Problem("anchor", a.seq, f"the anchor of #{a.seq} written {a.time} "
+                               f"in {self.anchors.describe()} has a wrong HMAC (edited)"))
+                continue
+            out.setdefault(a.seq, []).append(a)
+        return out
+
+    # --- verifying -----------------------------------------------------------------------------
+    def verify(self, progress: Callable[[int], None] | None = None) -> Verification:
+        """Walk the chain a page at a time; report every changed, removed, re-ordered, forged
+        or unkeyed entry, a head that does not match the last entry, and every anchor the chain
+        no longer agrees with. ``progress`` is called with the rows of each page."""
+        v = _Walk(self)
+        anchors = v.anchors = self._read_anchors(v.report)
+        starts = [a.keyed_from for lst in anchors.values() for a in lst if a.keyed_from]
+        keyed_from = min(starts) if starts else 1
         with self.engine.connect() as conn:
             head = conn.execute(select(t.audit_head.c.seq, t.audit_head.c.hash)
                                 .where(t.audit_head.c.id == 1)).one()
-        top = max([int(head.seq)] + [int(r["seq"]) for r in rows])
-        problems: list[Problem] = []
-        prev_hash, expected, prev_bad = GENESIS, 1, False
-        for r in rows:
-            seq = int(r["seq"])
-            bad = True
-            if seq > expected:
-                gap = f"#{expected}" if seq == expected + 1 else f"#{expected}..#{seq - 1}"
-                problems.append(Problem("removed", expected, f"entr(y/ies) {gap} removed"))
-            if body_hash(_row_entry(r)) != r["body_hash"]:
-                problems.append(Problem("changed", seq, f"entry #{seq} was changed after it "
-                                        "was written (its content no longer matches its hash)"))
-            elif r["hash"] != link_hash(r["prev_hash"], seq, r["body_hash"]):
-                written = next((s for s in range(1, top + 2) if r["hash"] == link_hash(
-                    r["prev_hash"], s, r["body_hash"])), None)
-                if written is not None:
-                    problems.append(Problem("reordered", seq, f"entry now at #{seq} was "
-                                            f"written as #{written} (entries re-ordered)"))
-                else:
-                    problems.append(Problem("changed", seq, f"entry #{seq}: its chain hash "
-                                            "was changed"))
-            elif r["prev_hash"] != prev_hash and seq == expected and not prev_bad:
-                problems.append(Problem("reordered", seq, f"entry #{seq} does not follow "
-                                        f"entry #{seq - 1} (chain link broken)"))
+        for rows in self.pages():
+            for r in rows:
+                v.check(r, keyed_from)
+            if progress is not None:
+                progress(len(rows))
+        return v.finish(int(head.seq), head.hash)
+
+
+class _Walk:
+    """The state of one :meth:`AuditLog.verify` pass (constant in the chain's length)."""
+
+    def __init__(self, log_: AuditLog) -> None:
+        self.log = log_
+        self.problems: list[Problem] = []
+        self.more = 0
+        self.anchors: dict[int, list[Anchor]] = {}
+        self.seen_anchored: set[int] = set()
+        self.unknown_keys: set[str] = set()
+        self.entries = self.legacy = 0
+        self.prev_hash, self.expected, self.prev_bad = GENESIS, 1, False
+        self.last_seq, self.last_hash = 0, GENESIS
+
+    def report(self, p: Problem) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(p)
+        else:
+            self.more += 1
+
+    def _reordered_from(self, r: Any, seq: int, key: bytes | None, kid: str | None) -> int | None:
+        """The number an entry was written under, when it is near its place now."""
+        if len(self.problems) >= MAX_PROBLEMS:
+            return None
+        for s in range(max(1, seq - _REORDER_WINDOW), seq + _REORDER_WINDOW + 1):
+            if s == seq:
+                continue
+            h = (keyed_hash(key, kid, r["prev_hash"], s, r["body_hash"]) if key and kid
+                 else link_hash(r["prev_hash"], s, r["body_hash"]))
+            if hmac.compare_digest(h, r["hash"]):
+                return s
+        return None
+
+    def check(self, r: Any, keyed_from: int) -> None:
+        """Check one row against its content, its key, the row before it and the anchors."""
+        seq, kid = int(r["seq"]), r["key_id"]
+        self.entries += 1
+        bad = True
+        if seq > self.expected:
+            gap = f"#{self.expected}" if seq == self.expected + 1 else \
+                f"#{self.expected}..#{seq - 1}"
+            self.report(Problem("removed", self.expected, f"entr(y/ies) {gap} removed"))
+        key = self.log._key(kid) if kid else None
+        if body_hash(_row_entry(r)) != r["body_hash"]:
+            self.report(Problem("changed", seq, f"entry #{seq} was changed after it was "
+                                "written (its content no longer matches its hash)"))
+        elif kid is None and seq >= keyed_from:
+            self.report(Problem("unkeyed", seq, f"entry #{seq} carries no key although the "
+                                f"chain is keyed from #{keyed_from}: it was rewritten by "
+                                "someone without the audit key"))
+        elif kid is not None and key is None:
+            if kid not in self.unknown_keys:
+                self.unknown_keys.add(kid)
+                self.report(Problem("key", seq, f"entry #{seq} is keyed with {kid!r}, which "
+                                    f"is not in {self.log.keys.source}: restore the key file "
+                                    "that holds it to verify these entries"))
+        elif not hmac.compare_digest(
+                r["hash"], keyed_hash(key, kid, r["prev_hash"], seq, r["body_hash"]) if key
+                else link_hash(r["prev_hash"], seq, r["body_hash"])):
+            written = self._reordered_from(r, seq, key, kid)
+            if written is not None:
+                self.report(Problem("reordered", seq, f"entry now at #{seq} was written as "
+                                    f"#{written} (entries re-ordered)"))
+            elif key is not None:
+                self.report(Problem("forged", seq, f"entry #{seq} does not verify under audit "
+                                    f"key {kid}: it, or the chain up to it, was rewritten by "
+                                    "someone without the key"))
             else:
-                bad = False
-            prev_hash, expected, prev_bad = r["hash"], seq + 1, bad
-        last_seq = int(rows[-1]["seq"]) if rows else 0
-        if int(head.seq) > last_seq:
-            problems.append(Problem("removed", last_seq + 1, (
-                f"the head records {int(head.seq)} entries but the chain ends at #{last_seq}: "
-                f"entr(y/ies) #{last_seq + 1}..#{int(head.seq)} removed from the end")))
-        elif rows and (int(head.seq) != last_seq or head.hash != rows[-1]["hash"]):
-            problems.append(Problem("head", last_seq, "the head anchor does not match the "
-                                    "last entry (the head or the last entry was changed)"))
-        return Verification(len(rows), int(head.seq), head.hash, problems)
+                self.report(Problem("changed", seq, f"entry #{seq}: its chain hash was "
+                                    "changed"))
+        elif r["prev_hash"] != self.prev_hash and seq == self.expected and not self.prev_bad:
+            self.report(Problem("reordered", seq, f"entry #{seq} does not follow entry "
+                                f"#{seq - 1} (chain link broken)"))
+        else:
+            bad = False
+            self.legacy += kid is None
+        for a in self.anchors.get(seq, ()):
+            self.seen_anchored.add(seq)
+            if not hmac.compare_digest(a.hash, r["hash"]):
+                self.report(Problem("anchor", seq, f"entry #{seq} is not the one anchored "
+                                    f"{a.time} (hash {a.hash[:16]}, now {r['hash'][:16]}): the "
+                                    "chain was rewritten, or wiped and restarted, after it was "
+                                    "anchored"))
+        self.prev_hash, self.expected, self.prev_bad = r["hash"], seq + 1, bad
+        self.last_seq, self.last_hash = seq, r["hash"]
+
+    def finish(self, head_seq: int, head_hash: str) -> Verification:
+        """The head and the anchors beyond or between the rows seen."""
+        last = self.last_seq
+        if head_seq > last:
+            self.report(Problem("removed", last + 1, (
+                f"the head records {head_seq} entries but the chain ends at #{last}: "
+                f"entr(y/ies) #{last + 1}..#{head_seq} removed from the end")))
+        elif self.entries and (head_seq != last or head_hash != self.last_hash):
+            self.report(Problem("head", last, "the head anchor does not match the last entry "
+                                "(the head or the last entry was changed)"))
+        beyond = sorted(s for s in self.anchors if s > last)
+        if beyond:
+            a = self.anchors[beyond[-1]][-1]
+            self.report(Problem("anchor", beyond[-1], (
+                f"an anchor written {a.time} records entry #{beyond[-1]}, but the chain ends "
+                f"at #{last}: entries were dropped from the end (or the chain was wiped and "
+                f"restarted); {len(beyond)} anchor(s) lie beyond the end")))
+        for s in sorted(s for s in self.anchors if s <= last and s not in self.seen_anchored):
+            self.report(Problem("anchor", s, f"anchored entry #{s} is missing from the chain"))
+        sink = self.log.anchors
+        if sink is not None and self.entries and not self.anchors:
+            self.report(Problem("anchor", None, (
+                f"no anchor in {sink.describe()} for a chain of {self.entries} entries: the "
+                "anchor file is missing or belongs elsewhere (restore it; for a chain never "
+                "anchored, `medtwin audit anchor` anchors it now)")))
+        return Verification(self.entries, head_seq, head_hash, self.problems, self.more,
+                            sum(len(v) for v in self.anchors.values()),
+                            sink.describe() if sink else None, self.legacy)

@@ -3,9 +3,14 @@
 A :class:`KeyRing` holds named 256-bit keys and which one is current. New data is sealed
 under the current key; any key of the ring opens what it sealed, so rotation can re-encrypt
 at leisure. Keys come from ``MEDTWIN_KEY`` (one base64 key) or a JSON key file
-(``MEDTWIN_KEY_FILE``, or a file created with 0600 permissions in the user data directory
-for the embedded demo). The ring also holds the secret that keys pseudonyms and date
-shifts of de-identification, so those stay stable across key rotations.
+(``MEDTWIN_KEY_FILE``, else ``keys.json`` in the user data directory). A key file is only
+ever made on purpose (``medtwin keys generate``): a missing key is an error that names that
+command, never a reason to make a new key (identities would end up split across two keys).
+
+The ring also holds the secret that keys pseudonyms and date shifts of de-identification, so
+those stay stable across key rotations, and derives (HKDF-SHA256) the key of the audit
+chain's HMACs from each of its keys; when an old key is dropped its derived audit key is kept,
+so the audit trail written under it can still be verified.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from medtwin.core.errors import MedtwinError
 
@@ -32,6 +39,8 @@ log = logging.getLogger(__name__)
 PREFIX = "mtenc1"
 ENV_KEY = "MEDTWIN_KEY"
 ENV_KEY_FILE = "MEDTWIN_KEY_FILE"
+GENERATE_HINT = "create one with `medtwin keys generate` (or set MEDTWIN_KEY_FILE)"
+_AUDIT_INFO = b"medtwin-audit-chain-1"
 
 
 class KeyRingError(MedtwinError):
@@ -51,6 +60,16 @@ def new_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
 
 
+class NoKeyError(KeyRingError):
+    """No key is configured and there is no key file (a key is only ever made on purpose)."""
+
+
+def derive_audit_key(key: bytes) -> bytes:
+    """The audit chain's HMAC key derived from an encryption key (HKDF-SHA256; one-way, so
+    it opens no identity)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AUDIT_INFO).derive(key)
+
+
 def key_id(key: bytes) -> str:
     """A short public name of a key (a hash prefix; reveals nothing of the key)."""
     return hashlib.sha256(b"medtwin-key-id\x00" + key).hexdigest()[:12]
@@ -58,11 +77,15 @@ def key_id(key: bytes) -> str:
 
 @dataclass(frozen=True)
 class KeyRing:
-    """Named AES-256 keys, the current one, and the pseudonym secret."""
+    """Named AES-256 keys, the current one, the pseudonym secret, and the audit keys of
+    keys that were dropped (to verify what was written under them)."""
 
     keys: Mapping[str, bytes]
     current: str
     pseudonym_secret: bytes
+    retired_audit_keys: Mapping[str, bytes] = field(default_factory=dict)
+    source: str = field(default="the key ring", compare=False)
+    file: Path | None = field(default=None, compare=False)  # the key file it was read from
 
     def __post_init__(self) -> None:
         if self.current not in self.keys:
@@ -81,7 +104,18 @@ class KeyRing:
     def from_key(cls, key: bytes) -> KeyRing:
         """A ring of one key; the pseudonym secret is derived from it."""
         secret = hmac.new(key, b"medtwin-pseudonyms", hashlib.sha256).digest()
-        return cls({key_id(key): key}, key_id(key), secret)
+        return cls({key_id(key): key}, key_id(key), secret, source=ENV_KEY)
+
+    # --- the audit chain's keys -------------------------------------------------------------
+    def audit_key(self, kid: str) -> bytes | None:
+        """The HMAC key of the audit chain under key id ``kid`` (None when not in the ring)."""
+        if kid in self.keys:
+            return derive_audit_key(self.keys[kid])
+        return self.retired_audit_keys.get(kid)
+
+    def audit_key_ids(self) -> set[str]:
+        """Every key id whose audit entries this ring can verify."""
+        return set(self.keys) | set(self.retired_audit_keys)
 
     # --- sealing ----------------------------------------------------------------------------
     def encrypt(self, plaintext: bytes, *, context: str) -> str:
@@ -125,19 +159,26 @@ class KeyRing:
     def rotated(self) -> KeyRing:
         """A ring with a new current key; old keys stay so existing data still opens."""
         key = new_key()
-        return KeyRing({**self.keys, key_id(key): key}, key_id(key), self.pseudonym_secret)
+        return replace(self, keys={**self.keys, key_id(key): key}, current=key_id(key))
 
     def without_old_keys(self) -> KeyRing:
-        """The ring reduced to its current key (after every value was re-encrypted)."""
-        return KeyRing({self.current: self.keys[self.current]}, self.current,
-                       self.pseudonym_secret)
+        """The ring reduced to its current key (after every value was re-encrypted); the
+        audit keys derived from the dropped keys stay, so the audit trail still verifies."""
+        retired = {**self.retired_audit_keys, **{
+            kid: derive_audit_key(k) for kid, k in self.keys.items() if kid != self.current}}
+        return replace(self, keys={self.current: self.keys[self.current]},
+                       retired_audit_keys=retired)
 
     # --- files ------------------------------------------------------------------------------
     def to_json(self) -> str:
         """The key file content."""
-        return json.dumps({"format": "medtwin-keyring-1", "current": self.current,
-                           "keys": {k: _b64(v) for k, v in self.keys.items()},
-                           "pseudonym_secret": _b64(self.pseudonym_secret)}, indent=2)
+        data: dict[str, Any] = {"format": "medtwin-keyring-1", "current": self.current,
+                                "keys": {k: _b64(v) for k, v in self.keys.items()},
+                                "pseudonym_secret": _b64(self.pseudonym_secret)}
+        if self.retired_audit_keys:
+            data["retired_audit_keys"] = {k: _b64(v) for k, v in
+                                          self.retired_audit_keys.items()}
+        return json.dumps(data, indent=2)
 
     @classmethod
     def from_json(cls, text: str, *, where: str = "key file") -> KeyRing:
@@ -145,7 +186,9 @@ class KeyRing:
         try:
             data = json.loads(text)
             return cls({k: _unb64(v) for k, v in data["keys"].items()}, data["current"],
-                       _unb64(data["pseudonym_secret"]))
+                       _unb64(data["pseudonym_secret"]),
+                       {k: _unb64(v) for k, v in data.get("retired_audit_keys", {}).items()},
+                       source=where)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyRingError(f"{where} is not a medtwin key file: {exc}") from None
 
@@ -172,15 +215,20 @@ def load_key_file(path: Path) -> KeyRing:
     try:
         mode = path.stat().st_mode & 0o077
         text = path.read_text()
+    except FileNotFoundError:
+        raise NoKeyError(f"there is no key file at {path}; create one with `medtwin keys "
+                         f"generate --out {path}` (or point MEDTWIN_KEY_FILE at the existing "
+                         "one)") from None
     except OSError as exc:
         raise KeyRingError(f"cannot read key file {path}: {exc.strerror}") from None
     if mode:
         raise KeyRingError(f"key file {path} is readable by others; run `chmod 600 {path}`")
-    return KeyRing.from_json(text, where=str(path))
+    return replace(KeyRing.from_json(text, where=str(path)), file=path)
 
 
-def _create_once(path: Path) -> KeyRing:
-    """Create a key file unless another process beat us to it (then use theirs)."""
+def create_key_file(path: Path) -> KeyRing:
+    """Make a new key file at ``path`` (0600); refuse to replace an existing one (its keys
+    may be the only way to open what was sealed under them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     ring = KeyRing.generate()
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -191,18 +239,30 @@ def _create_once(path: Path) -> KeyRing:
         os.fsync(f.fileno())
     try:
         os.link(tmp, path)  # atomic: fails if the file exists, never leaves half a file
-        log.warning("created a new encryption key file at %s; back it up: without it the "
-                    "identifying fields stored under it cannot be read", path)
     except FileExistsError:
-        pass
+        raise KeyRingError(f"a key file already exists at {path}; it is not replaced (what "
+                           "was sealed under it would be lost): choose another --out") from None
     finally:
         tmp.unlink(missing_ok=True)
+    log.info("created a new encryption key file at %s; back it up: without it the "
+                "identifying fields stored under it cannot be read", path)
     return load_key_file(path)
 
 
-def load_keyring(env: Mapping[str, str] | None = None, *, create: bool = True) -> KeyRing:
+def configured_key_file(env: Mapping[str, str] | None = None) -> Path | None:
+    """The key file in use: ``MEDTWIN_KEY_FILE``, else the default one (None when the key
+    comes from ``MEDTWIN_KEY``)."""
+    env = os.environ if env is None else env
+    if env.get(ENV_KEY):
+        return None
+    if env.get(ENV_KEY_FILE):
+        return Path(env[ENV_KEY_FILE]).expanduser()
+    return default_key_file()
+
+
+def load_keyring(env: Mapping[str, str] | None = None) -> KeyRing:
     """The key ring configured by ``MEDTWIN_KEY`` / ``MEDTWIN_KEY_FILE``, else the default
-    key file (created on first use when ``create``)."""
+    key file; :class:`NoKeyError` (naming ``medtwin keys generate``) when there is none."""
     env = os.environ if env is None else env
     if env.get(ENV_KEY):
         try:
@@ -217,9 +277,10 @@ def load_keyring(env: Mapping[str, str] | None = None, *, create: bool = True) -
     if env.get(ENV_KEY_FILE):
         return load_key_file(Path(env[ENV_KEY_FILE]).expanduser())
     path = default_key_file()
-    if path.exists() or not create:
-        return load_key_file(path)
-    return _create_once(path)
+    if not path.exists():
+        raise NoKeyError(f"no encryption key: {ENV_KEY} and {ENV_KEY_FILE} are not set and "
+                         f"there is no key file at {path}; {GENERATE_HINT}")
+    return load_key_file(path)
 
 
 def key_configured(env: Mapping[str, str] | None = None) -> bool:

@@ -21,7 +21,6 @@ from starlette.requests import Request
 
 from medtwin.api.twin_service import GlucoseView, TwinNotReadyError
 from medtwin.core.errors import MedtwinError
-from medtwin.security.audit import AuditLog
 from medtwin.security.roles import Principal, Role
 from medtwin.ui import access, charts, session, twins
 from medtwin.ui.layout import (
@@ -235,7 +234,7 @@ def register(ctx: UiContext) -> None:
                         "patient": u.patient_id or ""} for u in users]).classes(
             "w-full max-w-full").props("wrap-cells")
         ui.label("Audit trail").classes("text-2xl font-semibold mt-4")
-        audit = AuditLog(svc.store.engine)
+        audit = svc.audit  # keyed with the key ring, anchored outside the database
         v = audit.verify()
         svc.record(request, who, "verify", "audit", "success", detail=f"ok={v.ok}")
         status = (f"Chain verified: {v.entries} entries, intact." if v.ok else
@@ -243,7 +242,7 @@ def register(ctx: UiContext) -> None:
                   + "; ".join(str(p) for p in v.problems[:3]))
         ui.label(status).classes("font-semibold " + ("text-green-800" if v.ok else
                                                      "text-red-800"))
-        recent = audit.entries()[-50:][::-1]
+        recent = audit.recent(50)
         svc.record(request, who, "read", "audit", "success")
         time_col = f"time ({zone_label()})"
         ui.table(columns=[{"name": c, "label": c, "field": c} for c in

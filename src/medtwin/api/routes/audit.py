@@ -18,7 +18,9 @@ router = APIRouter(prefix="/audit", tags=["audit"], responses=AUTH_ERRORS)
 
 @router.get("/verify", response_model=VerifyOut)
 def verify(request: Request, svc: Svc, who: Caller) -> VerifyOut:
-    """Walk the hash chain; list changed, removed or re-ordered entries (admin)."""
+    """Walk the keyed chain a page at a time and check it against its anchors outside the
+    database; list changed, removed, re-ordered, forged or unkeyed entries and anchors the
+    chain no longer agrees with (dropped tail, rewrite, wipe and restart) (admin)."""
     require_role(request, svc, who, Role.ADMIN, resource="audit")
     v = svc.audit.verify()
     svc.record(request, who, "verify", "audit", "success", detail=f"ok={v.ok}")
