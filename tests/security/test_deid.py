@@ -1,5 +1,5 @@
-"""Safe Harbor export of a Synthea patient: no identifier of the original survives, and the
-intervals between events are unchanged."""
+"""De-identified exports of a Synthea patient: no identifier of the original survives; Safe
+Harbor keeps only the years of dates, the limited data set keeps the intervals between events."""
 
 from __future__ import annotations
 
@@ -26,6 +26,19 @@ def _times(bundle: dict) -> list[datetime]:
         if t:
             out.append(datetime.fromisoformat(t))
     return sorted(out)
+
+
+def _years(bundle: dict) -> list[str]:
+    out = []
+    for e in bundle["entry"]:
+        r = e["resource"]
+        t = (r.get("effectiveDateTime") or (r.get("period") or {}).get("start")
+             or r.get("onsetDateTime") or r.get("authoredOn")
+             or (r.get("effectivePeriod") or {}).get("start"))
+        if t:
+            assert len(t) == 4, t
+            out.append(t)
+    return out
 
 
 def test_deidentified_export_of_a_synthea_bundle(tmp_path, reference, monkeypatch):
@@ -66,11 +79,23 @@ def test_deidentified_export_of_a_synthea_bundle(tmp_path, reference, monkeypatc
     assert all(len(a.get("postalCode", "")) <= 3 for a in res.get("address", []))
     assert out["meta"]["security"][0]["code"] == "PSEUDED"
 
-    before, after = _times(json.loads(plain.output)), _times(out)
-    assert len(before) == len(after) > 10
+    # Safe Harbor: every date of the patient is cut to its year (issue 12, finding 7)
+    before = _times(json.loads(plain.output))
+    years = sorted(_years(out))
+    assert len(before) == len(years) > 10
+    assert years == sorted(str(t.astimezone(UTC).year) for t in before)
+
+    # the limited data set keeps dates, shifted per patient, so intervals are unchanged
+    limited = runner.invoke(app, ["export", pid, "--db", db, "--limited-data-set"])
+    assert limited.exit_code == 0, limited.output
+    assert "limited data set" in limited.stderr and "data use agreement" in limited.stderr
+    lds = json.loads(limited.stdout)
+    after = _times(lds)
+    assert len(before) == len(after)
     shift = after[0] - before[0]
     assert shift.total_seconds() != 0
     assert all(a - b == shift for a, b in zip(after, before, strict=True))  # intervals kept
+    assert lds["meta"]["tag"][0]["code"] == "limited"
 
     table = runner.invoke(app, ["export", pid, "--db", db, "--deidentify", "--table"])
     assert table.exit_code == 0 and table.output.startswith("subject,time,kind")
@@ -83,7 +108,7 @@ def test_ages_over_89_are_grouped_and_rare_zip3_removed():
         "birth_date": "1930-05-05", "address": [{"city": "X", "postalCode": "03601",
                                                  "state": "NH"}]})
     p = d.patient(old)
-    assert p.birth_year is None and p.identity["age_group"] == "90+"
+    assert p.birth_year is None and p.identity["age_group"] == "90 or older"
     assert p.identity["address"] == [{"state": "NH", "postalCode": "000"}]
     young = d.patient(Patient(id="b", source_id="Patient/b", birth_year=1990,
                               identity={"birth_date": "1990-02-03"}))

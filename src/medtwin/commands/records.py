@@ -91,27 +91,41 @@ def export_cmd(
     patient: str = typer.Argument(..., help="Patient id (see `medtwin patients`)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     bundle_type: str = typer.Option("collection", "--type", help="collection or transaction."),
-    deidentify: bool = typer.Option(False, "--deidentify", help="HIPAA Safe Harbor: drop the "
-                                    "identifiers, shift dates per patient (intervals kept)."),
-    table: bool = typer.Option(False, "--table", help="With --deidentify: a CSV table."),
+    deidentify: bool = typer.Option(False, "--deidentify", help="HIPAA Safe Harbor (45 CFR "
+                                    "164.514(b)(2)): no identifiers, no free text, dates cut "
+                                    "to the year, ages over 89 grouped."),
+    limited: bool = typer.Option(False, "--limited-data-set", help="Instead of Safe Harbor: "
+                                 "a HIPAA limited data set (45 CFR 164.514(e)): direct "
+                                 "identifiers and free text removed, dates shifted per "
+                                 "patient. Still PHI: only under a data use agreement."),
+    table: bool = typer.Option(False, "--table", help="With --deidentify or "
+                               "--limited-data-set: a CSV table."),
 ) -> None:
     """Write a patient's record as a FHIR R4 Bundle to stdout."""
     from medtwin.core.records import Consent
 
     if bundle_type not in {"collection", "transaction"}:
         fail(ValueError("--type must be collection or transaction"))
+    if deidentify and limited:
+        fail(ValueError("--deidentify (Safe Harbor) and --limited-data-set are two different "
+                        "exports; give one of them"))
+    if table and not (deidentify or limited):
+        fail(ValueError("--table needs --deidentify or --limited-data-set"))
     with open_store(db) as store:
         try:
             who = store.patient(patient)
             records = [r for r in store.timeline(patient) if not isinstance(r, Consent)]
-            if deidentify:
-                from medtwin.security.deid import Deidentifier
+            if deidentify or limited:
+                from medtwin.security.deid import Deidentifier, DeidMode
 
+                mode = DeidMode.LIMITED if limited else DeidMode.SAFE_HARBOR
                 deid = Deidentifier(store.keyring.pseudonym_secret)  # type: ignore[union-attr]
+                if mode is DeidMode.LIMITED:
+                    typer.echo(f"medtwin: {mode.notice}", err=True)
                 if table:
-                    typer.echo(deid.frame(who, records).to_csv(index=False), nl=False)
+                    typer.echo(deid.frame(who, records, mode).to_csv(index=False), nl=False)
                     return
-                bundle = deid.bundle(who, records)
+                bundle = deid.bundle(who, records, mode)
             else:
                 bundle = to_bundle(who, records, bundle_type=bundle_type)
         except MedtwinError as exc:
