@@ -34,14 +34,15 @@ def test_websocket_pushes_new_alerts_of_the_patient_only(world):
     assert msg["alert"]["patient"] == "p1" and msg["alert"]["severity"] == 2
 
 
-@pytest.mark.parametrize("who", ["researcher", "device", None])
-def test_websocket_refuses_others(world, who):
+@pytest.mark.parametrize(("who", "actor"), [("researcher", "researcher:res"),
+                                             ("device", "device:cgm-1"), (None, "anonymous")])
+def test_websocket_refuses_others(world, who, actor):
     token = world.headers[who]["Authorization"].split()[1] if who else "forged"
     with pytest.raises(WebSocketDisconnect) as err, world.client.websocket_connect(
-            f"/ws/patients/p1/readings?token={token}") as ws:
+            "/ws/patients/p1/readings", subprotocols=["medtwin.live", f"bearer.{token}"]) as ws:
         ws.receive_json()
     assert err.value.code == 1008
-    assert world.audit()[-1].outcome == "denied"
+    assert (world.audit()[-1].outcome, world.audit()[-1].actor) == ("denied", actor)
 
 
 def test_trial_job_runs_in_the_background(world):

@@ -10,16 +10,35 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, RowMapping, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from medtwin.core.errors import NotFoundError, ValidationError
+from medtwin.core.errors import MedtwinError, NotFoundError, ValidationError
 from medtwin.security.passwords import PasswordHasher
 from medtwin.security.roles import Principal, Role
 from medtwin.store import schema as t
 
 KEY_PREFIX = "mtk"
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+PENDING, APPROVED = "pending", "approved"
+_MAX_CREATOR_CHAIN = 100
+
+
+class ApprovalError(MedtwinError):
+    """A patient binding may only be approved by a second admin, independent of the first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A request to bind a user to the patient they are (approved by a second admin)."""
+
+    id: str
+    user_id: str
+    patient_id: str
+    requested_by: str
+    requested_at: datetime
+    status: str
+    decided_by: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +78,11 @@ class Directory:
 
     # --- users ------------------------------------------------------------------------------
     def add_user(self, username: str, role: Role | str, password: str | None = None, *,
-                 patient_id: str | None = None) -> User:
-        """Create a user; a patient-user names the patient they are."""
+                 patient_id: str | None = None, created_by: str | None = None,
+                 bind_pending: bool = False) -> User:
+        """Create a user; a patient-user names the patient they are. ``created_by`` is the
+        admin creating it through the API; with ``bind_pending`` the patient binding is only
+        requested (the user reaches no patient until a second admin approves it)."""
         _check_name(username, "username")
         try:
             role = Role(role)
@@ -75,13 +97,21 @@ class Directory:
                                   where="role")
         if password is None:
             raise ValidationError("a password is required", where="password")
+        now = datetime.now(UTC)
+        bound = patient_id if role is Role.PATIENT else None
         row = {"id": uuid.uuid4().hex, "username": username, "role": role.value,
-               "password_hash": self.hasher.hash(password),
-               "patient_id": patient_id if role is Role.PATIENT else None,
-               "disabled": False, "token_version": 0, "created_at": datetime.now(UTC)}
+               "password_hash": self.hasher.hash(password, user_inputs=[username]),
+               "patient_id": None if bind_pending else bound,
+               "disabled": False, "token_version": 0, "created_at": now,
+               "created_by": created_by}
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(t.users), row)
+                if bind_pending and bound is not None:
+                    conn.execute(insert(t.patient_bindings), {
+                        "id": uuid.uuid4().hex, "user_id": row["id"], "patient_id": bound,
+                        "requested_by": created_by or "", "requested_at": now,
+                        "status": PENDING, "decided_by": None, "decided_at": None})
         except IntegrityError:
             raise ValidationError(f"user {username!r} already exists", where="username") from None
         return self.user(row["id"])
@@ -127,6 +157,58 @@ class Directory:
         assert found is not None
         return found
 
+    # --- patient bindings (two-person rule) -------------------------------------------------
+    def bindings(self, *, status: str | None = PENDING) -> list[Binding]:
+        """Binding requests (pending ones by default), oldest first."""
+        q = select(t.patient_bindings).order_by(t.patient_bindings.c.requested_at)
+        if status is not None:
+            q = q.where(t.patient_bindings.c.status == status)
+        with self.engine.connect() as conn:
+            return [_binding(r) for r in conn.execute(q).mappings()]
+
+    def binding(self, binding_id: str) -> Binding:
+        """One binding request; :class:`NotFoundError` if none."""
+        with self.engine.connect() as conn:
+            r = conn.execute(select(t.patient_bindings).where(
+                t.patient_bindings.c.id == binding_id)).mappings().first()
+        if r is None:
+            raise NotFoundError(f"no patient binding {binding_id!r}; GET /users/bindings "
+                                "lists the pending ones")
+        return _binding(r)
+
+    def creators_of(self, user_id: str) -> list[str]:
+        """Who created this user, who created that one, ... (API-created users only)."""
+        chain: list[str] = []
+        current: str | None = user_id
+        with self.engine.connect() as conn:
+            while current and len(chain) < _MAX_CREATOR_CHAIN:
+                current = conn.scalar(select(t.users.c.created_by).where(
+                    t.users.c.id == current))
+                if not current or current in chain:
+                    break
+                chain.append(current)
+        return chain
+
+    def approve_binding(self, binding_id: str, approver_id: str) -> User:
+        """Bind the user to the patient once a second admin approves: not the requester,
+        nor an account the requester created (directly or through others)."""
+        b = self.binding(binding_id)
+        if b.status != PENDING:
+            raise ApprovalError(f"this binding was already {b.status}")
+        if approver_id == b.requested_by or b.requested_by in self.creators_of(approver_id):
+            raise ApprovalError("a patient binding needs a second admin: not the one who "
+                                "requested it, nor an account that admin created")
+        with self.engine.begin() as conn:
+            done = conn.execute(update(t.patient_bindings).where(
+                t.patient_bindings.c.id == binding_id,
+                t.patient_bindings.c.status == PENDING).values(
+                status=APPROVED, decided_by=approver_id, decided_at=datetime.now(UTC))).rowcount
+            if not done:
+                raise ApprovalError("this binding was decided by someone else meanwhile")
+            conn.execute(update(t.users).where(t.users.c.id == b.user_id).values(
+                patient_id=b.patient_id, token_version=t.users.c.token_version + 1))
+        return self.user(b.user_id)
+
     # --- care teams -------------------------------------------------------------------------
     def add_to_team(self, team: str, *, user_id: str | None = None,
                     patient_id: str | None = None) -> None:
@@ -153,6 +235,12 @@ class Directory:
             conn.execute(delete(t.care_team_patients).where(
                 t.care_team_patients.c.team == team,
                 t.care_team_patients.c.patient_id == patient_id))
+
+    def team_members(self, team: str) -> list[str]:
+        """Ids of the clinicians in a care team."""
+        with self.engine.connect() as conn:
+            return sorted(conn.scalars(select(t.care_team_members.c.user_id).where(
+                t.care_team_members.c.team == team)))
 
     def teams_of(self, user_id: str) -> list[str]:
         """The care teams a user belongs to."""
@@ -209,6 +297,11 @@ class Directory:
             return None
         return Principal(f"device:{row['key_id']}", row["device_id"], Role.DEVICE,
                          row["patient_id"])
+
+
+def _binding(m: RowMapping) -> Binding:
+    return Binding(m["id"], m["user_id"], m["patient_id"], m["requested_by"],
+                   m["requested_at"], m["status"], m["decided_by"])
 
 
 def _digest(secret: str) -> str:

@@ -1,8 +1,9 @@
 """Signed, short-lived JWT access tokens and longer-lived refresh tokens (HS256, PyJWT).
 
-A token names its user and the user's token version; the caller checks both against the
-user's current row on every request, so disabling a user (which bumps the version) stops
-all of their tokens at once.
+A token names its user, the user's token version and the sign-in session it belongs to
+(``sid``); the caller checks all three on every request, so disabling a user (which bumps the
+version) or ending a session (logout, refresh-token reuse) stops those tokens at once. Each
+token has its own id (``jti``): a session accepts only the latest refresh token's id.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class TokenClaims:
     version: int
     kind: str
     expires: datetime
+    session: str | None = None
+    token_id: str | None = None
 
 
 class TokenIssuer:
@@ -47,14 +50,18 @@ class TokenIssuer:
         self.refresh_ttl = refresh_ttl
 
     def issue(self, user_id: str, role: str, version: int, *, kind: str = "access",
-              now: datetime | None = None) -> str:
-        """A signed token of ``kind`` ("access" or "refresh")."""
+              now: datetime | None = None, session: str | None = None,
+              token_id: str | None = None) -> str:
+        """A signed token of ``kind`` ("access" or "refresh") of sign-in ``session``;
+        ``token_id`` (random by default) is the id a session remembers for rotation."""
         now = now or datetime.now(UTC)
         ttl = self.access_ttl if kind == "access" else self.refresh_ttl
         claims: dict[str, Any] = {"iss": ISSUER, "sub": user_id, "role": role, "ver": version,
                                   "typ": kind, "iat": int(now.timestamp()),
                                   "exp": int((now + ttl).timestamp()),
-                                  "jti": secrets.token_hex(8)}
+                                  "jti": token_id or new_token_id()}
+        if session is not None:
+            claims["sid"] = session
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str, *, kind: str = "access") -> TokenClaims:
@@ -70,5 +77,14 @@ class TokenIssuer:
             raise TokenError(f"a {c.get('typ')} token cannot be used as a {kind} token")
         if not isinstance(c.get("ver"), int) or not isinstance(c.get("sub"), str):
             raise TokenError("invalid token claims")
+        sid, jti = c.get("sid"), c.get("jti")
+        if (sid is not None and not isinstance(sid, str)) or (
+                jti is not None and not isinstance(jti, str)):
+            raise TokenError("invalid token claims")
         return TokenClaims(c["sub"], str(c.get("role")), c["ver"], c["typ"],
-                           datetime.fromtimestamp(c["exp"], UTC))
+                           datetime.fromtimestamp(c["exp"], UTC), sid, jti)
+
+
+def new_token_id() -> str:
+    """A fresh random token id (128 bits)."""
+    return secrets.token_hex(16)

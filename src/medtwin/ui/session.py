@@ -14,6 +14,7 @@ when the browser did not say.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import MutableMapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -75,7 +76,10 @@ def current(svc: Services, request: Request | None, storage: MutableMapping[str,
 
 def sign_out(svc: Services, request: Request | None, storage: MutableMapping[str, Any],
              who: Principal | None) -> None:
-    """Forget the tokens (audited)."""
+    """End the session (its tokens stop working), forget the tokens (audited)."""
+    if storage.get(REFRESH):
+        with contextlib.suppress(ApiError):  # an expired or revoked session has ended already
+            auth.end_session(svc, storage[REFRESH], "refresh")
     storage.pop(ACCESS, None)
     storage.pop(REFRESH, None)
     if who is not None:

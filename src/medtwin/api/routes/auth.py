@@ -1,29 +1,39 @@
-"""Login (OAuth2 password flow) and token refresh."""
+"""Login (OAuth2 password flow), token refresh (single-use, rotating) and logout.
+
+A login is counted by the login throttle before its password is checked, so a parallel
+burst gets no more password checks than the limits allow. Each login starts a session in
+the database; refreshing rotates its refresh token, and presenting an old refresh token again
+(a stolen copy, or the original after the thief used it) ends the session for both.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from medtwin.api.deps import Svc
+from medtwin.api.deps import Bearer, Svc
+from medtwin.api.limits import Throttled
 from medtwin.api.problems import ApiError
 from medtwin.api.routes import _P
 from medtwin.api.schemas import RefreshIn, TokenOut
 from medtwin.core.errors import NotFoundError
-from medtwin.security.directory import User
-from medtwin.security.tokens import TokenError
+from medtwin.security.directory import KEY_PREFIX, User
+from medtwin.security.sessions import LOGOUT, Rotation
+from medtwin.security.tokens import TokenError, new_token_id
 
 router = APIRouter(prefix="/auth", tags=["auth"])
+_UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-def _tokens(svc: Svc, user: User) -> TokenOut:
+def _tokens(svc: Svc, user: User, session: str, refresh_id: str) -> TokenOut:
     issue = svc.tokens.issue
-    return TokenOut(access_token=issue(user.id, user.role.value, user.token_version),
-                    refresh_token=issue(user.id, user.role.value, user.token_version,
-                                        kind="refresh"),
-                    expires_in=int(svc.tokens.access_ttl.total_seconds()))
+    return TokenOut(
+        access_token=issue(user.id, user.role.value, user.token_version, session=session),
+        refresh_token=issue(user.id, user.role.value, user.token_version, kind="refresh",
+                            session=session, token_id=refresh_id),
+        expires_in=int(svc.tokens.access_ttl.total_seconds()))
 
 
 @router.post("/token", response_model=TokenOut, responses={401: _P, 422: _P, 429: _P})
@@ -31,35 +41,89 @@ def login(request: Request, svc: Svc,
           form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
     """Exchange a user name and password for an access and a refresh token."""
     address = request.client.host if request.client else "?"
-    wait = svc.limiter.retry_after(form.username, address)
-    if wait:
-        svc.record(request, None, "login", f"user:{form.username[:100]}", "denied",
+    account = form.username[:100]
+    try:
+        reservation = svc.limiter.reserve(account, address)
+    except Throttled as exc:
+        svc.record(request, None, "login", f"user:{account}", "denied",
                    detail="rate limited")
-        raise ApiError(429, f"too many failed logins; try again in {wait} s",
-                       headers={"Retry-After": str(wait)})
+        raise ApiError(429, f"too many failed logins; try again in {exc.retry_after} s",
+                       headers={"Retry-After": str(exc.retry_after)}) from None
     user = svc.directory.authenticate(form.username, form.password)
     if user is None:
-        svc.limiter.failed(form.username, address)
-        svc.record(request, None, "login", f"user:{form.username[:100]}", "failure")
+        svc.record(request, None, "login", f"user:{account}", "failure")
         raise ApiError(401, "wrong user name or password, or the user is disabled",
-                       headers={"WWW-Authenticate": "Bearer"})
+                       headers=_UNAUTHORIZED)
+    svc.limiter.succeeded(reservation)
+    refresh_id = new_token_id()
+    session = svc.sessions.start(user.id, refresh_id)
     svc.record(request, user.principal(), "login", f"user:{user.username}", "success")
-    return _tokens(svc, user)
+    return _tokens(svc, user, session, refresh_id)
 
 
 @router.post("/refresh", response_model=TokenOut, responses={401: _P, 422: _P})
 def refresh(request: Request, svc: Svc, body: RefreshIn) -> TokenOut:
-    """Exchange a valid refresh token for new tokens (refused once the user is disabled)."""
+    """Exchange a refresh token, once, for new tokens; reusing one ends its session."""
     try:
         claims = svc.tokens.verify(body.refresh_token, kind="refresh")
         user = svc.directory.user(claims.user_id)
     except (TokenError, NotFoundError) as exc:
         svc.record(request, None, "refresh", "token", "denied", detail=str(exc)[:200])
-        raise ApiError(401, "invalid refresh token",
-                       headers={"WWW-Authenticate": "Bearer"}) from None
-    if user.disabled or user.token_version != claims.version:
-        svc.record(request, user.principal(), "refresh", "token", "denied",
-                   detail="revoked")
-        raise ApiError(401, "this token was revoked", headers={"WWW-Authenticate": "Bearer"})
-    svc.record(request, user.principal(), "refresh", "token", "success")
-    return _tokens(svc, user)
+        raise ApiError(401, "invalid refresh token", headers=_UNAUTHORIZED) from None
+    who = user.principal()
+    if user.disabled or user.token_version != claims.version or not (
+            claims.session and claims.token_id):
+        svc.record(request, who, "refresh", "token", "denied", detail="revoked")
+        raise ApiError(401, "this token was revoked", headers=_UNAUTHORIZED)
+    fresh = new_token_id()
+    outcome = svc.sessions.rotate(claims.session, user.id, claims.token_id, fresh)
+    if outcome is Rotation.REUSED:
+        svc.record(request, who, "refresh", f"session:{claims.session}", "denied",
+                   detail="refresh token reused: the session is revoked (sign in again)")
+        raise ApiError(401, "this refresh token was already used; the session is ended, "
+                       "sign in again", headers=_UNAUTHORIZED)
+    if outcome is not Rotation.ROTATED:
+        svc.record(request, who, "refresh", f"session:{claims.session}", "denied",
+                   detail=f"session {outcome.value}")
+        raise ApiError(401, f"the session is {outcome.value}; sign in again",
+                       headers=_UNAUTHORIZED)
+    svc.record(request, who, "refresh", f"session:{claims.session}", "success")
+    return _tokens(svc, user, claims.session, fresh)
+
+
+def end_session(svc: Svc, token: str, kind: str) -> tuple[User, bool]:
+    """Revoke the session of an access or refresh ``token``: its user, and whether this call
+    ended it (False when it had ended already); :class:`ApiError` 401 for a bad token."""
+    try:
+        claims = svc.tokens.verify(token, kind=kind)
+        user = svc.directory.user(claims.user_id)
+    except (TokenError, NotFoundError):
+        raise ApiError(401, f"invalid {kind} token", headers=_UNAUTHORIZED) from None
+    if claims.session is None:
+        raise ApiError(401, "this token belongs to no session; sign in again",
+                       headers=_UNAUTHORIZED)
+    return user, svc.sessions.revoke(claims.session, LOGOUT)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT,
+             responses={401: _P, 422: _P})
+def logout(request: Request, svc: Svc, creds: Bearer, body: RefreshIn | None = None) -> None:
+    """End the session: its access and refresh tokens stop working at once. Authenticate
+    with the access token, or send the refresh token in the body (when the access token
+    has expired)."""
+    if creds is not None and creds.credentials.startswith(f"{KEY_PREFIX}_"):
+        raise ApiError(422, "device keys have no session; an admin revokes a device key")
+    if creds is not None:
+        token, kind = creds.credentials, "access"
+    elif body is not None:
+        token, kind = body.refresh_token, "refresh"
+    else:
+        raise ApiError(401, "send the access token (Authorization: Bearer) or the refresh "
+                       "token in the body", headers=_UNAUTHORIZED)
+    try:
+        user, ended = end_session(svc, token, kind)
+    except ApiError as exc:
+        svc.record(request, None, "logout", "session", "denied", detail=exc.detail[:200])
+        raise
+    svc.record(request, user.principal(), "logout", f"user:{user.username}", "success",
+               detail=None if ended else "the session had ended already")

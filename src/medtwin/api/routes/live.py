@@ -12,33 +12,55 @@ from medtwin.api.deps import BREAK_GLASS_HEADER, Services, audited, authenticate
 from medtwin.api.problems import ApiError
 from medtwin.core.errors import NotFoundError
 from medtwin.security.policy import AccessDeniedError, Action
+from medtwin.security.roles import Principal
 from medtwin.store.alerts import AlertStore
 
 router = APIRouter(tags=["live"])
 POLICY_VIOLATION = 1008
+SUBPROTOCOL = "medtwin.live"  # what the server accepts with, so the token is never echoed
+BEARER_PREFIX = "bearer."
+
+
+def credential_of(ws: WebSocket) -> str | None:
+    """The bearer credential from ``Authorization: Bearer`` or, for browsers (which cannot
+    set headers on a WebSocket), a ``bearer.<token>`` entry of ``Sec-WebSocket-Protocol``.
+    Never from the URL: query strings end up in access logs."""
+    header = ws.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    for proto in ws.scope.get("subprotocols", []):
+        if proto.startswith(BEARER_PREFIX) and len(proto) > len(BEARER_PREFIX):
+            return proto[len(BEARER_PREFIX):]
+    return None
 
 
 @router.websocket("/ws/patients/{patient_id}/readings")
 async def readings(ws: WebSocket, patient_id: str) -> None:
     """Send each new observation (``{"type": "reading"}``) and each new alert (``{"type":
     "alert"}``) of the patient as JSON. Authenticate with the ``Authorization: Bearer``
-    header or, for browsers, a ``token`` query parameter."""
+    header or, from a browser, offer the subprotocols ``medtwin.live`` and
+    ``bearer.<token>`` (``new WebSocket(url, ["medtwin.live", "bearer." + token])``); the
+    server accepts with ``medtwin.live``. A token in the URL is refused."""
     svc: Services = ws.app.state.services
-    header = ws.headers.get("authorization", "")
-    credential = header[7:] if header.lower().startswith("bearer ") else ws.query_params.get(
-        "token")
+    who: Principal | None = None
+    request = ws  # an HTTP connection: the audit takes its client address
     try:
         if svc.settings.security_enabled:
-            who = await run_in_threadpool(authenticate, svc, credential)
+            if "token" in ws.query_params:
+                raise ApiError(400, "a token in the URL is refused (URLs are logged): send it "
+                               "as Authorization: Bearer or the bearer.<token> subprotocol")
+            who = await run_in_threadpool(authenticate, svc, credential_of(ws))
             grant = await run_in_threadpool(
                 svc.policy.check, who, patient_id, Action.READ,
                 break_glass=ws.headers.get(BREAK_GLASS_HEADER))
             if not await run_in_threadpool(svc.store.has_patient, patient_id):
                 raise NotFoundError(patient_id)
-            await run_in_threadpool(audited, None, svc, who, grant, "live-readings")
+            await run_in_threadpool(audited, request, svc, who, grant, "live-readings")
     except (ApiError, AccessDeniedError, NotFoundError) as exc:
-        await run_in_threadpool(svc.record, None, None, "subscribe", "live-readings", "denied",
-                                patient_id=patient_id, detail=type(exc).__name__)
+        detail = (exc.detail if isinstance(exc, ApiError) else str(exc)
+                  if isinstance(exc, AccessDeniedError) else "no such patient")
+        await run_in_threadpool(svc.record, request, who, "subscribe", "live-readings",
+                                "denied", patient_id=patient_id, detail=detail[:200])
         await ws.close(code=POLICY_VIOLATION, reason="not allowed or not found")
         return
     # the marks are taken before accepting: whatever is written once the client sees the
@@ -46,7 +68,8 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
     alerts = AlertStore(svc.store)
     last = await run_in_threadpool(svc.store.last_seq)
     last_alert = await run_in_threadpool(alerts.last_id)
-    await ws.accept()
+    offered = ws.scope.get("subprotocols", [])
+    await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
         while True:
             new = await run_in_threadpool(svc.store.records_after, patient_id, last,

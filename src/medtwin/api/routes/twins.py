@@ -79,8 +79,10 @@ def _twin_view(request: Request, svc: Svc, who: Caller, patient_id: str, resourc
         audited(request, svc, who, grant, resource, "not-found")
         raise not_found(patient_id) from None
     except TwinNotReadyError as exc:
+        audited(request, svc, who, grant, resource, "not-ready")
         raise ApiError(409, str(exc)) from None
     except MedtwinError as exc:
+        audited(request, svc, who, grant, resource, "invalid")
         raise ApiError(422, str(exc)) from None
     audited(request, svc, who, grant, resource)
     return view
