@@ -3,8 +3,6 @@ seeding, zero-order hold and clipping."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,14 +21,11 @@ from medtwin.devices.cgm import (
     subject_generators,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "glucose"
 
-
-def _reference(name: str) -> pd.DataFrame:
-    path = REFERENCE / name
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference folder {REFERENCE} is absent (it ships with the workspace)")
-    return pd.read_csv(path)
+@pytest.fixture
+def glucose(reference):
+    """A reader of the shared glucose reference tables (simglucose 0.2.11 outputs)."""
+    return lambda name: pd.read_csv(reference / "glucose" / name)
 
 
 def test_catalogue_has_the_three_sensors_with_their_sample_times():
@@ -103,7 +98,7 @@ def test_sensors_share_the_15_min_grid_and_interpolate_it_with_a_cubic_spline():
     np.testing.assert_allclose(navigator[:, 150:], spline, rtol=1e-10, atol=1e-10)
 
 
-def test_reproduces_the_peer_noise_stream_for_seed_1():
+def test_reproduces_the_peer_noise_stream_for_seed_1(glucose):
     """Exact reproduction of simglucose's ``CGMNoise(Dexcom, seed=1)`` stream.
 
     In ``adult_001_dexcom_seed1.csv`` the controller sees only basal insulin until the first
@@ -113,7 +108,7 @@ def test_reproduces_the_peer_noise_stream_for_seed_1():
     so CGM_k - BG_k = (2 n_k + n_{k+1}) / 3 for k >= 1 and n0 for k = 0, up to the drift of G
     inside the 3 min (~1e-5 mg/dL).
     """
-    ref = _reference("adult_001_dexcom_seed1.csv")
+    ref = glucose("adult_001_dexcom_seed1.csv")
     fasting = ref.index[ref["CHO"].cumsum() == 0]
     assert len(fasting) == 140
     spec = SensorSpec.from_name("Dexcom")
@@ -123,8 +118,8 @@ def test_reproduces_the_peer_noise_stream_for_seed_1():
     np.testing.assert_allclose(observed, predicted, atol=1e-3)
 
 
-def test_sensor_in_peer_mode_gives_the_readings_the_peer_recorded():
-    ref = _reference("adult_001_dexcom_seed1.csv")
+def test_sensor_in_peer_mode_gives_the_readings_the_peer_recorded(glucose):
+    ref = glucose("adult_001_dexcom_seed1.csv")
     sensor = CGMSensor.from_name("Dexcom", rng="simglucose")
     sensor.reset(1, 1)
     bg = ref["BG"].to_numpy()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,8 +16,6 @@ from medtwin.devices.controllers import BasalBolus
 from medtwin.models.glucose.subjects import BW, GB, U2SS, subject_names, uva_padova_cohort
 from medtwin.models.glucose.uva_padova import KABS, STATES, UVAPadova, uva_rhs
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "glucose"
-
 
 def _insulet_pump():  # noqa: ANN202
     """The peer's Insulet pump arithmetic (prefer the devices implementation)."""
@@ -29,12 +25,8 @@ def _insulet_pump():  # noqa: ANN202
 
 
 @pytest.fixture(scope="module")
-def reference_run() -> tuple[pd.DataFrame, object]:
-    path = REFERENCE / "adult_001_noiseless_1min.csv"
-    if not path.is_file():
-        pytest.skip(f"reference file {path} is absent (the shared reference folder ships beside "
-                    "the checkout in CI, not in a user's clone)")
-    ref = pd.read_csv(path)
+def reference_run(reference) -> tuple[pd.DataFrame, object]:
+    ref = pd.read_csv(reference / "glucose" / "adult_001_noiseless_1min.csv")
     schedule = Schedule().with_meal(7 * 60, 50).with_meal(12 * 60, 70).with_meal(19 * 60, 80)
     result = simulate(
         UVAPadova(),
@@ -154,7 +146,7 @@ def test_outputs_carry_loinc_and_units() -> None:
     assert len(model.states) == 13
 
 
-def test_reproduces_simglucose_stock_dexcom_pipeline() -> None:
+def test_reproduces_simglucose_stock_dexcom_pipeline(reference) -> None:
     """The peer's stock run: Dexcom (3 min, seed 1), basal-bolus every 3 min, Insulet.
 
     Peer conventions matched besides those above: the sensor is read after every 1-min step
@@ -163,9 +155,7 @@ def test_reproduces_simglucose_stock_dexcom_pipeline() -> None:
     3-min period. Rows are the peer's 3-min means. Row 0's CGM is left out: simglucose reads
     its sensor twice at t = 0 and records the first reading, while the second drives the run.
     """
-    path = REFERENCE / "adult_001_dexcom_seed1.csv"
-    if not path.is_file():
-        pytest.skip(f"reference file {path} is absent")
+    path = reference / "glucose" / "adult_001_dexcom_seed1.csv"
     from medtwin.devices.cgm import CGMSensor
 
     ref = pd.read_csv(path)

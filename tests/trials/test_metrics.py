@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,13 +15,11 @@ from medtwin.trials.metrics import (
     risk_function,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "glucose"
 
-
-def _reference(name: str) -> pd.DataFrame:
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference folder {REFERENCE} is absent (it ships with the workspace)")
-    return pd.read_csv(REFERENCE / name)
+@pytest.fixture
+def glucose(reference):
+    """A reader of the shared glucose reference tables (simglucose 0.2.11 outputs)."""
+    return lambda name: pd.read_csv(reference / "glucose" / name)
 
 
 def test_time_in_ranges_mean_gmi_and_cv_by_hand():
@@ -54,22 +50,22 @@ def test_risk_function_zero_sign_and_window_mean():
     assert t["risk index"] == pytest.approx((rl[0] + rh[2]) / 2)
 
 
-def test_per_sample_risk_matches_the_peer_columns():
+def test_per_sample_risk_matches_the_peer_columns(glucose):
     for name in ("adult_001_noiseless_1min.csv", "adult_001_dexcom_seed1.csv"):
-        ref = _reference(name)
+        ref = glucose(name)
         rl, rh = risk_components(ref["BG"].to_numpy())
         np.testing.assert_allclose(rl, ref["LBGI"], atol=1e-10)
         np.testing.assert_allclose(rh, ref["HBGI"], atol=1e-10)
         np.testing.assert_allclose(rl + rh, ref["Risk"], atol=1e-10)
 
 
-def test_reference_run_summary_and_total_insulin():
+def test_reference_run_summary_and_total_insulin(glucose):
     """The README's summary of the noise-free run: BG 89.0/142.9/193.9, 52.1 U of insulin.
 
     The last row (24:00) has no insulin recorded (the peer logs the action after the step), so
     the day is rows 0..1439, one per minute.
     """
-    ref = _reference("adult_001_noiseless_1min.csv").iloc[:-1]
+    ref = glucose("adult_001_noiseless_1min.csv").iloc[:-1]
     t = outcome_metrics(ref["BG"].to_numpy(), 1.0, insulin=ref["insulin"].to_numpy()).iloc[0]
     assert t["mean [mg/dL]"] == pytest.approx(142.9, abs=0.05)
     assert t["total insulin [U]"] == pytest.approx(52.1, abs=0.05)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +13,6 @@ from medtwin.trials import runner as runner_module
 from medtwin.trials.protocol import FixedMeals
 from medtwin.trials.runner import Trial, load_cohort, run_trial
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "glucose"
 EIGHT = [f"adult#00{i}" for i in range(1, 9)]
 
 
@@ -72,12 +69,10 @@ def test_seed_changes_noise_and_meals_but_a_seed_is_reproducible(cluster, trial)
                               again.traces["CGM [mg/dL]"])
 
 
-def test_reference_scenario_through_the_runner(cluster):
+def test_reference_scenario_through_the_runner(cluster, reference):
     """The peer's noise-free run (adult#001, meals 50/70/80 g at 07/12/19 h, basal-bolus, 1-min
     ideal sensor) reproduces the README's summary: mean BG 142.9 mg/dL, 52.1 U of insulin."""
-    if not REFERENCE.is_dir():
-        pytest.skip(f"reference folder {REFERENCE} is absent")
-    ref = pd.read_csv(REFERENCE / "adult_001_noiseless_1min.csv").iloc[:-1]
+    ref = pd.read_csv(reference / "glucose" / "adult_001_noiseless_1min.csv").iloc[:-1]
     pump = InsulinPump.from_name("Insulet", convention="simglucose")
     t = Trial(load_cohort("uva-padova", ["adult#001"]), "basal-bolus", days=1, seed=1,
               meals=FixedMeals(), sensor=None, pump=pump, record_every=1)

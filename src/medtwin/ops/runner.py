@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from medtwin.core.errors import ValidationError
+from medtwin.core.processes import die_with_parent
 from medtwin.ops.engine import Initial, run_replication
 from medtwin.ops.kpis import rep_hourly, rep_kpis, summarise
 from medtwin.ops.schema import Model
@@ -108,7 +109,8 @@ def run_replications(model: Model, reps: int | None = None, seed: int = 0, *,
                 out[r] = one_replication(model, seed, r, initial=init_of(r), **kw)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futs = {pool.submit(one_replication, model, seed, r, initial=init_of(r), **kw): r
                         for r in range(reps)}
                 for f in as_completed(futs):
