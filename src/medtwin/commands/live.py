@@ -15,6 +15,7 @@ import typer
 from medtwin.commands._common import open_store
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import Patient
+from medtwin.interop.quality import FUTURE_TOLERANCE
 from medtwin.live.ingest import Ingester
 from medtwin.live.publish import DevicePublisher, paced
 from medtwin.live.streams import (
@@ -41,6 +42,10 @@ def live_cmd(
     group: str | None = typer.Option(None, "--group", help="Share the stream with other "
                                      "ingesters of this group (MQTT 5 shared subscription)."),
     report_every: float = typer.Option(10.0, "--report-every", help="Seconds between logs."),
+    clock_skew: float = typer.Option(
+        FUTURE_TOLERANCE.total_seconds(), "--clock-skew", min=0, max=24 * 3600,
+        envvar="MEDTWIN_CLOCK_SKEW_SECONDS", help="Seconds a reading may be dated in the "
+        "future (device clock skew) before it is quarantined: stored, never scored."),
     glucose_twin: bool = typer.Option(True, "--glucose-twin/--no-glucose-twin",
                                       help="Keep a glucose twin per CGM patient and alert on "
                                       "predicted lows."),
@@ -54,7 +59,9 @@ def live_cmd(
             hooks = [GlucoseHook(GlucoseSync(store))] if glucose_twin else []
             monitor = MonitorLoop(store, broker=broker, prefix=prefix, hooks=hooks).start()
             ingester = Ingester(store, broker=broker, prefix=prefix, client_id=client_id,
-                                group=group, on_stored=monitor.on_stored).start()
+                                group=group, on_stored=monitor.on_stored,
+                                on_gap=monitor.on_gap,
+                                future_tolerance=timedelta(seconds=clock_skew)).start()
             typer.echo(f"ingesting {ingester.topic} from {broker} into {store!r}", err=True)
             try:
                 while not stop.wait(report_every):

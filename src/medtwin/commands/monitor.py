@@ -52,5 +52,5 @@ def news2_cmd(
     for item in ITEMS:
         shown = result.points.get(item)
         typer.echo(f"  {item:15s} {'-' if shown is None else shown}")
-    partial = f" (partial: missing {', '.join(result.missing)})" if result.partial else ""
+    partial = f" (partial: {result.explain()})" if result.partial else ""
     typer.echo(f"NEWS2 {result.total}: {result.risk.value} risk{partial}")

@@ -80,10 +80,14 @@ def timeline_cmd(
                 typer.echo(json.dumps([{"kind": KIND_OF[type(r)], **r.to_dict()} for r in recs],
                                       indent=2))
                 return
-            df = store.timeline_frame(patient, codes=code or None, since=since, until=until)
+            df = store.timeline_frame(patient, codes=code or None, since=since, until=until,
+                                      include_flagged=True)  # shown, with their flag
         except MedtwinError as exc:
             fail(exc)
     typer.echo(df.to_string(index=False) if not df.empty else "no records match")
+    if not df.empty and df["quality"].notna().any():
+        typer.echo("quality: readings flagged future-dated are quarantined (kept as evidence, "
+                   "never used as the latest value nor scored)", err=True)
 
 
 @app.command("export")

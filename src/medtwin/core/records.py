@@ -42,6 +42,22 @@ def _need_text(value: object, where: str) -> None:
         raise ValidationError("must be a non-empty string", where=where)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # a cache of dataclass field names
+
+
+def _no_nul(record: object) -> None:
+    """Refuse a NUL character in any text field: never clinical, and PostgreSQL cannot store
+    one in a text column (it would fail the write far from the input that carried it)."""
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:
+        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in fields(record))  # type: ignore[arg-type]
+    for name in names:
+        value = getattr(record, name)
+        if type(value) is str and "\x00" in value:
+            raise ValidationError("text must not contain NUL (U+0000) characters",
+                                  where=f"{type(record).__name__}.{name}")
+
+
 def _finite(value: float | None, where: str) -> None:
     if value is not None and (isinstance(value, bool) or not math.isfinite(float(value))):
         raise ValidationError(f"must be a finite number, got {value!r}", where=where)
@@ -105,6 +121,7 @@ class Component(_Record):
     display: str | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.code, "Component.code")
         _finite(self.value, f"Component[{self.code}].value")
 
@@ -136,6 +153,7 @@ class Observation(_Record):
     device: str | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.subject, "Observation.subject")
         _need_text(self.code, "Observation.code")
         _need_text(self.source_id, "Observation.source_id")
@@ -186,6 +204,7 @@ class Intervention(_Record):
     display: str | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.subject, "Intervention.subject")
         _need_text(self.source_id, "Intervention.source_id")
         try:
@@ -220,6 +239,7 @@ class Condition(_Record):
     encounter: str | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.subject, "Condition.subject")
         _need_text(self.code, "Condition.code")
         for name in ("onset", "abatement"):
@@ -243,6 +263,7 @@ class Encounter(_Record):
     display: str | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.subject, "Encounter.subject")
         for name in ("start", "end"):
             v = getattr(self, name)
@@ -270,6 +291,7 @@ class MedicationRequest(_Record):
     encounter: str | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.subject, "MedicationRequest.subject")
         if self.time is not None:
             object.__setattr__(self, "time", utc(self.time, where="MedicationRequest.authoredOn"))
@@ -291,6 +313,7 @@ class Device(_Record):
     status: str | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.source_id, "Device.source_id")
 
 
@@ -315,6 +338,7 @@ class Consent(_Record):
     end: datetime | None = None
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.subject, "Consent.patient")
         _need_text(self.source_id, "Consent.source_id")
         for name in ("purposes", "categories"):
@@ -351,6 +375,7 @@ class Patient(_Record):
     identity: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        _no_nul(self)
         _need_text(self.id, "Patient.id")
 
 

@@ -10,10 +10,20 @@ dated beyond the clock-skew tolerance in the future is stored flagged (quarantin
 the latest value, never scored). A device never amends a record: a message reusing a stored
 source id with other content is dead-lettered by the store. Several ingesters can share the
 load through an MQTT 5 shared subscription.
+
+Two failures must not silence the stream. A message the store cannot take (a poison
+message) is found by writing the batch one reading at a time, once the store answers a
+probe: it is dead-lettered with the reason and the rest are stored, instead of the whole
+batch being retried forever. A broker that comes back without this ingester's session (it
+lost its state: restarted without persistence, or the session expired) has dropped whatever
+it held for us: the ingester notices (CONNACK's session-present flag), subscribes again, and
+reports the gap (log, a dead-letter row naming the interval, ``stats.sessions_lost``, the
+``on_gap`` hook) instead of carrying on as if nothing were missing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -32,7 +42,9 @@ from medtwin.core.errors import MedtwinError, NotFoundError, StoreError, Validat
 from medtwin.core.records import Observation
 from medtwin.interop.quality import FUTURE_DATED, FUTURE_TOLERANCE, admit
 from medtwin.live.payload import parse_reading, parse_topic
+from medtwin.store.engine import ping
 from medtwin.store.event_store import EventStore
+from medtwin.store.rows import AppendResult
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,22 @@ class IngestStats:
     batches: int = 0
     store_retries: int = 0
     failed_batches: int = 0
+    poison: int = 0
+    sessions_lost: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestGap:
+    """An interval in which readings may have been lost: the broker dropped our session."""
+
+    since: datetime
+    until: datetime
+    reason: str
+
+    def describe(self) -> str:
+        """The gap as an operator reads it."""
+        return (f"readings published between {self.since.isoformat(timespec='seconds')} and "
+                f"{self.until.isoformat(timespec='seconds')} may be missing: {self.reason}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +131,7 @@ class Ingester:
     batch_wait: float = 0.02
     receive_maximum: int = 2000
     on_stored: Callable[[list[Flagged]], None] | None = None
+    on_gap: Callable[[IngestGap], None] | None = None
     stats: IngestStats = field(default_factory=IngestStats)
     future_tolerance: timedelta = FUTURE_TOLERANCE  # clock skew allowed before quarantine
 
@@ -114,6 +143,9 @@ class Ingester:
         self._latest: dict[tuple[str, str], datetime] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._writer: threading.Thread | None = None
+        self._had_session = False  # a session existed on the broker (we were subscribed)
+        self._last_contact: datetime | None = None  # last message or connection
+        self.gaps: list[IngestGap] = []
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                    protocol=mqtt.MQTTv5, manual_ack=True)
         self._client.on_connect = self._on_connect
@@ -129,18 +161,25 @@ class Ingester:
         return f"$share/{self.group}/{base}" if self.group else base
 
     # --- MQTT side (paho's network thread) -----------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: object, _f: object, reason: object,
+    def _on_connect(self, client: mqtt.Client, _u: object, flags: object, reason: object,
                     _p: object) -> None:
         if getattr(reason, "is_failure", False):
             log.warning("broker refused the connection: %s", reason)
             return
-        client.subscribe(self.topic, qos=1)
+        now = datetime.now(UTC)
+        if self._had_session and not getattr(flags, "session_present", True):
+            self._report_gap(IngestGap(self._last_contact or now, now,
+                                       "the broker came back without this ingester's session "
+                                       "(restarted without persistence, or it expired)"))
+        self._last_contact = now
+        client.subscribe(self.topic, qos=1)  # on every connect: a lost session lost it too
 
     def _on_subscribe(self, _c: object, _u: object, _mid: int, reasons: list[object],
                       _p: object) -> None:
         if any(getattr(r, "is_failure", False) for r in reasons):
             log.error("broker refused the subscription to %s: %s", self.topic, reasons)
             return
+        self._had_session = True
         self._connected.set()  # only now is every new message routed to us
         log.info("connected to %s, subscribed to %s", self.broker, self.topic)
 
@@ -151,7 +190,24 @@ class Ingester:
             log.warning("broker connection lost (%s); reconnecting", reason)
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        self._last_contact = datetime.now(UTC)
         self._queue.put(_Msg(msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+
+    def _report_gap(self, gap: IngestGap) -> None:
+        """Say loudly that readings may be missing, and keep a record of it in the store."""
+        self.stats.sessions_lost += 1
+        self.gaps.append(gap)
+        log.error("ingestion gap: %s", gap.describe())
+        try:
+            self.store.append(dead_letters=[(f"ingester:{self.client_id}",
+                                             f"gap: {gap.describe()}", "")])
+        except StoreError:
+            log.exception("could not record the ingestion gap in the store")
+        if self.on_gap:
+            try:
+                self.on_gap(gap)
+            except Exception:  # the hook must never stop ingestion
+                log.exception("on_gap hook failed")
 
     # --- life cycle -------------------------------------------------------------------------
     def start(self, *, wait: float = 10.0) -> Ingester:
@@ -289,6 +345,9 @@ class Ingester:
                     may_amend=False, on_conflict="dead-letter")
                 break
             except StoreError as exc:
+                if self._store_answers():  # the store is up: a poison message, no outage
+                    result = self._write_each(good, bad)
+                    break
                 self.stats.store_retries += 1
                 log.warning("store write failed, retrying in %.1fs: %s", delay, exc)
                 if self._stop.wait(delay):
@@ -308,6 +367,38 @@ class Ingester:
             except Exception:  # the hook must never stop ingestion
                 log.exception("on_stored hook failed")
         return True
+
+
+    def _store_answers(self) -> bool:
+        """True when the database answers a trivial query (so a failure is the data's)."""
+        try:
+            ping(self.store.engine)
+        except StoreError:
+            return False
+        return True
+
+    def _write_each(self, good: list[Flagged], bad: list[tuple[str, str, str]]
+                    ) -> AppendResult:
+        """Write the readings one at a time: one the store cannot take is dead-lettered with
+        the reason and counted as refused (never scored); the others are stored."""
+        total = AppendResult()
+        letters = list(bad)
+        for i, g in enumerate(good):
+            try:
+                r = self.store.append(
+                    [], [g.observation], quality=[FUTURE_DATED if g.quarantined else None],
+                    may_amend=False, on_conflict="dead-letter")
+                total += AppendResult(r.stored, r.duplicates, r.patients_added, r.refused,
+                                      tuple((i, why) for _, why in r.refusals))
+            except StoreError as exc:
+                self.stats.poison += 1
+                log.error("a reading the store cannot take was dead-lettered: %s", exc)
+                letters.append((f"device:{g.device or 'unknown'}", f"store refused it: {exc}",
+                                json.dumps(g.observation.to_dict())))
+                total += AppendResult(refused=1, refusals=((i, str(exc)),))
+        if letters:  # the batch's own dead letters, and the readings refused here
+            self.store.append(dead_letters=letters)
+        return total
 
 
 def topic_for(prefix: str, site: str, patient: str, device: str, metric: str) -> str:

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
-from medtwin.live.ingest import Flagged, broker_address
+from medtwin.live.ingest import Flagged, IngestGap, broker_address
 from medtwin.monitor.news2 import news2
 from medtwin.monitor.rules import GLUCOSE_CODES as GLUCOSE_RULE_CODES
 from medtwin.monitor.rules import Finding, evaluate, glucose_findings
@@ -45,6 +45,8 @@ from medtwin.twin.glucose import GLUCOSE_CODES
 from medtwin.twin.glucose_sync import GlucoseSync
 
 log = logging.getLogger(__name__)
+
+GAP_RULE = "data-quality:ingestion-gap"
 
 def data_quality_findings(readings: list[Flagged]) -> list[Finding]:
     """One advisory finding per device that sent a quarantined reading, naming the device
@@ -122,6 +124,7 @@ class MonitorLoop:
     def __post_init__(self) -> None:
         self.alerts = AlertStore(self.store)
         self._todo: queue.Queue[list[Flagged]] = queue.Queue()
+        self._gaps: queue.Queue[IngestGap] = queue.Queue()
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -158,9 +161,34 @@ class MonitorLoop:
         """Ingester hook: queue the stored readings."""
         self._todo.put(batch)
 
+    def on_gap(self, gap: IngestGap) -> None:
+        """Ingester hook: readings may be missing; every watched patient gets a
+        data-quality alert saying for which interval (their scores may be out of date)."""
+        self._gaps.put(gap)
+
+    def _alert_gaps(self) -> None:
+        gaps = []
+        while not self._gaps.empty():
+            gaps.append(self._gaps.get_nowait())
+        if not gaps or not self._patients:
+            return
+        gap = IngestGap(min(g.since for g in gaps), max(g.until for g in gaps), gaps[-1].reason)
+        raises = [Raise(pid, GAP_RULE, 1, f"{gap.describe()}; check the devices and the "
+                        "broker, and do not rely on this patient's latest values until new "
+                        "readings arrive", {"since": gap.since.isoformat(),
+                                            "until": gap.until.isoformat()}, gap.until)
+                  for pid in sorted(self._patients)]
+        for alert in self.alerts.apply(raises, []):
+            self._publish(alert, self._patients[alert.patient_id].site)
+            self.raised += 1
+
     # --- worker -------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
+            try:
+                self._alert_gaps()
+            except Exception:  # logged; the stream goes on
+                log.exception("raising ingestion-gap alerts failed")
             try:
                 batches = [self._todo.get(timeout=0.1)]
             except queue.Empty:

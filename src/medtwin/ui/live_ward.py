@@ -76,7 +76,8 @@ class LiveWard:
                                    hooks=list(self.hooks)).start()
         self.ingester = Ingester(self.store, broker=self.broker_url,
                                  client_id=f"medtwin-demo-{self.seed}",
-                                 on_stored=self.monitor.on_stored).start()
+                                 on_stored=self.monitor.on_stored,
+                                 on_gap=self.monitor.on_gap).start()
         self._publisher = DevicePublisher(broker=self.broker_url, site=self.site).__enter__()
         self._thread = threading.Thread(target=self._run, name="medtwin-demo-devices",
                                         daemon=True)

@@ -44,9 +44,9 @@ def login(request: Request, svc: Svc,
     account = form.username[:100]
     try:
         reservation = svc.limiter.reserve(account, address)
-    except Throttled as exc:
-        svc.record(request, None, "login", f"user:{account}", "denied",
-                   detail="rate limited")
+    except Throttled as exc:  # aggregated: a flood of refused logins is a few audit rows
+        svc.anonymous_failure(request, f"login refused for user:{account}: too many "
+                              "failed attempts")
         raise ApiError(429, f"too many failed logins; try again in {exc.retry_after} s",
                        headers={"Retry-After": str(exc.retry_after)}) from None
     user = svc.directory.authenticate(form.username, form.password)
@@ -67,8 +67,8 @@ def refresh(request: Request, svc: Svc, body: RefreshIn) -> TokenOut:
     try:
         claims = svc.tokens.verify(body.refresh_token, kind="refresh")
         user = svc.directory.user(claims.user_id)
-    except (TokenError, NotFoundError) as exc:
-        svc.record(request, None, "refresh", "token", "denied", detail=str(exc)[:200])
+    except (TokenError, NotFoundError):  # no valid credential: aggregated like a 401
+        svc.anonymous_failure(request, "invalid refresh token")
         raise ApiError(401, "invalid refresh token", headers=_UNAUTHORIZED) from None
     who = user.principal()
     if user.disabled or user.token_version != claims.version or not (

@@ -59,8 +59,11 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
     except (ApiError, AccessDeniedError, NotFoundError) as exc:
         detail = (exc.detail if isinstance(exc, ApiError) else str(exc)
                   if isinstance(exc, AccessDeniedError) else "no such patient")
-        await run_in_threadpool(svc.record, request, who, "subscribe", "live-readings",
-                                "denied", patient_id=patient_id, detail=detail[:200])
+        if who is None:  # no valid credential: counted, aggregated (a flood is a few rows)
+            await run_in_threadpool(svc.anonymous_failure, request, detail[:200])
+        else:
+            await run_in_threadpool(svc.record, request, who, "subscribe", "live-readings",
+                                    "denied", patient_id=patient_id, detail=detail[:200])
         await ws.close(code=POLICY_VIOLATION, reason="not allowed or not found")
         return
     # the marks are taken before accepting: whatever is written once the client sees the
