@@ -4,7 +4,7 @@ dependencies routes use: the caller (authentication), access checks, audit."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Annotated
 
@@ -24,10 +24,13 @@ from medtwin.security.consent import has_research_consent
 from medtwin.security.crypto import KeyRing
 from medtwin.security.deid import Deidentifier
 from medtwin.security.directory import KEY_PREFIX, Directory
+from medtwin.security.oidc import OidcVerifier
 from medtwin.security.passwords import PasswordHasher
 from medtwin.security.policy import AccessDeniedError, AccessPolicy, Action, Grant, not_found
 from medtwin.security.roles import Principal, Role
 from medtwin.security.sessions import SessionStore
+from medtwin.security.smart import ScopeSet, interactions_for, types_for
+from medtwin.security.smart_policy import OutsideLaunchContextError, ScopedAccessPolicy
 from medtwin.security.store_keys import check_store_keys
 from medtwin.security.tokens import TokenError, TokenIssuer
 from medtwin.store.event_store import EventStore
@@ -53,6 +56,7 @@ class Services:
     sessions: SessionStore
     extras: dict[str, object] = field(default_factory=dict)
     failures: FailureAggregator | None = None  # anonymous failures, audited per window
+    oidc: OidcVerifier | None = None  # an external OpenID Connect provider's tokens
 
     def deidentifier(self) -> Deidentifier:
         """A de-identifier keyed by the key ring's pseudonym secret."""
@@ -118,7 +122,11 @@ def build_services(settings: Settings, store: EventStore, keyring: KeyRing) -> S
         audit=audit,
         failures=FailureAggregator(audit.append_many,
                                    window=settings.audit_failure_window_seconds),
-        policy=AccessPolicy(directory, lambda pid: has_research_consent(store, pid)),
+        policy=ScopedAccessPolicy(directory, lambda pid: has_research_consent(store, pid)),
+        oidc=OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks,
+                          user_claim=settings.oidc_user_claim,
+                          min_refresh_seconds=settings.oidc_jwks_min_refresh_seconds)
+        if settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks else None,
         tokens=TokenIssuer(settings.token_secret,
                            access_ttl=timedelta(minutes=settings.access_ttl_minutes),
                            refresh_ttl=timedelta(hours=settings.refresh_ttl_hours)),
@@ -140,8 +148,38 @@ Svc = Annotated[Services, Depends(services)]
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+_INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+
+
+class UnknownExternalUserError(ApiError):
+    """A valid external token whose identity is no (enabled) medtwin user."""
+
+    def __init__(self, audit_detail: str) -> None:
+        super().__init__(401, "this identity provider account is not a medtwin user; ask an "
+                         "admin to create it", headers=_INVALID_TOKEN)
+        self.audit_detail = audit_detail
+
+
+def external_principal(svc: Services, oidc: OidcVerifier, credential: str) -> Principal:
+    """The medtwin user an external provider's token names (the role is the user's, the
+    scopes and patient context the token's); 401 for a bad token or an unknown user."""
+    try:
+        ident = oidc.verify(credential)
+    except TokenError as exc:
+        raise ApiError(401, str(exc), headers=_INVALID_TOKEN) from None
+    user = svc.directory.find(ident.user)
+    if user is None or user.disabled:
+        raise UnknownExternalUserError(f"{'disabled' if user else 'no'} medtwin user "
+                                       f"{ident.user[:100]!r} ({oidc.user_claim} of "
+                                       f"{ident.issuer})")
+    launch = ident.patient or (user.patient_id if user.role is Role.PATIENT else None)
+    return replace(user.principal(), scopes=ScopeSet.parse(ident.scope, launch_patient=launch))
+
+
 def authenticate(svc: Services, credential: str | None) -> Principal:
-    """The caller named by a bearer credential; :class:`ApiError` 401 otherwise."""
+    """The caller named by a bearer credential (a device key, a medtwin token or, when one
+    is configured, an external OpenID Connect provider's token); :class:`ApiError` 401
+    otherwise."""
     if not credential:
         raise ApiError(401, "authentication required: send Authorization: Bearer <token>",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -151,17 +189,23 @@ def authenticate(svc: Services, credential: str | None) -> Principal:
             raise ApiError(401, "unknown or revoked device key",
                            headers={"WWW-Authenticate": "Bearer"})
         return device
+    if svc.oidc is not None and svc.oidc.issued(credential):
+        return external_principal(svc, svc.oidc, credential)
     try:
         claims = svc.tokens.verify(credential)
         user = svc.directory.user(claims.user_id)
     except (TokenError, NotFoundError) as exc:
         raise ApiError(401, str(exc) if isinstance(exc, TokenError) else "invalid token",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+                       headers=_INVALID_TOKEN) from None
     if (user.disabled or user.token_version != claims.version or claims.session is None
             or not svc.sessions.is_live(claims.session, user.id)):
         raise ApiError(401, "this token was revoked (the user was disabled or logged out)",
-                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    return user.principal()
+                       headers=_INVALID_TOKEN)
+    who = user.principal()
+    if claims.scope is not None:  # signed in asking for SMART scopes: they narrow the role
+        launch = user.patient_id if user.role is Role.PATIENT else None
+        who = replace(who, scopes=ScopeSet.parse(claims.scope, launch_patient=launch))
+    return who
 
 
 def principal(request: Request, svc: Svc,
@@ -172,6 +216,11 @@ def principal(request: Request, svc: Svc,
         return NO_SECURITY
     try:
         return authenticate(svc, creds.credentials if creds else None)
+    except UnknownExternalUserError as exc:  # signed by the provider: audited by name
+        svc.audit.append(AuditEntry(actor="anonymous", action="authenticate",
+                                    resource="oidc", outcome="denied",
+                                    source=svc.source(request), detail=exc.audit_detail))
+        raise
     except ApiError:
         svc.anonymous_failure(request, "invalid, expired or revoked credential" if creds
                               else "missing credential")
@@ -181,9 +230,34 @@ def principal(request: Request, svc: Svc,
 Caller = Annotated[Principal, Depends(principal)]
 
 
+def scope_refusal(request: HTTPConnection, svc: Services, who: Principal, resource: str,
+                  action: str | None, interaction: str | None, patient_id: str | None, *,
+                  audit: bool = True) -> ApiError | None:
+    """The refusal (audited with the missing scope unless the caller audits it) when the
+    caller's SMART scopes do not cover this request; None when they do or the caller has
+    no scopes (role rules alone)."""
+    if who.scopes is None or not svc.settings.security_enabled:
+        return None
+    needs = interaction or interactions_for(action, getattr(request, "method", None))
+    decision = who.scopes.decide(types_for(resource), needs, patient_id)
+    if decision.allowed:
+        return None
+    detail = f"SMART scope missing: {decision.missing} ({decision.reason})"
+    if audit:
+        svc.record(request, who, action or "access", resource, "denied",  # type: ignore[arg-type]
+                   patient_id=patient_id, detail=detail)
+    if decision.hidden and patient_id is not None:
+        return ApiError(404, str(not_found(patient_id)))
+    return ApiError(403, f"the token's scopes do not allow this: {detail}",
+                    headers={"WWW-Authenticate": 'Bearer error="insufficient_scope"'})
+
+
 def require_role(request: Request, svc: Services, who: Principal, *roles: Role,
-                 resource: str) -> None:
-    """Refuse (403, audited) callers without one of ``roles``."""
+                 resource: str, interaction: str | None = None) -> None:
+    """Refuse (403, audited) callers without one of ``roles``, or whose SMART scopes do not
+    cover ``resource`` (a FHIR type, or a medtwin name mapped by ``smart.RESOURCE_TYPES``)
+    for ``interaction`` (letters of "cruds"; by default from the HTTP method: GET search,
+    POST create, PUT/PATCH update, DELETE delete)."""
     if not svc.settings.security_enabled:
         return
     try:
@@ -191,20 +265,37 @@ def require_role(request: Request, svc: Services, who: Principal, *roles: Role,
     except AccessDeniedError as exc:
         svc.record(request, who, "access", resource, "denied", detail=str(exc))
         raise ApiError(exc.status, str(exc)) from None
+    denied = scope_refusal(request, svc, who, resource, None, interaction, None)
+    if denied is not None:
+        raise denied
 
 
 def guard(request: Request, svc: Services, who: Principal, patient_id: str, action: Action,
-          resource: str) -> Grant:
-    """Check access to one patient; a refusal is audited and raised as 403 or 404."""
+          resource: str, *, interaction: str | None = None) -> Grant:
+    """Check access to one patient; a refusal is audited and raised as 403 or 404.
+
+    The role rules decide first; then the caller's SMART scopes must cover ``resource``
+    for ``interaction`` (by default from ``action``: read r, search s, delete d, research
+    r, write c on POST / u on PUT or PATCH / d on DELETE) and, for ``patient/`` scopes,
+    the patient must be the token's launch patient (else 404, as a hidden patient)."""
     if not svc.settings.security_enabled:
         return Grant(patient_id, action)
     try:
-        return svc.policy.check(who, patient_id, action,
-                                break_glass=request.headers.get(BREAK_GLASS_HEADER))
+        grant = svc.policy.check(who, patient_id, action,
+                                 break_glass=request.headers.get(BREAK_GLASS_HEADER))
     except AccessDeniedError as exc:
+        if isinstance(exc, OutsideLaunchContextError):  # audited with the scope it lacks
+            denied = scope_refusal(request, svc, who, resource, action.value, interaction,
+                                   patient_id)
+            if denied is not None:
+                raise denied from None
         svc.record(request, who, action.value, resource, "denied", patient_id=patient_id,
                    detail=str(exc))
         raise ApiError(exc.status, str(exc)) from None
+    denied = scope_refusal(request, svc, who, resource, action.value, interaction, patient_id)
+    if denied is not None:
+        raise denied
+    return grant
 
 
 def audited(request: Request, svc: Services, who: Principal, grant: Grant, resource: str,

@@ -35,6 +35,7 @@ class TokenOut(BaseModel):
     refresh_token: str
     token_type: Literal["bearer"] = "bearer"
     expires_in: int
+    scope: str | None = None  # the SMART scopes granted, when the sign-in asked for some
 
 
 class RefreshIn(_In):

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from medtwin.core.errors import ValidationError
+from medtwin.interop.quality import FUTURE_TOLERANCE
 from medtwin.security.crypto import key_configured
 
 KNOWN_BAD_SECRETS = frozenset({"", "secret", "changeme", "change-me", "changethis",
@@ -45,8 +46,20 @@ class Settings(BaseModel):
     audit_anchor_seconds: float = Field(300.0, gt=0, description="... and after T seconds.")
     audit_failure_window_seconds: float = Field(60.0, gt=0, description="Window in which "
                                                 "anonymous failures are counted as one entry.")
-    clock_skew_seconds: float = Field(300.0, ge=0, le=24 * 3600, description="Readings dated "
-                                      "further than this in the future are quarantined.")
+    clock_skew_seconds: float = Field(
+        FUTURE_TOLERANCE.total_seconds(), ge=0, le=24 * 3600,
+        description="Readings dated further than this in the future are quarantined.")
+    oidc_issuer: str | None = Field(None, description="External OpenID Connect issuer whose "
+                                    "access tokens are accepted (with audience and JWKS).")
+    oidc_audience: str | None = Field(None, description="The `aud` its tokens must carry.")
+    oidc_jwks: str | None = Field(None, description="Its JWKS: an https:// URL or a file path.")
+    oidc_user_claim: str = Field("sub", description="Token claim naming the medtwin user.")
+    oidc_jwks_min_refresh_seconds: float = Field(60.0, ge=0, description="Least time between "
+                                                 "JWKS refetches on an unknown key id.")
+    oidc_authorization_endpoint: str | None = Field(None, description="Its authorization "
+                                                    "endpoint, published for SMART apps.")
+    oidc_token_endpoint: str | None = Field(None, description="Its token endpoint (with the "
+                                            "authorization endpoint).")
     key_explicit: bool = Field(False, description="An encryption key was configured.")
     security_enabled: bool = Field(True, description="Benchmarks only: False turns auth and "
                                    "audit off; refused in production.")
@@ -66,6 +79,16 @@ class Settings(BaseModel):
         from medtwin.api.limits import check_proxies
 
         return check_proxies(value.split(",") if isinstance(value, str) else value)
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        given = [self.oidc_issuer, self.oidc_audience, self.oidc_jwks]
+        if any(given) and not all(given):
+            raise ValueError("an external OpenID Connect provider needs MEDTWIN_OIDC_ISSUER, "
+                             "MEDTWIN_OIDC_AUDIENCE and MEDTWIN_OIDC_JWKS together")
+        if self.oidc_issuer == "medtwin":
+            raise ValueError("MEDTWIN_OIDC_ISSUER cannot be 'medtwin' (medtwin's own issuer)")
+        return self
 
     @model_validator(mode="after")
     def _safe_for_production(self) -> Settings:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medtwin.security.smart import ScopeSet
 
 
 class Role(StrEnum):
@@ -21,12 +25,15 @@ class Principal:
     """An authenticated caller: a user (by token) or a device (by API key).
 
     ``patient_id`` is the patient a patient-user is, or the patient a device is bound to.
+    ``scopes`` are the SMART scopes of the token (None: role rules alone), narrowing what
+    the role allows, with their launch patient context.
     """
 
     id: str
     name: str
     role: Role
     patient_id: str | None = None
+    scopes: ScopeSet | None = None
 
     @property
     def label(self) -> str:

@@ -36,6 +36,7 @@ class TokenClaims:
     expires: datetime
     session: str | None = None
     token_id: str | None = None
+    scope: str | None = None  # SMART scopes granted at sign-in (None: role rules alone)
 
 
 class TokenIssuer:
@@ -51,9 +52,10 @@ class TokenIssuer:
 
     def issue(self, user_id: str, role: str, version: int, *, kind: str = "access",
               now: datetime | None = None, session: str | None = None,
-              token_id: str | None = None) -> str:
+              token_id: str | None = None, scope: str | None = None) -> str:
         """A signed token of ``kind`` ("access" or "refresh") of sign-in ``session``;
-        ``token_id`` (random by default) is the id a session remembers for rotation."""
+        ``token_id`` (random by default) is the id a session remembers for rotation;
+        ``scope`` the SMART scopes granted (kept through refreshes)."""
         now = now or datetime.now(UTC)
         ttl = self.access_ttl if kind == "access" else self.refresh_ttl
         claims: dict[str, Any] = {"iss": ISSUER, "sub": user_id, "role": role, "ver": version,
@@ -62,6 +64,8 @@ class TokenIssuer:
                                   "jti": token_id or new_token_id()}
         if session is not None:
             claims["sid"] = session
+        if scope is not None:
+            claims["scope"] = scope
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str, *, kind: str = "access") -> TokenClaims:
@@ -77,12 +81,11 @@ class TokenIssuer:
             raise TokenError(f"a {c.get('typ')} token cannot be used as a {kind} token")
         if not isinstance(c.get("ver"), int) or not isinstance(c.get("sub"), str):
             raise TokenError("invalid token claims")
-        sid, jti = c.get("sid"), c.get("jti")
-        if (sid is not None and not isinstance(sid, str)) or (
-                jti is not None and not isinstance(jti, str)):
+        sid, jti, scope = c.get("sid"), c.get("jti"), c.get("scope")
+        if any(v is not None and not isinstance(v, str) for v in (sid, jti, scope)):
             raise TokenError("invalid token claims")
         return TokenClaims(c["sub"], str(c.get("role")), c["ver"], c["typ"],
-                           datetime.fromtimestamp(c["exp"], UTC), sid, jti)
+                           datetime.fromtimestamp(c["exp"], UTC), sid, jti, scope)
 
 
 def new_token_id() -> str:

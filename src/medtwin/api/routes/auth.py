@@ -21,25 +21,31 @@ from medtwin.api.schemas import RefreshIn, TokenOut
 from medtwin.core.errors import NotFoundError
 from medtwin.security.directory import KEY_PREFIX, User
 from medtwin.security.sessions import LOGOUT, Rotation
+from medtwin.security.smart import granted_at_sign_in
 from medtwin.security.tokens import TokenError, new_token_id
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 _UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
-def _tokens(svc: Svc, user: User, session: str, refresh_id: str) -> TokenOut:
+def _tokens(svc: Svc, user: User, session: str, refresh_id: str,
+            scope: str | None = None) -> TokenOut:
     issue = svc.tokens.issue
     return TokenOut(
-        access_token=issue(user.id, user.role.value, user.token_version, session=session),
+        access_token=issue(user.id, user.role.value, user.token_version, session=session,
+                           scope=scope),
         refresh_token=issue(user.id, user.role.value, user.token_version, kind="refresh",
-                            session=session, token_id=refresh_id),
-        expires_in=int(svc.tokens.access_ttl.total_seconds()))
+                            session=session, token_id=refresh_id, scope=scope),
+        expires_in=int(svc.tokens.access_ttl.total_seconds()), scope=scope)
 
 
 @router.post("/token", response_model=TokenOut, responses={401: _P, 422: _P, 429: _P})
 def login(request: Request, svc: Svc,
           form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
-    """Exchange a user name and password for an access and a refresh token."""
+    """Exchange a user name and password for an access and a refresh token. With
+    ``scope`` (SMART scopes, e.g. ``patient/Observation.rs``), the tokens carry the scopes
+    granted (never more than the role allows; see ``scope`` in the answer) and are limited
+    to them."""
     address = request.client.host if request.client else "?"
     account = form.username[:100]
     try:
@@ -55,10 +61,12 @@ def login(request: Request, svc: Svc,
         raise ApiError(401, "wrong user name or password, or the user is disabled",
                        headers=_UNAUTHORIZED)
     svc.limiter.succeeded(reservation)
+    scope = granted_at_sign_in(form.scopes, user.role, user.patient_id)  # 422 if malformed
     refresh_id = new_token_id()
     session = svc.sessions.start(user.id, refresh_id)
-    svc.record(request, user.principal(), "login", f"user:{user.username}", "success")
-    return _tokens(svc, user, session, refresh_id)
+    svc.record(request, user.principal(), "login", f"user:{user.username}", "success",
+               detail=None if scope is None else f"scope: {scope}"[:500])
+    return _tokens(svc, user, session, refresh_id, scope)
 
 
 @router.post("/refresh", response_model=TokenOut, responses={401: _P, 422: _P})
@@ -88,7 +96,7 @@ def refresh(request: Request, svc: Svc, body: RefreshIn) -> TokenOut:
         raise ApiError(401, f"the session is {outcome.value}; sign in again",
                        headers=_UNAUTHORIZED)
     svc.record(request, who, "refresh", f"session:{claims.session}", "success")
-    return _tokens(svc, user, claims.session, fresh)
+    return _tokens(svc, user, claims.session, fresh, claims.scope)
 
 
 def end_session(svc: Svc, token: str, kind: str) -> tuple[User, bool]:

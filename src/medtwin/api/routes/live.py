@@ -8,7 +8,7 @@ import json
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from medtwin.api.deps import BREAK_GLASS_HEADER, Services, audited, authenticate
+from medtwin.api.deps import BREAK_GLASS_HEADER, Services, audited, authenticate, scope_refusal
 from medtwin.api.problems import ApiError
 from medtwin.core.errors import NotFoundError
 from medtwin.security.policy import AccessDeniedError, Action
@@ -53,6 +53,9 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
             grant = await run_in_threadpool(
                 svc.policy.check, who, patient_id, Action.READ,
                 break_glass=ws.headers.get(BREAK_GLASS_HEADER))
+            if refused := scope_refusal(ws, svc, who, "live-readings", "read", None,
+                                        patient_id, audit=False):  # SMART scopes
+                raise refused
             if not await run_in_threadpool(svc.store.has_patient, patient_id):
                 raise NotFoundError(patient_id)
             await run_in_threadpool(audited, request, svc, who, grant, "live-readings")
