@@ -7,7 +7,7 @@ import logging
 import typer
 
 from medtwin import __version__
-from medtwin.commands import glucose, live, monitor, ops, pk, records, security
+from medtwin.commands import cardio, glucose, hl7, live, monitor, ops, pk, records, security
 
 app = typer.Typer(
     name="medtwin",
@@ -36,10 +36,12 @@ def _root(
 for _module in (records, monitor, live):  # top-level commands: import, patients, news2, live ...
     app.registered_commands += _module.app.registered_commands
 app.command("dose")(pk.dose_cmd)
+glucose.simulate_app.command("cardio")(cardio.simulate_cardio_cmd)
 for _name, _group in (("simulate", glucose.simulate_app), ("trial", glucose.trial_app),
                       ("pk", pk.app), ("ops", ops.app), ("user", security.user_app),
                       ("key", security.key_app), ("audit", security.audit_app),
-                      ("keys", security.keys_app), ("serve", security.serve_app)):
+                      ("keys", security.keys_app), ("serve", security.serve_app),
+                      ("hl7", hl7.app)):
     app.add_typer(_group, name=_name)
 
 

@@ -33,7 +33,7 @@ def test_fhir_errors_are_operation_outcomes(world):
     assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["severity"] == "error"
     r = world.client.post("/fhir/Bundle", content=b"[1,", headers={
         **h, "content-type": "application/fhir+json"})
-    assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome"
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
     r = world.client.get("/fhir/Observation?patient=p1&date=yesterday", headers=h)
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
     assert world.client.get("/fhir/Patient/ghost", headers=h).json()["issue"][0]["code"] \
@@ -49,6 +49,17 @@ def test_oversized_body_is_413(world):
 
 def test_observation_search_by_code_and_date(world):
     h = world.headers["clinician"]
+    # issue 13: FHIR search reads the resource store; the readings go in as FHIR resources
+    tx = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "POST", "url": "Observation"},
+         "resource": {"resourceType": "Observation", "status": "final",
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                      "subject": {"reference": "Patient/p1"},
+                      "effectiveDateTime": f"2024-03-01T08:0{i}:00Z",
+                      "valueQuantity": {"value": 60.0 + i, "unit": "/min",
+                                        "system": "http://unitsofmeasure.org",
+                                        "code": "/min"}}} for i in range(5)]}
+    assert world.client.post("/fhir", json=tx, headers=h).status_code == 200
     r = world.client.get("/fhir/Observation", params=[
         ("patient", "Patient/p1"), ("code", "http://loinc.org|8867-4"),
         ("date", "ge2024-03-01T08:02:00Z"), ("date", "lt2024-03-01T08:04:00Z")], headers=h)
@@ -81,7 +92,7 @@ def test_settings_refuse_unsafe_production(tmp_path):
 
 def test_openapi_docs_are_served(world):
     spec = world.client.get("/openapi.json").json()
-    assert {"/fhir/Observation", "/patients/{patient_id}/timeline", "/auth/token"} <= set(
-        spec["paths"])
+    assert {"/fhir/{rtype}", "/fhir/metadata", "/patients/{patient_id}/timeline",
+            "/auth/token"} <= set(spec["paths"])
     assert world.client.get("/docs").status_code == 200
     assert create_app  # the factory is the public entry point

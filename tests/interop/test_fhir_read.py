@@ -152,5 +152,7 @@ def test_single_resources_and_non_fhir_input(tmp_path):
         parse_fhir({"resourceType": "Foo"})
     missing = copy.deepcopy(_obs("8867-4", 70, "/min", subject="Patient/p9"))
     del missing["subject"]
-    with pytest.raises(FhirImportError, match="has no subject"):
-        parse_fhir(missing)
+    # issue 13: valid FHIR (subject is optional) is stored, only not mapped to a record
+    kept = parse_fhir(missing)
+    assert kept.records == [] and [r["id"] for r in kept.resources] == [missing["id"]]
+    assert "has no subject" in str(kept.notes[0]) and kept.issues == []

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from medtwin import __version__
-from medtwin.api import openapi, problems
+from medtwin.api import docs, openapi, problems
 from medtwin.api.deps import Services, build_services
 from medtwin.api.input_guard import RefuseNul
 from medtwin.api.jobs import TrialJobs
@@ -24,6 +24,7 @@ from medtwin.api.routes import (
     live,
     patients,
     research,
+    smart,
     trials,
     twins,
     users,
@@ -64,13 +65,14 @@ def create_app(settings: Settings, store: EventStore, keyring: KeyRing, *,
         svc.close()  # audit the open anonymous-failure windows, anchor the audit head
 
     app = FastAPI(title="medtwin", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)  # docs.install: offline
     app.state.services = svc
     problems.install(app)
-    for module in (health, auth, users, patients, alerts, twins, fhir, research, audit, trials,
-                   live):
+    for module in (health, smart, auth, users, patients, alerts, twins, fhir, research, audit,
+                   trials, live):  # smart before fhir: /fhir/.well-known is not a FHIR type
         app.include_router(module.router)
     openapi.install(app)
+    docs.install(app)
     app.add_middleware(RefuseNul)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # before the NUL scan
     app.add_middleware(TrustedProxies, proxies=settings.trusted_proxies)  # the real client

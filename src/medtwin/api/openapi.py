@@ -22,6 +22,30 @@ def _error(path: str, code: str) -> dict[str, Any]:
             "content": {ctype: {"schema": OUTCOME if fhir else PROBLEM}}}
 
 
+FHIR_BODY = {"application/fhir+json": {"schema": {"type": "object"}}}
+
+
+def _fhir_success(method: str, op: dict[str, Any]) -> None:
+    """FHIR answers are application/fhir+json (a write may be 200 or 201, or have no body
+    with ``Prefer: return=minimal``; a delete 204); their errors 406 (XML asked for), 410
+    (deleted), 412 (version conflict), 415 (not JSON) besides the usual ones."""
+    responses = op.setdefault("responses", {})
+    for code in [c for c in responses if c.startswith("2")]:
+        responses[code] = {"description": responses[code].get("description", "OK"),
+                           "content": FHIR_BODY}
+    if method in {"post", "put"}:
+        for code in ("200", "201"):
+            responses.setdefault(code, {"description": "the resource (or an "
+                                        "OperationOutcome, or nothing: see Prefer)",
+                                        "content": FHIR_BODY})
+    if method == "delete":
+        responses["204"] = {"description": "deleted (or nothing to delete)"}
+        responses.setdefault("200", {"description": "OperationOutcome", "content": FHIR_BODY})
+    for code in ("406", "410", "412", "415"):
+        responses.setdefault(code, {"description": _TITLES[int(code)], "content": {
+            "application/fhir+json": {"schema": OUTCOME}}})
+
+
 def install(app: FastAPI) -> None:
     """Replace ``app.openapi`` with one whose 4xx responses are documented as they are sent:
     problem+json (or OperationOutcome under /fhir), 401/403 wherever a token is needed, 413
@@ -34,6 +58,8 @@ def install(app: FastAPI) -> None:
                           routes=app.routes)
         for path, item in doc.get("paths", {}).items():
             for method, op in item.items():
+                if path.startswith("/fhir"):
+                    _fhir_success(method, op)
                 codes = set(op.get("responses", {})) | {"422"}
                 if path != "/health":
                     codes |= {"401"} if path.startswith("/auth") else {"401", "403"}

@@ -12,7 +12,6 @@ import typer
 from medtwin.commands._common import DB_HELP, fail, open_store, progress
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import KIND_OF
-from medtwin.interop.fhir.write import to_bundle
 from medtwin.interop.importer import auto_workers, import_paths, iter_fhir_files, warm_up
 
 app = typer.Typer(add_completion=False)
@@ -131,7 +130,10 @@ def export_cmd(
                     return
                 bundle = deid.bundle(who, records, mode)
             else:
-                bundle = to_bundle(who, records, bundle_type=bundle_type)
+                from medtwin.interop.fhir.repository import FhirRepository, export_patient
+
+                bundle = export_patient(FhirRepository(store), patient,
+                                        bundle_type=bundle_type)
         except MedtwinError as exc:
             fail(exc)
     typer.echo(json.dumps(bundle, indent=2))

@@ -38,3 +38,13 @@ class ConflictError(MedtwinError):
 
 class SimulationError(MedtwinError):
     """A simulation could not proceed (bad input found at a step, a controller misbehaved)."""
+
+
+class GoneError(NotFoundError):
+    """The named thing existed and was deleted (a FHIR resource whose current version is a
+    delete): reads say gone (HTTP 410), its history keeps every version."""
+
+
+class PreconditionFailedError(ConflictError):
+    """A conditional write's precondition does not hold (a stale ``If-Match`` version, or a
+    conditional create matching several resources): nothing was written (HTTP 412)."""

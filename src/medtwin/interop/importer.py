@@ -43,11 +43,13 @@ from medtwin.core.processes import die_with_parent
 from medtwin.core.records import ClinicalRecord, Observation, Patient
 from medtwin.interop import units
 from medtwin.interop.fhir.issues import FhirImportError, FhirIssue
-from medtwin.interop.fhir.read import MAPPED_TYPES, read_fhir_file
+from medtwin.interop.fhir.read import MAPPED_TYPES, ParsedInput, read_fhir_file
+from medtwin.interop.fhir.search import resource_write
 from medtwin.interop.fhir.validate import model_class
 from medtwin.interop.quality import FUTURE_TOLERANCE, admit
 from medtwin.store.alerts import AlertStore
 from medtwin.store.event_store import EventStore
+from medtwin.store.resources import ResourceBatch, ResourceStore, ResourceWrite, WriteCounts
 from medtwin.store.rows import AppendResult, Batch, prepare_rows
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class ImportSummary:
     quarantined: int = 0
     not_modelled: Counter[str] = field(default_factory=Counter)
     issues: list[FhirIssue] = field(default_factory=list)
+    resources_stored: int = 0      # FHIR resource versions written
+    resources_unchanged: int = 0   # ... already stored with the same content
+    notes: list[FhirIssue] = field(default_factory=list)  # stored, not mapped: why
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, with an OperationOutcome-like list of issues."""
@@ -82,7 +87,10 @@ class ImportSummary:
             "duplicates_skipped": self.duplicates, "rejected": self.rejected,
             "patients_added": self.patients_added, "quarantined": self.quarantined,
             "not_modelled": dict(sorted(self.not_modelled.items())),
+            "resources_stored": self.resources_stored,
+            "resources_unchanged": self.resources_unchanged,
             "issues": [i.to_dict() for i in self.issues],
+            "notes": [i.to_dict() for i in self.notes],
         }
 
     def text(self) -> str:
@@ -91,7 +99,9 @@ class ImportSummary:
         lines = [
             f"files: {self.files} ({self.files_refused} refused)",
             f"resources read: {self.resources_read}",
-            f"stored: {self.stored}   duplicates skipped: {self.duplicates}   "
+            f"resources stored: {self.resources_stored} (new versions)   unchanged: "
+            f"{self.resources_unchanged}",
+            f"records stored: {self.stored}   duplicates skipped: {self.duplicates}   "
             f"rejected: {self.rejected}   patients added: {self.patients_added}",
         ]
         if self.quarantined:
@@ -99,7 +109,7 @@ class ImportSummary:
                          f"{self.quarantined}")
         if nm:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.not_modelled.items()))
-            lines.append(f"read but not modelled (validated, not stored): {nm} ({kinds})")
+            lines.append(f"stored as FHIR only (no typed record): {nm} ({kinds})")
         for issue in self.issues[:30]:
             lines.append(f"  {issue.severity}: {issue}")
         if len(self.issues) > 30:
@@ -108,14 +118,24 @@ class ImportSummary:
 
 
 def iter_fhir_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Expand files and folders (recursively) into ``*.json`` / ``*.ndjson``-free file paths."""
+    """Expand files and folders (recursively) into ``*.json`` and Bulk Data ``*.ndjson``
+    files. In a folder, NDJSON files named after a type come Patient first (Bulk Data names
+    files ``Patient.ndjson``, ``Observation.ndjson`` ...: records need their patient)."""
     for p in map(Path, paths):
         if p.is_dir():
-            yield from sorted(q for q in p.rglob("*.json") if q.is_file())
+            found = [q for q in p.rglob("*") if q.is_file()
+                     and q.suffix.lower() in (".json", ".ndjson")]
+            yield from sorted(found, key=_file_order)
         elif p.exists():
             yield p
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
+
+
+def _file_order(path: Path) -> tuple[int, str]:
+    first = path.suffix.lower() == ".ndjson" and path.name.split(".")[0].split("-")[0] == \
+        "Patient"
+    return (0 if first else 1, str(path))
 
 
 @dataclass
@@ -125,6 +145,9 @@ class _Parsed:
 
     patients: list[Patient]
     rows: list[dict[str, Any]]
+    resources: list[ResourceWrite]
+    row_resource: list[int]
+    notes: list[FhirIssue]
     issues: list[FhirIssue]
     resources_read: int
     rejected: int
@@ -143,8 +166,13 @@ def _parse(path: Path, tolerance: timedelta = FUTURE_TOLERANCE) -> _Parsed | Fhi
     for i in parsed.issues:  # one dead letter per rejected entry, with all its reasons
         by_entry.setdefault(i.entry, []).append(str(i))
     raw = _raw_entries(path, by_entry) if by_entry else {}
-    records, quality, refused = _admit_all(parsed.records, path.name, tolerance)
+    records, quality, refused, owner = _admit_owned(parsed, path.name, tolerance)
+    gone = {parsed.record_resource[i] for i in refused_at(parsed.records, records)}
+    keep = [j for j in range(len(parsed.resources)) if j not in gone]
+    new_at = {j: n for n, j in enumerate(keep)}
     return _Parsed(patients=parsed.patients, rows=prepare_rows(records, quality),
+                   resources=[resource_write(parsed.resources[j]) for j in keep],
+                   row_resource=[new_at[j] for j in owner], notes=parsed.notes,
                    issues=parsed.issues + [issue for issue, _ in refused],
                    resources_read=parsed.resources_read,
                    rejected=parsed.rejected + len(refused), not_modelled=parsed.not_modelled,
@@ -155,8 +183,25 @@ def _parse(path: Path, tolerance: timedelta = FUTURE_TOLERANCE) -> _Parsed | Fhi
                                 for r, q in zip(records, quality, strict=True) if q])
 
 
-def _admit_all(records: list[ClinicalRecord], source: str, tolerance: timedelta
-               ) -> tuple[list[ClinicalRecord], list[str | None], list[tuple[FhirIssue, str]]]:
+def refused_at(records: list[ClinicalRecord], kept: list[ClinicalRecord]) -> list[int]:
+    """Indexes of ``records`` the policy refused (not in ``kept``, which keeps order)."""
+    kept_ids = {r.source_id for r in kept}
+    return [i for i, r in enumerate(records) if r.source_id not in kept_ids]
+
+
+def _admit_owned(parsed: ParsedInput, source: str, tolerance: timedelta
+                 ) -> tuple[list[ClinicalRecord], list[str | None],
+                            list[tuple[FhirIssue, str]], list[int]]:
+    """:func:`admit_all` of a file's records, with each kept record's resource index."""
+    records, quality, refused = admit_all(parsed.records, source, tolerance)
+    kept_ids = {r.source_id for r in records}
+    owner = [parsed.record_resource[i] for i, r in enumerate(parsed.records)
+             if r.source_id in kept_ids]
+    return records, quality, refused, owner
+
+
+def admit_all(records: list[ClinicalRecord], source: str, tolerance: timedelta
+              ) -> tuple[list[ClinicalRecord], list[str | None], list[tuple[FhirIssue, str]]]:
     """The clinical-data policy on every observation: the records to store, each one's
     data-quality flag, and the refused ones as (issue, record JSON)."""
     now = datetime.now(UTC)
@@ -290,15 +335,18 @@ def import_paths(store: EventStore, paths: Iterable[str | Path], *, workers: int
                 summary.issues.extend(parsed.issues)
                 summary.rejected += len({(i.entry, i.resource_id) for i in parsed.issues})
                 reason = "; ".join(str(i) for i in parsed.issues[:20])
-                writer.add(path, Batch(dead_letters=[
-                    (path.name, reason, _raw_entries(path, [None])[None])]), refused=True)
+                writer.add(path, ResourceBatch(Batch(dead_letters=[
+                    (path.name, reason, _raw_entries(path, [None])[None])])), refused=True)
             else:
                 summary.resources_read += parsed.resources_read
                 summary.not_modelled.update(parsed.not_modelled)
                 summary.issues.extend(parsed.issues)
+                summary.notes.extend(parsed.notes)
                 summary.rejected += parsed.rejected
-                writer.add(path, Batch(parsed.patients, (), parsed.dead_letters, parsed.rows),
-                           rejected=parsed.rejected, quarantined=parsed.quarantined)
+                writer.add(path, ResourceBatch(
+                    Batch(parsed.patients, (), parsed.dead_letters, parsed.rows),
+                    parsed.resources, parsed.row_resource),
+                    rejected=parsed.rejected, quarantined=parsed.quarantined)
     except BaseException as exc:
         writer.close_after_error(exc)  # what was parsed before the error is still written
         raise
@@ -349,7 +397,7 @@ def _file_size(path: Path) -> int:
 @dataclass
 class _Pending:
     path: Path
-    batch: Batch
+    batch: ResourceBatch
     refused: bool
     rejected: int
     quarantined: list[tuple[str, str, str | None]] = field(default_factory=list)
@@ -364,6 +412,7 @@ class _Writer:
     def __init__(self, store: EventStore, summary: ImportSummary,
                  progress: Callable[[int], None] | None) -> None:
         self.store, self.summary, self.progress = store, summary, progress
+        self.resources = ResourceStore(store)
         self.pending: list[_Pending] = []
         self.rows = 0
         self.since = 0.0
@@ -390,7 +439,7 @@ class _Writer:
         if not self.pending:
             self.since = time.monotonic()
         self.pending.append(_Pending(path, batch, refused, rejected, quarantined or []))
-        self.rows += len(batch.rows or ())
+        self.rows += len(batch.batch.rows or ()) + len(batch.resources)
         if (self.final or len(self.pending) >= GROUP_FILES or self.rows >= GROUP_ROWS
                 or time.monotonic() - self.since >= GROUP_SECONDS):
             self._submit()
@@ -444,14 +493,14 @@ class _Writer:
         the file at fault raises, the ones before it are kept."""
         if len(pending) > 1:
             try:
-                results = self.store.append_batches([p.batch for p in pending],
-                                                    **_AMEND)
+                results = self.resources.write_batches([p.batch for p in pending],
+                                                       **_AMEND)
             except MedtwinError as exc:
                 log.info("a group of %d files could not be written together (%s); writing "
                          "them one by one", len(pending), type(exc).__name__)
             else:
-                for p, result in zip(pending, results, strict=True):
-                    self._done(p, result)
+                for p, (result, counts) in zip(pending, results, strict=True):
+                    self._done(p, result, counts)
                 return
         for p in pending:
             self._one(p)
@@ -459,17 +508,19 @@ class _Writer:
     def _one(self, p: _Pending) -> None:
         if p.refused:  # keeping the evidence must not hide the real problem
             try:
-                result = self.store.append_batches([p.batch], **_AMEND)[0]
+                result, counts = self.resources.write_batches([p.batch], **_AMEND)[0]
             except MedtwinError as exc:
                 log.warning("could not keep refused file %s in dead letters: %s",
                             _label(p.path), type(exc).__name__)
-                result = AppendResult()
+                result, counts = AppendResult(), WriteCounts()
         else:
-            result = self.store.append_batches([p.batch], **_AMEND)[0]
-        self._done(p, result)
+            result, counts = self.resources.write_batches([p.batch], **_AMEND)[0]
+        self._done(p, result, counts)
 
-    def _done(self, p: _Pending, result: AppendResult) -> None:
+    def _done(self, p: _Pending, result: AppendResult, counts: WriteCounts) -> None:
         if not p.refused:
+            self.summary.resources_stored += counts.stored
+            self.summary.resources_unchanged += counts.unchanged
             self.summary.stored += result.stored
             self.summary.duplicates += result.duplicates
             self.summary.patients_added += result.patients_added

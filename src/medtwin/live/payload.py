@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from medtwin.interop.codes import to_canonical
 from medtwin.interop.fhir.issues import FhirImportError
 from medtwin.interop.fhir.read import parse_fhir, parse_fhir_datetime
 
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 METRIC_CODES = {"hr": "8867-4", "pulse": "8867-4", "rr": "9279-1", "spo2": "59408-5",
                 "temp": "8310-5", "sbp": "8480-6", "dbp": "8462-4", "glucose": "2339-0",
                 "cgm": "99504-3", "o2flow": "3151-8"}
@@ -74,6 +76,8 @@ def parse_reading(topic: str, payload: bytes, *, prefix: str = "medtwin") -> Obs
     source = data.get("id")
     if not isinstance(source, str) or not source:
         source = "sha256-" + hashlib.sha256(topic.encode() + b"\x1f" + payload).hexdigest()[:32]
+    elif not _FHIR_ID.match(source):  # any text a device sends: a stable, valid FHIR id
+        source = "sha256-" + hashlib.sha256(source.encode()).hexdigest()[:32]
     return Observation(subject=t.patient, code=code, time=time, value=value, unit=unit,
                        source_id=f"{t.device}/{source}", device=t.device, category="vital-signs"
                        if code in METRIC_CODES.values() else None)

@@ -135,33 +135,41 @@ class EventStore:
         as a dead letter with the reason while the rest is written
         (``on_conflict="dead-letter"``, a stream that must not stop for one bad message).
         """
+        try:
+            with self.engine.begin() as conn:
+                return self.append_in(conn, batches, may_amend=may_amend,
+                                      on_conflict=on_conflict)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"write to {describe(self.engine)} failed and was rolled back: "
+                             f"{getattr(exc, 'orig', None) or exc}") from exc
+
+    def append_in(self, conn: Any, batches: Sequence[Batch], *, may_amend: bool = False,
+                  on_conflict: str = "raise") -> list[AppendResult]:
+        """:meth:`append_batches` inside the caller's transaction ``conn`` (so that a FHIR
+        resource and the records derived from it are written in one commit)."""
         if on_conflict not in ("raise", "dead-letter"):
             raise ValueError(f"on_conflict must be 'raise' or 'dead-letter', not {on_conflict!r}")
         now = datetime.now(UTC)
         prepared = [prepare_rows(b.records, b.quality) if b.rows is None else b.rows
                     for b in batches]
-        try:
-            with self.engine.begin() as conn:
-                refused = version_conflicts(conn, prepared, may_amend=may_amend)
-                if on_conflict == "raise" and any(refused):
-                    reasons = [why for bad in refused for why in bad.values()]
-                    more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
-                    raise ConflictError(reasons[0] + more)
-                kept = [[r for i, r in enumerate(rows) if i not in bad] if bad else rows
-                        for rows, bad in zip(prepared, refused, strict=True)]
-                added = self._add_patients(conn, batches, kept, now)
-                stored = self._insert_events(conn, kept, now)
-                letters = [{"source": src, "reason": why, "payload": raw, "recorded_at": now}
-                           for b in batches for src, why, raw in b.dead_letters]
-                letters += [{"source": REFUSED_SOURCE, "reason": why,
-                             "payload": _payload_text(rows[i]["payload"]), "recorded_at": now}
-                            for rows, bad in zip(prepared, refused, strict=True)
-                            for i, why in bad.items()]
-                if letters:
-                    conn.execute(insert(t.dead_letters), letters)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"write to {describe(self.engine)} failed and was rolled back: "
-                             f"{getattr(exc, 'orig', None) or exc}") from exc
+        refused = version_conflicts(conn, prepared, may_amend=may_amend)
+        if on_conflict == "raise" and any(refused):
+            reasons = [why for bad in refused for why in bad.values()]
+            more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+            raise ConflictError(reasons[0] + more)
+        kept = [[r for i, r in enumerate(rows) if i not in bad] if bad else rows
+                for rows, bad in zip(prepared, refused, strict=True)]
+        added = self._add_patients(conn, batches, kept, now)
+        stored = self._insert_events(conn, kept, now)
+        letters = [{"source": _keepable(src), "reason": _keepable(why),
+                    "payload": _keepable(raw), "recorded_at": now}
+                   for b in batches for src, why, raw in b.dead_letters]
+        letters += [{"source": REFUSED_SOURCE, "reason": why,
+                     "payload": _payload_text(rows[i]["payload"]), "recorded_at": now}
+                    for rows, bad in zip(prepared, refused, strict=True)
+                    for i, why in bad.items()]
+        if letters:
+            conn.execute(insert(t.dead_letters), letters)
         if any(refused):
             log.warning("refused %d record version(s) a writer may not make",
                         sum(map(len, refused)))
@@ -514,6 +522,13 @@ def _entry(r: Any) -> dict[str, Any]:
 
 def _unknown_patient(patient_id: str) -> NotFoundError:
     return NotFoundError(f"no patient {patient_id!r} in the store; `medtwin patients` lists them")
+
+
+def _keepable(text: str) -> str:
+    """Rejected input as text every backend keeps: a NUL (which PostgreSQL refuses in text,
+    and which is often the very reason the input was rejected) becomes U+FFFD, so a dead
+    letter is never itself lost."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _same(value: Any) -> Any:

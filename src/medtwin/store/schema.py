@@ -204,3 +204,83 @@ patient_bindings = Table(
     Column("decided_at", UTCDateTime),
     Index("ix_patient_bindings_user", "user_id"),
 )
+
+# --- FHIR resources (issue 13, migration 0008): every resource as received, versioned -----
+# ``fhir_versions`` is append-only: one row per version (a delete is a version without
+# content). ``fhir_current`` points at each resource's current version and carries its
+# patient compartment (indexed: $everything, ``patient=``, access checks). ``fhir_search``
+# holds the search-parameter values of current versions (derived; replaced on each write).
+fhir_versions = Table(
+    "fhir_versions",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("patient_id", String(64)),
+    Column("content", Text),  # canonical JSON without meta.versionId/lastUpdated
+    Index("ux_fhir_versions_key", "res_type", "res_id", "version", unique=True),
+    Index("ix_fhir_versions_updated", "last_updated"),
+)
+
+fhir_current = Table(
+    "fhir_current",
+    metadata,
+    Column("res_type", String(64), primary_key=True),
+    Column("res_id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("patient_id", String(64)),
+    Index("ix_fhir_current_patient", "patient_id", "res_type"),
+    Index("ix_fhir_current_type_updated", "res_type", "last_updated"),
+    Index("ix_fhir_current_seq", "seq"),
+)
+
+fhir_search = Table(
+    "fhir_search",
+    metadata,
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("sys", String(255)),     # token system, or a reference's target type
+    Column("value", String(255)),   # token code, reference id, or normalised string
+    Column("raw", String(255)),     # a string as written (for :exact)
+    Column("lo", UTCDateTime),      # a date's range [lo, hi)
+    Column("hi", UTCDateTime),
+    Index("ix_fhir_search_res", "res_type", "res_id", "param"),
+    Index("ix_fhir_search_value", "param", "value", "res_type"),
+)
+
+# --- FHIR Bulk Data export jobs (issue 13, migration 0009) ---------------------------------
+fhir_export_jobs = Table(
+    "fhir_export_jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(64), nullable=False),  # the principal id: only they may poll
+    Column("request", Text, nullable=False),  # the kick-off URL (for the manifest)
+    Column("spec", JSON, nullable=False),  # level, types, since, patients, deidentify
+    Column("status", String(16), nullable=False),  # queued, running, done, failed, cancelled
+    Column("progress", String(100)),
+    Column("error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("transaction_time", UTCDateTime, nullable=False),
+    Index("ix_fhir_export_jobs_owner", "owner"),
+)
+
+fhir_export_files = Table(
+    "fhir_export_files",
+    metadata,
+    Column("job_id", String(32), ForeignKey("fhir_export_jobs.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("type", String(64), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("content", Text, nullable=False),  # NDJSON, one resource a line
+)

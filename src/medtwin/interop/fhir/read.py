@@ -8,6 +8,7 @@ entries are kept and every invalid one is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -16,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from medtwin.core.errors import ValidationError
+from medtwin.core.errors import UnitError, ValidationError
 from medtwin.core.records import (
     LOINC,
     ClinicalRecord,
@@ -51,6 +52,11 @@ class ParsedInput:
     issues: list[FhirIssue] = field(default_factory=list)
     resources_read: int = 0
     not_modelled: Counter[str] = field(default_factory=Counter)
+    # every valid resource, as it is stored (urn:uuid references resolved, id assigned);
+    # records[i] was derived from resources[record_resource[i]]
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    record_resource: list[int] = field(default_factory=list)
+    notes: list[FhirIssue] = field(default_factory=list)  # stored, but not mapped: why
 
     @property
     def rejected(self) -> int:
@@ -79,8 +85,9 @@ def parse_fhir_datetime(value: str, *, where: str = "dateTime") -> datetime:
 class _Refs:
     """Resolves references inside one bundle: ``urn:uuid:...`` and ``Type/id``."""
 
-    def __init__(self, entries: list[Any]) -> None:
-        self.by_url: dict[str, tuple[str, str]] = {}
+    def __init__(self, entries: list[Any],
+                 known: dict[str, tuple[str, str]] | None = None) -> None:
+        self.by_url: dict[str, tuple[str, str]] = dict(known or {})
         for e in entries:
             if not isinstance(e, dict) or not isinstance(e.get("resource"), dict):
                 continue
@@ -91,6 +98,12 @@ class _Refs:
                 if not isinstance(rid, str):
                     rid = full.rsplit(":", 1)[-1].rsplit("/", 1)[-1]
                 self.by_url[full] = (rtype, rid)
+
+    def rewrite(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """``resource`` with every reference to an entry of the bundle (``urn:uuid:...`` or
+        its fullUrl) written as ``Type/id``, as a FHIR server stores a transaction's
+        entries; a ``urn:`` reference to no entry raises :class:`ValidationError`."""
+        return _rewrite(resource, self.by_url, resource.get("resourceType", ""))
 
     def resolve(self, ref: dict[str, Any] | None, where: str) -> tuple[str, str] | None:
         if not ref or not isinstance(ref, dict):
@@ -109,6 +122,27 @@ class _Refs:
                 parts = parts[: parts.index("_history")]
             return parts[-2], parts[-1]
         raise ValidationError(f"cannot resolve reference {text!r}", where=where)
+
+
+def _rewrite(node: Any, by_url: dict[str, tuple[str, str]], where: str) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str):
+                if v in by_url:
+                    v = "/".join(by_url[v])
+                elif v.startswith(("urn:uuid:", "urn:oid:")):
+                    raise ValidationError(f"reference {v!r} does not match any fullUrl in the "
+                                          "bundle", where=f"{where}.reference")
+                out[k] = v
+            elif isinstance(v, dict | list):
+                out[k] = _rewrite(v, by_url, f"{where}.{k}")
+            else:
+                out[k] = v
+        return out
+    if isinstance(node, list):
+        return [_rewrite(v, by_url, where) if isinstance(v, dict | list) else v for v in node]
+    return node
 
 
 def _coding(concept: dict[str, Any] | None, prefer: str | None = None) -> dict[str, Any]:
@@ -168,8 +202,9 @@ def _value(r: dict[str, Any], code: str, where: str) -> dict[str, Any]:
 class _Mapper:
     """Maps the resources of one bundle (or one resource) to records."""
 
-    def __init__(self, entries: list[Any]) -> None:
-        self.refs = _Refs(entries)
+    def __init__(self, entries: list[Any],
+                 known: dict[str, tuple[str, str]] | None = None) -> None:
+        self.refs = _Refs(entries, known)
         self.device_patient: dict[str, str] = {}
         for e in entries:
             r = e.get("resource") if isinstance(e, dict) else None
@@ -373,6 +408,14 @@ class _Mapper:
                       parent=parent, status=r.get("operationalStatus"))
 
 
+def _issue(exc: ValidationError, rtype: str, resource: dict[str, Any], entry: int | None,
+           source: str, *, severity: str = "error", prefix: str = "") -> FhirIssue:
+    element = (exc.where or "").removeprefix(f"{rtype}.").removeprefix(rtype)
+    return FhirIssue(prefix + exc.message, element=element, entry=entry, resource_type=rtype,
+                     resource_id=resource.get("id"), code="value", severity=severity,
+                     source=source)
+
+
 def _source_id(resource: dict[str, Any], full_url: Any) -> str:
     rtype, rid = resource.get("resourceType"), resource.get("id")
     if not rid and isinstance(full_url, str):
@@ -383,8 +426,11 @@ def _source_id(resource: dict[str, Any], full_url: Any) -> str:
     return f"{rtype}/{rid}"
 
 
-def parse_fhir(data: Any, *, source: str = "input") -> ParsedInput:
-    """Parse a Bundle or a single resource (decoded JSON) into records.
+def parse_fhir(data: Any, *, source: str = "input",
+               known_urls: dict[str, tuple[str, str]] | None = None) -> ParsedInput:
+    """Parse a Bundle or a single resource (decoded JSON) into records and the resources
+    to store. ``known_urls`` maps further fullUrls to (type, id) (entries of a
+    transaction resolved elsewhere).
 
     Raises :class:`FhirImportError` when the whole input must be refused (not FHIR, a bad
     Bundle, or any bad entry of a transaction bundle). Otherwise bad entries are listed in
@@ -402,7 +448,7 @@ def parse_fhir(data: Any, *, source: str = "input") -> ParsedInput:
         entries = data.get("entry", [])
     else:
         entries = [{"resource": data}]
-    mapper = _Mapper(entries)
+    mapper = _Mapper(entries, known_urls)
     for i, e in enumerate(entries):
         entry_no = i if out.bundle_type else None
         resource = e.get("resource")
@@ -414,19 +460,34 @@ def parse_fhir(data: Any, *, source: str = "input") -> ParsedInput:
             out.issues.extend(issues)
             continue
         rtype = resource["resourceType"]
-        if rtype not in MAPPED_TYPES:
-            out.not_modelled[rtype] += 1
-            continue
         source_id = _source_id(resource, e.get("fullUrl"))
         try:
-            rec = mapper.map(resource, source_id)
+            stored = mapper.refs.rewrite(resource)
         except ValidationError as exc:
-            element = (exc.where or "").removeprefix(f"{rtype}.").removeprefix(rtype)
-            out.issues.append(FhirIssue(exc.message, element=element, entry=entry_no,
-                                        resource_type=rtype, resource_id=resource.get("id"),
-                                        code="value", source=source))
+            out.issues.append(_issue(exc, rtype, resource, entry_no, source))
             continue
-        (out.patients if isinstance(rec, Patient) else out.records).append(rec)
+        if not isinstance(stored.get("id"), str):
+            stored = {**stored, "id": source_id.split("/", 1)[1]}
+        rec: Patient | ClinicalRecord | None = None
+        if rtype not in MAPPED_TYPES:
+            out.not_modelled[rtype] += 1
+        else:
+            try:
+                rec = mapper.map(stored, source_id)
+            except UnitError as exc:  # the units policy: a value in a wrong unit is refused
+                out.issues.append(_issue(exc, rtype, resource, entry_no, source))
+                continue
+            except ValidationError as exc:  # valid FHIR medtwin cannot map: stored as is
+                out.notes.append(_issue(exc, rtype, resource, entry_no, source,
+                                        severity="information", prefix="stored, not mapped "
+                                        "to a typed record: "))
+                out.not_modelled[rtype] += 1
+        out.resources.append(stored)
+        if isinstance(rec, Patient):
+            out.patients.append(rec)
+        elif rec is not None:
+            out.records.append(rec)
+            out.record_resource.append(len(out.resources) - 1)
     if out.issues and out.bundle_type is None:
         raise FhirImportError(out.issues, summary=f"{source}: resource refused")
     if out.issues and out.bundle_type == "transaction":
@@ -437,8 +498,11 @@ def parse_fhir(data: Any, *, source: str = "input") -> ParsedInput:
 
 
 def read_fhir_file(path: str | Path) -> ParsedInput:
-    """Read one FHIR JSON file (a Bundle or a single resource)."""
+    """Read one FHIR JSON file (a Bundle or a single resource), or a Bulk Data NDJSON file
+    (``*.ndjson``: one resource per line)."""
     p = Path(path)
+    if p.suffix.lower() == ".ndjson":
+        return read_ndjson(p)
     try:
         data = json.loads(p.read_bytes())
     except json.JSONDecodeError as exc:
@@ -449,3 +513,42 @@ def read_fhir_file(path: str | Path) -> ParsedInput:
         raise FhirImportError([FhirIssue(f"cannot read file: {exc.strerror}", source=p.name,
                                          code="exception")]) from exc
     return parse_fhir(data, source=p.name)
+
+
+def read_ndjson(path: str | Path) -> ParsedInput:
+    """Read a Bulk Data NDJSON file: one resource per line (blank lines skipped). Bad lines
+    are reported by file and line (``Observation.ndjson line 7``) and the others kept, as
+    in a collection bundle."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise FhirImportError([FhirIssue(f"cannot read file: {exc.strerror}", source=p.name,
+                                         code="exception")]) from exc
+    entries: list[dict[str, Any]] = []
+    lines: list[int] = []
+    bad: list[FhirIssue] = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entries.append({"resource": json.loads(line)})
+            lines.append(n)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            bad.append(FhirIssue(f"not valid JSON: {exc}", source=f"{p.name} line {n}",
+                                 code="invalid"))
+    if not entries and bad:
+        raise FhirImportError(bad, summary=f"{p.name}: no line is a FHIR resource")
+    out = parse_fhir({"resourceType": "Bundle", "type": "collection", "entry": entries},
+                     source=p.name)
+
+    def at_line(issue: FhirIssue) -> FhirIssue:
+        if issue.entry is None or issue.entry >= len(lines):
+            return issue
+        return dataclasses.replace(issue, entry=None,
+                                   source=f"{p.name} line {lines[issue.entry]}")
+
+    out.issues = bad + [at_line(i) for i in out.issues]
+    out.notes = [at_line(i) for i in out.notes]
+    out.bundle_type = None if not entries else "ndjson"
+    return out

@@ -7,6 +7,8 @@ source ids. The bundle is checked with ``fhir.resources`` before it is returned.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -28,6 +30,7 @@ from medtwin.interop.fhir.issues import FhirImportError
 from medtwin.interop.fhir.read import KIND_EXTENSION
 from medtwin.interop.fhir.validate import validate_bundle_shell, validate_resource
 
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _NS = uuid.UUID("6f0c5d0e-9a43-4c5e-9a3e-6d6d1f1b7a10")
 UCUM = "http://unitsofmeasure.org"
 
@@ -106,8 +109,8 @@ class _Writer:
             out["valueQuantity"] = _quantity(rec.value, rec.unit)
 
     def observation(self, r: Observation) -> dict[str, Any]:
-        out: dict[str, Any] = {"resourceType": "Observation", "id": _rid(r.source_id)[1],
-                               "status": r.status}
+        out: dict[str, Any] = {"resourceType": "Observation",
+                               "id": fhir_id(_rid(r.source_id)[1]), "status": r.status}
         if r.category:
             out["category"] = [_concept(
                 r.category, "http://terminology.hl7.org/CodeSystem/observation-category", None)]
@@ -273,3 +276,80 @@ def to_bundle(patient: Patient, records: Iterable[ClinicalRecord], *,
         if issues:
             raise FhirImportError(issues, summary="export produced invalid FHIR (a bug)")
     return bundle
+
+
+def fhir_id(rid: str) -> str:
+    """``rid`` if it is a valid FHIR id, else a stable one made from it (``h-`` and 40
+    hex digits of its SHA-256): records from devices may carry any text as their id."""
+    if _FHIR_ID.match(rid):
+        return rid
+    return "h-" + hashlib.sha256(rid.encode()).hexdigest()[:40]
+
+
+def _relink(node: Any, urls: dict[str, str]) -> Any:
+    """``node`` with each ``Type/id`` reference to an entry of the bundle as its fullUrl."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "reference" and isinstance(v, str) and v in urls:
+                out[k] = urls[v]
+            elif isinstance(v, dict | list):
+                out[k] = _relink(v, urls)
+            else:
+                out[k] = v
+        return out
+    if isinstance(node, list):
+        return [_relink(v, urls) if isinstance(v, dict | list) else v for v in node]
+    return node
+
+
+def export_bundle(resources: Iterable[dict[str, Any]], *, patient: Patient | None = None,
+                  records: Iterable[ClinicalRecord] = (), bundle_type: str = "collection",
+                  validate: bool = True) -> dict[str, Any]:
+    """A Bundle of stored resources (as stored, every type) plus ``records`` that have no
+    stored resource (e.g. live device readings), written as :func:`to_bundle` writes them.
+    Every entry's fullUrl is ``urn:uuid:`` derived from ``Type/id`` and every reference to
+    an entry points at it, so the bundle is self-contained; importing it again stores the
+    same content (references come back as ``Type/id``)."""
+    stored = list(resources)
+    have = {f"{r['resourceType']}/{r['id']}" for r in stored}
+    extra = [r for r in records if r.source_id not in have
+             and not (isinstance(r, Intervention) and r.kind == InterventionKind.MEAL)]
+    if extra:
+        if patient is None:
+            raise ValueError("records without a stored resource need their patient")
+        inside = have | {r.source_id for r in extra}
+        w = _Writer(patient, inside)
+        w.patient_ref = {"reference": f"Patient/{_rid(patient.source_id)[1]}"}
+        made = []
+        for rec in extra:
+            res = w.resource(rec)
+            res["id"] = fhir_id(res["id"])
+            made.append(res)
+        known = have | {f"{r['resourceType']}/{r['id']}" for r in made}
+        known_urls = {_url(k) for k in known} | known
+        for res in made:  # optional links to what is not in the bundle are left out
+            for key in ("device", "encounter", "source"):
+                ref = res.get(key)
+                if isinstance(ref, dict) and ref.get("reference") not in known_urls:
+                    res.pop(key)
+        stored += made
+    urls = {f"{r['resourceType']}/{r['id']}": _url(f"{r['resourceType']}/{r['id']}")
+            for r in stored}
+    bundle: dict[str, Any] = {
+        "resourceType": "Bundle", "type": bundle_type,
+        "timestamp": datetime.now(UTC).replace(microsecond=0).isoformat(), "entry": []}
+    for r in stored:
+        key = f"{r['resourceType']}/{r['id']}"
+        entry: dict[str, Any] = {"fullUrl": urls[key], "resource": _relink(r, urls)}
+        if bundle_type == "transaction":
+            entry["request"] = {"method": "PUT", "url": key}
+        bundle["entry"].append(entry)
+    if validate:
+        issues = validate_bundle_shell(bundle, source="export")
+        for i, e in enumerate(bundle["entry"]):
+            issues += validate_resource(e["resource"], entry=i, source="export")[1]
+        if issues:
+            raise FhirImportError(issues, summary="export produced invalid FHIR (a bug)")
+    return bundle
+
