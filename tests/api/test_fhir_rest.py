@@ -4,6 +4,7 @@ _include/_revinclude, $everything, _history (type and system) or paging links.""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -118,6 +119,33 @@ def test_capability_statement_is_true(fw):
         for inc in res["searchInclude"]:
             r = fw.client.get(f"/fhir/{t}", params={"_include": inc}, headers=h)
             assert r.status_code == 200, (t, inc, r.text)
+        for op in res.get("operation", []):  # type and instance operations
+            url = {("Patient", "everything"): "/fhir/Patient/p1/$everything",
+                   ("Patient", "export"): "/fhir/Patient/$export",
+                   ("Group", "export"): "/fhir/Group/g-cs/$export"}[(t, op["name"])]
+            if t == "Group":
+                group = {"resourceType": "Group", "id": "g-cs", "type": "person",
+                         "actual": True, "member": [{"entity": {"reference": "Patient/p1"}}]}
+                assert fw.client.put("/fhir/Group/g-cs", json=group, headers=h).is_success
+            r = fw.client.get(url, headers={**h, "Prefer": "respond-async"})
+            assert r.status_code in (200, 202), (url, r.text)
+    for op in rest["operation"]:  # system operations
+        assert op["name"] == "export"
+        r = fw.client.get("/fhir/$export", headers={**h, "Prefer": "respond-async"})
+        assert r.status_code == 202 and "Content-Location" in r.headers
+    for code in ("transaction", "batch"):
+        r = fw.client.post("/fhir", json={"resourceType": "Bundle", "type": code,
+                                          "entry": []}, headers=h)
+        assert r.status_code == 200 and r.json()["type"] == f"{code}-response"
+    assert fw.client.get("/fhir/_history", headers=h).json()["type"] == "history"
+    # security: SMART, with the discovery document it names
+    security = rest["security"]
+    assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+    smart_url = re.search(r"https?://\S+/\.well-known/smart-configuration",
+                          security["description"]).group(0)
+    smart = fw.client.get(smart_url).json()
+    uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+    assert uris["token"] == smart["token_endpoint"]
 
 
 def test_unknown_parameters_warn_or_fail_when_strict(fw):

@@ -23,6 +23,9 @@ def _error(path: str, code: str) -> dict[str, Any]:
 
 
 FHIR_BODY = {"application/fhir+json": {"schema": {"type": "object"}}}
+#: marks an operation whose success answers are not FHIR JSON (Bulk Data: 202 without a
+#: body, a JSON manifest, NDJSON files): documented by the route itself
+BULK_DATA = "x-medtwin-bulk-data"
 
 
 def _fhir_success(method: str, op: dict[str, Any]) -> None:
@@ -30,6 +33,10 @@ def _fhir_success(method: str, op: dict[str, Any]) -> None:
     with ``Prefer: return=minimal``; a delete 204); their errors 406 (XML asked for), 410
     (deleted), 412 (version conflict), 415 (not JSON) besides the usual ones."""
     responses = op.setdefault("responses", {})
+    if op.pop(BULK_DATA, False):  # Bulk Data answers: as each route documents them
+        responses.setdefault("406", {"description": _TITLES[406], "content": {
+            "application/fhir+json": {"schema": OUTCOME}}})
+        return
     for code in [c for c in responses if c.startswith("2")]:
         responses[code] = {"description": responses[code].get("description", "OK"),
                            "content": FHIR_BODY}

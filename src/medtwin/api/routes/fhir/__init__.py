@@ -1,7 +1,8 @@
 """The FHIR R4 RESTful API at ``/fhir`` (R4 http.html and search.html): capabilities,
 read/vread/update/delete/history per type, search with paging, transaction and batch,
-``$everything``; JSON only (XML gets 406); every error an OperationOutcome; every
-interaction through the same access rules and audit as the rest of the API (``access``).
+``$everything``, Bulk Data ``$export``; JSON only (XML gets 406); every error an
+OperationOutcome; every interaction through the same access rules and audit as the rest
+of the API (``access``).
 
 Route order matters: fixed paths (``metadata``, ``_history``, ``_search``, ``$...``) come
 before the ``{type}/{id}`` patterns."""
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Depends
 from medtwin.api.routes.fhir import (
     capability,
     crud,
+    export,
     history,
     legacy,
     operations,
@@ -27,5 +29,5 @@ router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(negotiat
                                                415, 422)})
 router.add_api_route("", transaction.transaction, methods=["POST"],
                      summary="transaction / batch")
-for module in (capability, legacy, operations, history, search, crud):
+for module in (capability, export, legacy, operations, history, search, crud):
     router.include_router(module.router)

@@ -10,8 +10,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from medtwin import __version__
+from medtwin.api.deps import Svc
 from medtwin.api.routes.fhir.bundles import now_instant
 from medtwin.api.routes.fhir.formats import FHIR_JSON, base_url, fhir_response
+from medtwin.api.routes.smart import smart_document
 from medtwin.interop.fhir.search import COMMON, PARAMS
 
 router = APIRouter()
@@ -55,9 +57,13 @@ def _resource(rtype: str) -> dict[str, Any]:
     return out
 
 
-def statement(base: str) -> dict[str, Any]:
-    """The CapabilityStatement of this server at ``base``."""
+def statement(base: str, smart: dict[str, Any]) -> dict[str, Any]:
+    """The CapabilityStatement of this server at ``base``; ``smart``: its SMART
+    configuration (the OAuth endpoints it names are repeated in ``rest.security``)."""
     root = base.removesuffix("/fhir")
+    uris = [{"url": "token", "valueUri": smart["token_endpoint"]}]
+    if smart.get("authorization_endpoint"):
+        uris.append({"url": "authorize", "valueUri": smart["authorization_endpoint"]})
     return {
         "resourceType": "CapabilityStatement", "status": "active", "date": now_instant(),
         "kind": "instance", "fhirVersion": "4.0.1", "format": [FHIR_JSON, "json"],
@@ -68,10 +74,15 @@ def statement(base: str) -> dict[str, Any]:
             "documentation": "Every interaction needs a bearer token (POST /auth/token or "
                              "an OpenID Connect provider) and is audited; results are "
                              "limited to the patients the caller may see.",
-            "security": {"cors": False, "service": [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                "code": "SMART-on-FHIR"}]}], "extension": [{"url": SMART_EXT, "extension": [
-                    {"url": "token", "valueUri": f"{root}/auth/token"}]}]},
+            "security": {
+                "cors": False,
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"}]}],
+                "description": "OAuth2 bearer tokens with SMART v2 scopes; discovery (token "
+                               "endpoint, scopes, capabilities) at "
+                               f"{root}/.well-known/smart-configuration",
+                "extension": [{"url": SMART_EXT, "extension": uris}]},
             "resource": [_resource(t) for t in resource_types()],
             "interaction": [{"code": c} for c in SYSTEM_INTERACTIONS],
             "operation": [{"name": "export", "definition": EXPORT_URL}],
@@ -80,6 +91,7 @@ def statement(base: str) -> dict[str, Any]:
 
 
 @router.get("/metadata", summary="capabilities")
-def metadata(request: Request) -> Response:
+def metadata(request: Request, svc: Svc) -> Response:
     """The CapabilityStatement (no token needed, as R4 and SMART expect)."""
-    return fhir_response(statement(base_url(request)))
+    base = base_url(request)
+    return fhir_response(statement(base, smart_document(base.removesuffix("/fhir"), svc)))

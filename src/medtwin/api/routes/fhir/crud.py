@@ -123,9 +123,9 @@ async def create(request: Request, svc: Svc, who: Caller, rtype: TypeName) -> Re
     """Store a new resource under a server-assigned id (201 with Location, ETag,
     Last-Modified); with ``If-None-Exist`` only when nothing the caller can see matches."""
     port.check_type(rtype)
-    body = port.validated(await read_json(request), rtype)
+    body = port.body_of(await read_json(request), rtype)
     criteria = request.headers.get("if-none-exist")
-    if criteria:
+    if criteria:  # matched within the caller's reach only (never reveals another's)
         found = conditional_match(request, svc, who, rtype, criteria)
         if len(found) > 1:
             raise ApiError(412, f"If-None-Exist matches more than one {rtype}; be more "
@@ -135,13 +135,10 @@ async def create(request: Request, svc: Svc, who: Caller, rtype: TypeName) -> Re
                     interaction="r")
             return write_answer(request, found[0], 200, f"{rtype}/{found[0].id} already "
                                 "exists; nothing was created")
-    resource = {**body, "id": str(uuid.uuid4()) if rtype != "Patient" or "id" not in body
-                else body["id"]}
-    if rtype == "Patient" and svc.store.has_patient(resource["id"]):
-        resource["id"] = str(uuid.uuid4())
-    new_patient = check_write(request, svc, who, resource, None)
-    stored = port.write(svc.store, [port.prepare(resource)])[0]
-    care_for(svc, who, new_patient)
+    # the server assigns the id (R4 create); a new Patient's is known after the write
+    new_patient = check_write(request, svc, who, {**body, "id": str(uuid.uuid4())}, None)
+    stored = port.repository(svc.store).create(body, may_amend=False)
+    care_for(svc, who, stored.id if new_patient else None)
     return write_answer(request, stored, 201, f"created {rtype}/{stored.id}")
 
 
@@ -151,10 +148,10 @@ async def update(request: Request, svc: Svc, who: Caller, rtype: TypeName,
     """Replace a resource by a new version (200), or create it under this id (201);
     ``If-Match: W/"n"`` makes it conditional on the current version (412 otherwise)."""
     port.check_type(rtype)
-    body = port.validated(await read_json(request), rtype, rid)
+    body = port.body_of(await read_json(request), rtype, rid)
     if_match = request.headers.get("if-match")
-    rs = port.resources(svc.store)
-    before = rs.current(rtype, rid)
+    version = _version(if_match) if if_match else None
+    before = port.resources(svc.store).current(rtype, rid)
     if before is not None and not before.deleted:
         try:
             allowed(request, svc, who, before.patient_id, Action.READ, rtype,
@@ -164,13 +161,12 @@ async def update(request: Request, svc: Svc, who: Caller, rtype: TypeName,
                 raise hidden(rtype, rid) from None
             raise
     new_patient = check_write(request, svc, who, body, before)
-    version = _version(if_match) if if_match else None
-    stored = port.write(svc.store, [port.prepare(body, if_match=version)],
-                        may_amend=True)[0]
+    # a device adds readings; it never rewrites a stored record (issue 12's may_amend)
+    stored = port.repository(svc.store).update(rtype, rid, body, if_match=version,
+                                               may_amend=who.role is not Role.DEVICE)
     care_for(svc, who, new_patient)
-    created = before is None or before.deleted
-    return write_answer(request, stored, 201 if created else 200,
-                        f"{'created' if created else 'updated'} {rtype}/{rid}")
+    return write_answer(request, stored, 201 if stored.created else 200,
+                        f"{'created' if stored.created else 'updated'} {rtype}/{rid}")
 
 
 @router.delete("/{rtype}/{rid}", summary="delete")
@@ -190,9 +186,9 @@ def delete(request: Request, svc: Svc, who: Caller, rtype: TypeName, rid: FhirId
             raise hidden(rtype, rid) from None
         raise
     if_match = request.headers.get("if-match")
-    stored = port.delete(svc.store, rtype, rid,
-                         if_match=_version(if_match) if if_match else None)
-    headers = {"ETag": stored.etag} if stored.changed else {}
+    stored = port.repository(svc.store).delete(
+        rtype, rid, if_match=_version(if_match) if if_match else None)
+    headers = {"ETag": stored.etag} if stored is not None else {}
     if (request.headers.get("prefer") or "").lower().find("operationoutcome") >= 0:
         return fhir_response(outcome(200, f"deleted {rtype}/{rid}", severity="information",
                                      code="informational"), 200, headers)
