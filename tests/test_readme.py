@@ -35,7 +35,8 @@ def test_shell_examples_run_as_written(tmp_path):
     for name in ("MEDTWIN_DB", "MEDTWIN_KEY", "MEDTWIN_KEY_FILE", "MEDTWIN_PASSWORD"):
         env.pop(name, None)
     outputs = {}
-    for title in ("Bring a patient's record in", "Try the twins", "The service"):
+    for title in ("Bring a patient's record in", "HL7 v2 from the EHR", "Try the twins",
+                  "The service"):
         (block,) = re.findall(r"```bash\n(.*?)```", _section(title), re.S)
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)
@@ -54,6 +55,8 @@ def test_shell_examples_run_as_written(tmp_path):
     for f in ("trace.csv", "trace.png", "metrics.csv", "report.html", "course.png", "ops.html"):
         assert (tmp_path / f).stat().st_size > 0, f
     assert "audit chain intact" in outputs["The service"]
+    assert "MSA|AA|MSG00001" in outputs["HL7 v2 from the EHR"]
+    assert "MSA|AA|LAB-1" in outputs["HL7 v2 from the EHR"]
 
 
 def test_python_example_runs(tmp_path, monkeypatch):
