@@ -9,6 +9,7 @@ import pytest
 from medtwin.core.errors import ValidationError
 from medtwin.interop.fhir.repository import FhirRepository
 from medtwin.interop.fhir.search import date_range, parse_search
+from medtwin.security.crypto import KeyRing
 
 LOINC = "http://loinc.org"
 
@@ -28,7 +29,10 @@ def _obs(rid: str, code: str, when: dict, *, system: str = LOINC, patient: str =
 
 @pytest.fixture
 def repo(store):
+    store.keyring = KeyRing.generate()  # sealed: identifying parameters are searched blind
     r = FhirRepository(store)
+    r.update("Organization", "org1", {"resourceType": "Organization", "id": "org1",
+                                      "name": "Acme General Hospital"})
     for pid, family, given in (("p1", "Chalmers", ["Eve"]), ("p2", "Müller", ["Evelyn"]),
                                ("p3", "Severine", ["Séverine"])):
         r.update("Patient", pid, {"resourceType": "Patient", "id": pid, "gender":
@@ -126,11 +130,20 @@ def test_identifier_token(repo):
 
 
 def test_string_starts_with_contains_exact(repo):
-    """3.1.1.4.12: given=eve matches Eve and Evelyn; given:contains=eve also Séverine
-    (accents ignored); given:exact=Eve only Eve."""
+    """3.1.1.4.12: given=eve matches Eve and Evelyn; given:exact=Eve only Eve;
+    Organization name:contains=general (accents, case ignored). A Patient's names are
+    identifying and indexed blind (keyed hashes of their prefixes): :contains is refused
+    with the reason, never answered wrongly."""
     assert _ids(repo, "Patient", [("given", "eve")]) == ["p1", "p2"]
-    assert _ids(repo, "Patient", [("given:contains", "eve")]) == ["p1", "p2", "p3"]
+    assert _ids(repo, "Patient", [("given", "séve")]) == ["p3"]
     assert _ids(repo, "Patient", [("given:exact", "Eve")]) == ["p1"]
+    assert _ids(repo, "Patient", [("given:exact", "eve")]) == []
+    assert _ids(repo, "Organization", [("name:contains", "GENERAL")]) == ["org1"]
+    assert _ids(repo, "Organization", [("name", "general")]) == []
+    with pytest.raises(ValidationError, match="indexed blind"):
+        repo.search("Patient", [("given:contains", "eve")])
+    with pytest.raises(ValidationError, match="indexed blind"):
+        repo.search("Patient", [("_sort", "family")])
     assert _ids(repo, "Patient", [("family", "muller")]) == ["p2"]  # accent-insensitive
     assert _ids(repo, "Patient", [("name", "CHAL")]) == ["p1"]
 
@@ -150,7 +163,16 @@ def test_id_lastupdated_birthdate(repo):
     assert _ids(repo, "Observation", [("_id", "a,c")]) == ["a", "c"]
     assert _ids(repo, "Patient", [("birthdate", "1974-12-25")]) == ["p1", "p2", "p3"]
     assert _ids(repo, "Patient", [("birthdate", "1974-12")]) == ["p1", "p2", "p3"]
-    assert _ids(repo, "Patient", [("birthdate", "gt1974-12-25")]) == []
+    assert _ids(repo, "Patient", [("birthdate", "1974")]) == ["p1", "p2", "p3"]
+    assert _ids(repo, "Patient", [("birthdate", "1974-12-24")]) == []
+    assert _ids(repo, "Patient", [("birthdate", "ne1974-12-25")]) == []
+    # blind: ranges only at a year edge (the year is kept in the clear, like birth_year)
+    assert _ids(repo, "Patient", [("birthdate", "gt1974")]) == []
+    assert _ids(repo, "Patient", [("birthdate", "ge1974-01-01")]) == ["p1", "p2", "p3"]
+    assert _ids(repo, "Patient", [("birthdate", "lt1975-01-01")]) == ["p1", "p2", "p3"]
+    assert _ids(repo, "Patient", [("birthdate", "sa1974")]) == []
+    with pytest.raises(ValidationError, match="year boundary"):
+        repo.search("Patient", [("birthdate", "gt1974-12-25")])
     assert _ids(repo, "Observation", [("_lastUpdated", "gt2000-01-01")]) == ["a", "b", "c", "d"]
     assert _ids(repo, "Observation", [("_lastUpdated", "lt2000-01-01")]) == []
 

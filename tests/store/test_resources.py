@@ -146,3 +146,13 @@ def test_unknown_subject_patient_is_refused(store):
         repo.update("Observation", "o1", _hr("o1", 70, "nobody"))
     with pytest.raises(NotFoundError):
         repo.read("Observation", "o1")
+
+
+def test_text_is_the_resource_as_json(store):
+    import json
+
+    repo = FhirRepository(store)
+    plain = repo.update("Patient", "p1", _patient())
+    tagged = repo.update("Patient", "p2", {**_patient("p2"), "meta": {"tag": [{"code": "x"}]}})
+    for s in (plain, tagged, repo.read("Patient", "p1")):
+        assert json.loads(s.text()) == s.resource()

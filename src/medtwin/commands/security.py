@@ -272,12 +272,16 @@ def keys_rotate(db: str | None = typer.Option(None, "--db", help=DB_HELP),
     with open_secure_store(db) as store:
         try:
             n = store.reseal_identities(new)
+            from medtwin.interop.fhir.repository import FhirRepository
+            m = FhirRepository(store).reseal(new)  # stored FHIR resources too
         except MedtwinError as exc:
             _fail(exc)
-        _audit(store, "rotate-key", "identity", detail=f"{n} identities under {new.current}")
+        _audit(store, "rotate-key", "identity",
+               detail=f"{n} identities, {m} resource versions under {new.current}")
     if drop_old:
         new.without_old_keys().save(path)
-    typer.echo(f"re-encrypted {n} patient identities under key {new.current}; key file {path}")
+    typer.echo(f"re-encrypted {n} patient identities and {m} FHIR resource versions under "
+               f"key {new.current}; key file {path}")
 
 
 # --- serve ---------------------------------------------------------------------------------

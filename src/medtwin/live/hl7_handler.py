@@ -32,6 +32,7 @@ from datetime import UTC, timedelta, tzinfo
 
 from medtwin.core.errors import ConflictError, NotFoundError, StoreError, ValidationError
 from medtwin.core.records import Encounter, Patient
+from medtwin.interop.fhir.write import record_writes
 from medtwin.interop.hl7v2 import (
     CHARSETS,
     DUPLICATE_KEY,
@@ -214,7 +215,8 @@ class Hl7Handler:
                                where=Location("PV1", 1, 45)) from exc
         warnings = self._demographics(patient)
         try:
-            result = self.store.append([patient], [encounter], may_amend=True)
+            result = self.store.append([patient], [encounter], may_amend=True,
+                                       resources=record_writes([encounter]))
         except ConflictError as exc:
             raise MessageError(f"{exc}; the visit number belongs to another patient",
                                code=DUPLICATE_KEY, where=Location("PV1", 1, 19)) from exc
@@ -262,7 +264,8 @@ class Hl7Handler:
             letters.append((h.source, f"AE: {reason}", _raw_text(parsed.text.encode())))
         result = self.store.append([patient], res.observations, dead_letters=letters,
                                    quality=res.quality, may_amend=False,
-                                   on_conflict="dead-letter")
+                                   on_conflict="dead-letter",
+                                   resources=record_writes(res.observations, res.quality))
         for i, _why in result.refusals:
             n = int(res.observations[i].source_id.rsplit("-", 1)[1])
             problems.append(Problem(

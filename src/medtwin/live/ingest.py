@@ -40,6 +40,7 @@ from paho.mqtt.properties import Properties
 
 from medtwin.core.errors import MedtwinError, NotFoundError, StoreError, ValidationError
 from medtwin.core.records import Observation
+from medtwin.interop.fhir.write import record_writes
 from medtwin.interop.quality import FUTURE_DATED, FUTURE_TOLERANCE, admit
 from medtwin.live.payload import parse_reading, parse_topic
 from medtwin.store.engine import ping
@@ -339,10 +340,11 @@ class Ingester:
         delay = 0.1
         while True:
             try:  # a device never amends: a reused source id is dead-lettered, not stored
+                flags = [FUTURE_DATED if g.quarantined else None for g in good]
                 result = self.store.append(
-                    [], [g.observation for g in good], dead_letters=bad,
-                    quality=[FUTURE_DATED if g.quarantined else None for g in good],
-                    may_amend=False, on_conflict="dead-letter")
+                    [], [g.observation for g in good], dead_letters=bad, quality=flags,
+                    may_amend=False, on_conflict="dead-letter",
+                    resources=record_writes([g.observation for g in good], flags))
                 break
             except StoreError as exc:
                 if self._store_answers():  # the store is up: a poison message, no outage
@@ -385,9 +387,10 @@ class Ingester:
         letters = list(bad)
         for i, g in enumerate(good):
             try:
+                flag = [FUTURE_DATED if g.quarantined else None]
                 r = self.store.append(
-                    [], [g.observation], quality=[FUTURE_DATED if g.quarantined else None],
-                    may_amend=False, on_conflict="dead-letter")
+                    [], [g.observation], quality=flag, may_amend=False,
+                    on_conflict="dead-letter", resources=record_writes([g.observation], flag))
                 total += AppendResult(r.stored, r.duplicates, r.patients_added, r.refused,
                                       tuple((i, why) for _, why in r.refusals))
             except StoreError as exc:

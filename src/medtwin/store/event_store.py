@@ -12,6 +12,11 @@ what the content hash covers and the stored payload. Events go to the database i
 on PostgreSQL), each with ``ON CONFLICT DO NOTHING``, so the count of stored rows comes from
 the database itself.
 
+A record whose FHIR resource is deleted gets a tombstone version (quality ``"deleted"``,
+:meth:`EventStore.tombstone_in`): reads and live feeds leave it out, its history keeps it.
+A write may carry the FHIR resource of each record (``resources``), stored in the same
+transaction (:class:`~medtwin.store.resources.ResourceStore`).
+
 Identifying fields are sealed by an :class:`IdentityCipher` (medtwin's ``security.crypto.
 KeyRing``) handed in at open, and stored as ``{"enc": ciphertext}``; a store opened without
 one keeps them as plain JSON (tests, throw-away stores) and refuses to show sealed ones.
@@ -36,7 +41,7 @@ from medtwin.core.errors import ConflictError, NotFoundError, StoreError
 from medtwin.core.records import RECORD_OF_KIND, ClinicalRecord, Patient
 from medtwin.store import schema as t
 from medtwin.store.engine import describe, make_engine, migrate
-from medtwin.store.rows import AppendResult, Batch, prepare_rows
+from medtwin.store.rows import AppendResult, Batch, idempotency_key, prepare_rows
 from medtwin.store.versions import version_conflicts
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,7 @@ _EVENT_COLUMNS = ("idem_key", "kind", "patient_id", "source_id", "code", "time",
 _PG_ARRAY_TYPES = ("text", "text", "text", "text", "text", "timestamptz", "float8", "text",
                    "json", "text")
 REFUSED_SOURCE = "append-only"  # the dead letters' source for refused versions
+DELETED = "deleted"  # events.quality of a tombstone: the record's source was deleted
 
 
 class IdentityCipher(Protocol):
@@ -107,7 +113,8 @@ class EventStore:
                *, dead_letters: Sequence[tuple[str, str, str]] = (),
                rows: list[dict[str, Any]] | None = None,
                quality: Sequence[str | None] | None = None, may_amend: bool = False,
-               on_conflict: str = "raise") -> AppendResult:
+               on_conflict: str = "raise", resources: Sequence[Any] = ()
+               ) -> AppendResult:
         """Append patients and records in one transaction; already-stored ones are skipped.
 
         ``dead_letters`` are (source, reason, raw payload) rows kept for rejected input.
@@ -115,9 +122,11 @@ class EventStore:
         ``quality`` each record's data-quality flag (a flagged record is kept, never scored).
         A record whose subject is not a known patient (here or in ``patients``) is refused
         with :class:`NotFoundError` and nothing is written. Records are append-only: see
-        :meth:`append_batches` for ``may_amend`` and ``on_conflict``.
+        :meth:`append_batches` for ``may_amend`` and ``on_conflict``. ``resources`` (the
+        FHIR resource of each record, see :class:`Batch`) are stored in the same transaction.
         """
-        (result,) = self.append_batches([Batch(patients, records, dead_letters, rows, quality)],
+        (result,) = self.append_batches([Batch(patients, records, dead_letters, rows, quality,
+                                               resources)],
                                         may_amend=may_amend, on_conflict=on_conflict)
         return result
 
@@ -134,7 +143,19 @@ class EventStore:
         :class:`ConflictError` with nothing written (``on_conflict="raise"``), or is kept
         as a dead letter with the reason while the rest is written
         (``on_conflict="dead-letter"``, a stream that must not stop for one bad message).
+        Batches with ``resources`` store them too (a refused record's resource is not).
         """
+        if any(b.resources for b in batches):
+            from medtwin.store.resources import ResourceBatch, ResourceStore
+
+            for b in batches:
+                if b.resources and len(b.resources) != len(b.rows or b.records):
+                    raise ValueError(f"{len(b.resources)} resources for "
+                                     f"{len(b.rows or b.records)} records")
+            done = ResourceStore(self).write_batches(
+                [ResourceBatch(b, b.resources, range(len(b.resources))) for b in batches],
+                may_amend=may_amend, on_conflict=on_conflict)
+            return [res for res, _counts in done]
         try:
             with self.engine.begin() as conn:
                 return self.append_in(conn, batches, may_amend=may_amend,
@@ -176,6 +197,32 @@ class EventStore:
         return [AppendResult(stored=n, duplicates=len(rows) - n, patients_added=a,
                              refused=len(bad), refusals=tuple(bad.items()))
                 for rows, n, a, bad in zip(kept, stored, added, refused, strict=True)]
+
+    def tombstone_in(self, conn: Any, source_ids: Iterable[str]) -> int:
+        """Inside the caller's transaction: mark the records of ``source_ids`` deleted (a
+        FHIR delete of the resource they were derived from) by appending a tombstone
+        version of each (same kind, source id, patient, code and time; quality
+        :data:`DELETED`), so that timelines, latest values and live feeds no longer show
+        them and a twin never uses them; their history keeps every version. A record
+        written again afterwards is a new version over the tombstone. Returns how many
+        records were marked."""
+        e = t.events.c
+        ids = sorted(set(source_ids))
+        latest: dict[tuple[str, str], Any] = {}
+        for chunk in _chunks(ids):
+            q = (select(e.seq, e.idem_key, e.kind, e.patient_id, e.source_id, e.code, e.time,
+                        e.value, e.unit, e.payload, e.quality)
+                 .where(e.source_id.in_(chunk)).order_by(e.seq))
+            for r in conn.execute(q):
+                latest[(r.kind, r.source_id)] = r
+        rows = [{"idem_key": idempotency_key(r.kind, r.source_id, f"{DELETED}\x1f{r.idem_key}"),
+                 "kind": r.kind, "patient_id": r.patient_id, "source_id": r.source_id,
+                 "code": r.code, "time": r.time, "value": r.value, "unit": r.unit,
+                 "payload": _payload_text(r.payload), "quality": DELETED}
+                for r in latest.values() if r.quality != DELETED]
+        if rows:
+            self._insert_events(conn, [rows], datetime.now(UTC))
+        return len(rows)
 
     def _add_patients(self, conn: Any, batches: Sequence[Batch],
                       prepared: list[list[dict[str, Any]]], now: datetime) -> list[int]:
@@ -390,7 +437,8 @@ class EventStore:
             key = (r.kind, r.source_id)
             if key not in latest or r.seq > latest[key].seq:
                 latest[key] = r
-        keep = {id(r) for r in latest.values() if include_flagged or r.quality is None}
+        keep = {id(r) for r in latest.values()
+                if r.quality != DELETED and (include_flagged or r.quality is None)}
         return [r for r in rows if id(r) in keep]
 
     def timeline(self, patient_id: str, *, kinds: Iterable[str] | None = None,
@@ -434,7 +482,8 @@ class EventStore:
         newer = t.events.alias("newer")
         q = self._select(patient_id, kinds, codes, since, until).where(~exists().where(
             newer.c.kind == e.kind, newer.c.source_id == e.source_id,
-            newer.c.patient_id == e.patient_id, newer.c.seq > e.seq))
+            newer.c.patient_id == e.patient_id, newer.c.seq > e.seq)).where(
+            or_(e.quality.is_(None), e.quality != DELETED))  # a deleted record is gone
         if after is not None:
             at, seq = after
             q = q.where(or_(and_(e.time.is_(None), e.seq > seq), e.time.is_not(None))
@@ -482,10 +531,14 @@ class EventStore:
                       kinds: Iterable[str] | None = None, limit: int = 1000
                       ) -> list[tuple[int, ClinicalRecord]]:
         """(sequence number, record) of the patient's events appended after ``after_seq``, in
-        append order: what a live feed pushes next. ``after_seq=-1`` means "from now": it
-        returns only the current last number, with a ``None``-free empty list."""
+        append order: what a live feed and a twin take in next. Only trusted records: a
+        quarantined reading (dated in the future) or a deleted one is never fed to a twin
+        (one dated 2099 would make it integrate for 70 years) nor pushed as current.
+        ``after_seq=-1`` means "from now": it returns only the current last number, with a
+        ``None``-free empty list."""
         q = (select(t.events.c.seq, t.events.c.kind, t.events.c.payload)
-             .where(t.events.c.patient_id == patient_id, t.events.c.seq > after_seq)
+             .where(t.events.c.patient_id == patient_id, t.events.c.seq > after_seq,
+                    t.events.c.quality.is_(None))
              .order_by(t.events.c.seq).limit(limit))
         if kinds:
             q = q.where(t.events.c.kind.in_(list(kinds)))

@@ -13,11 +13,30 @@ not at all.
 This module knows no FHIR semantics beyond ids and ``meta``: the caller (``interop.fhir``)
 validates, maps and indexes, handing in :class:`ResourceWrite` rows and
 :class:`~medtwin.store.search_index.Query` objects.
+
+Encryption at rest: a store opened with a key ring (``EventStore(keyring=...)``, medtwin's
+``security.crypto.KeyRing``) seals the content of every version with AES-GCM under the
+ring's current key, bound to ``Type/id/version`` (a sealed row moved to another resource or
+version no longer opens; the token names its key, so rows sealed before a rotation open as
+long as the ring holds that key, and :meth:`ResourceStore.reseal` re-encrypts them). Content
+hashes become keyed (HMAC), so equal content still means an idempotent re-import but a hash
+confirms no guess. Search rows marked ``blind`` (identifying values: names, addresses,
+telecom, birth dates, identifiers) keep their ``value`` / ``raw`` only as keyed hashes (a
+blind index), under a key derived from the ring's pseudonym secret, which key rotation keeps
+(so rotation never has to rebuild the index). What stays in the clear is what search and
+access need and does not identify a person: type, id, version, the patient compartment id,
+``lastUpdated``, codes, references, and clinical dates such as ``Observation.effective``
+(HIPAA Safe Harbor counts every date of an individual as identifying, but the ``events``
+table keeps clinical times in the clear for the twins, and this keeps parity with it; a
+birth date's year alone, which ``patients.birth_year`` keeps too). A store without a key
+ring keeps everything unsealed (tests, throw-away stores), as :class:`EventStore` does, and
+refuses to show sealed rows.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -25,7 +44,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     ColumnElement,
@@ -40,8 +59,9 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -75,6 +95,19 @@ log = logging.getLogger(__name__)
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _STORE_META = ("versionId", "lastUpdated")
 _CHUNK = 500
+_PG_ROWS = 5000  # rows per INSERT ... SELECT FROM unnest(...) on PostgreSQL
+_BLIND_INFO = b"medtwin-fhir-blind-index-1"
+
+
+class ResourceCipher(Protocol):
+    """What the store needs of a key ring (medtwin's ``security.crypto.KeyRing``): AES-GCM
+    sealing bound to a context, and the secret its blind-index key is derived from."""
+
+    pseudonym_secret: bytes
+
+    def encrypt(self, plaintext: bytes, *, context: str) -> str: ...
+
+    def decrypt(self, token: str, *, context: str) -> bytes: ...
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -157,6 +190,17 @@ class StoredResource:
         return data
 
 
+    def text(self) -> str:
+        """:meth:`resource` as compact JSON text (an NDJSON line of an export), made
+        without parsing the stored content when it has no ``meta`` of its own."""
+        if self.content is None:
+            raise GoneError(f"{self.reference} version {self.version} is a delete")
+        if '"meta":' in self.content:
+            return json.dumps(self.resource(), separators=(",", ":"), ensure_ascii=False)
+        return (f'{{"meta":{{"lastUpdated":"{instant(self.last_updated)}",'
+                f'"versionId":"{self.version}"}},' + self.content[1:])
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of a search or history: the resources, the total (None unless asked for),
@@ -208,6 +252,100 @@ class ResourceStore:
     def __init__(self, events: EventStore) -> None:
         self.events = events
         self.engine = events.engine
+        self._blind: tuple[bytes, bytes] | None = None  # (pseudonym secret, derived key)
+
+    # --- sealing -----------------------------------------------------------------------
+    @property
+    def cipher(self) -> ResourceCipher | None:
+        """The event store's key ring (None: an unsealed store)."""
+        return self.events.keyring  # type: ignore[return-value]
+
+    def _blind_key(self, cipher: ResourceCipher) -> bytes:
+        secret = cipher.pseudonym_secret
+        if self._blind is None or self._blind[0] != secret:
+            self._blind = (secret, hmac.digest(secret, _BLIND_INFO, "sha256"))
+        return self._blind[1]
+
+    def _mac(self, key: bytes, param: str, part: str, text: str) -> str:
+        return hmac.digest(key, f"{param}\x1f{part}\x1f{text}".encode(), "sha256").hex()[:32]
+
+    def _keyed_hash(self, key: bytes | None, digest: str) -> str:
+        """A content hash as stored: keyed (HMAC) in a sealed store, so it confirms no
+        guess of the content; equal content still gives equal hashes."""
+        if key is None or not digest:
+            return digest
+        return hmac.digest(key, b"content\x1f" + digest.encode(), "sha256").hex()
+
+    @staticmethod
+    def _context(rtype: str, rid: str, version: int) -> str:
+        return f"fhir:{rtype}/{rid}/{version}"
+
+    def _open(self, rtype: str, rid: str, version: int, content: str | None,
+              cipher: ResourceCipher | None = None) -> str | None:
+        """A stored content opened (a sealed one needs the key ring)."""
+        if content is None or content.startswith("{"):
+            return content
+        cipher = cipher or self.cipher
+        if cipher is None:
+            raise StoreError(f"{rtype}/{rid} is encrypted at rest; open the store with its "
+                             "key ring (MEDTWIN_KEY or MEDTWIN_KEY_FILE)")
+        return cipher.decrypt(content, context=self._context(rtype, rid, version)).decode()
+
+    def reseal(self, keyring: ResourceCipher, *, batch: int = 2000) -> tuple[int, int]:
+        """Re-encrypt the content of every version under ``keyring``'s current key (key
+        rotation; ``keyring`` must still hold the old keys), in one transaction; each value
+        is checked to open again before it is written. Unsealed rows (written before the
+        store had a key ring) are sealed too and their content hashes keyed; their blind
+        search rows are still in the clear then, so the caller rebuilds the index
+        (``FhirRepository.reseal`` does). Returns (rows resealed, of which were unsealed)."""
+        v = t.fhir_versions
+        key = self._blind_key(keyring)
+        done = plain = 0
+        with self.transaction() as conn:
+            last = -1
+            while True:
+                rows = conn.execute(
+                    select(v.c.seq, v.c.res_type, v.c.res_id, v.c.version, v.c.content)
+                    .where(v.c.seq > last, v.c.content.is_not(None))
+                    .order_by(v.c.seq).limit(batch)).all()
+                if not rows:
+                    break
+                last = rows[-1].seq
+                sealed, rehash = [], []
+                for r in rows:
+                    text = self._open(r.res_type, r.res_id, r.version, r.content, keyring)
+                    assert text is not None
+                    ctx = self._context(r.res_type, r.res_id, r.version)
+                    token = keyring.encrypt(text.encode(), context=ctx)
+                    if keyring.decrypt(token, context=ctx).decode() != text:
+                        raise StoreError(f"re-encryption of {r.res_type}/{r.res_id} did not "
+                                         "round-trip; nothing was changed")
+                    sealed.append({"s": r.seq, "c": token})
+                    if r.content.startswith("{"):
+                        digest = hashlib.sha256(text.encode()).hexdigest()
+                        rehash.append({"s": r.seq, "h": self._keyed_hash(key, digest)})
+                conn.execute(update(v).where(v.c.seq == bindparam("s"))
+                             .values(content=bindparam("c")), sealed)
+                if rehash:
+                    for table in (v, t.fhir_current):
+                        conn.execute(update(table).where(table.c.seq == bindparam("s"))
+                                     .values(content_hash=bindparam("h")), rehash)
+                done += len(sealed)
+                plain += len(rehash)
+        return done, plain
+
+    def replace_index(self, writes: Sequence[ResourceWrite]) -> None:
+        """Rebuild the search rows of the current versions ``writes`` stand for (after an
+        unsealed store was sealed: its blind rows become keyed hashes)."""
+        cipher = self.cipher
+        key = self._blind_key(cipher) if cipher is not None else None
+        with self.transaction() as conn:
+            self._replace_index(conn, [(w.resource_type, w.id) for w in writes], writes, key)
+
+    def _stored(self, r: Any) -> StoredResource:
+        return StoredResource(r.res_type, r.res_id, int(r.version), r.last_updated,
+                              bool(r.deleted), r.patient_id,
+                              self._open(r.res_type, r.res_id, int(r.version), r.content))
 
     # --- transactions and writes -------------------------------------------------------
     @contextmanager
@@ -265,21 +403,26 @@ class ResourceStore:
                  ) -> list[StoredResource]:
         """Write ``writes`` inside the caller's transaction, in order (a later write of the
         same resource is a later version). ``seen_is_unchanged``: content equal to any
-        earlier version (not only the current one) writes nothing."""
+        earlier version (not only the current one) writes nothing. Rows go to the database
+        in bulk (``INSERT ... SELECT FROM unnest(...)`` on PostgreSQL)."""
         if not writes:
             return []
         now = now or datetime.now(UTC)
+        cipher = self.cipher
+        key = self._blind_key(cipher) if cipher is not None else None
+        hashes = [self._keyed_hash(key, w.content_hash) for w in writes]
         cur = self._current_many(conn, {(w.resource_type, w.id) for w in writes})
-        seen = (self._seen_hashes(conn, [w for w in writes if w.content is not None and (
-            (c := cur.get((w.resource_type, w.id))) is not None
-            and c.content_hash != w.content_hash)]) if seen_is_unchanged else set())
+        seen = (self._seen_hashes(conn, [(w, h) for w, h in zip(writes, hashes, strict=True)
+                                         if w.content is not None and (
+            (c := cur.get((w.resource_type, w.id))) is not None and c.content_hash != h)])
+                if seen_is_unchanged else set())
         in_db = {k for k, c in cur.items() if c.in_db}
         out: list[StoredResource] = []
         versions: list[dict[str, Any]] = []
         final: dict[tuple[str, str], tuple[int, ResourceWrite]] = {}
-        for w in writes:
-            key = (w.resource_type, w.id)
-            have = cur.get(key)
+        for w, digest in zip(writes, hashes, strict=True):
+            k = (w.resource_type, w.id)
+            have = cur.get(k)
             if w.if_match is not None and (have is None or have.deleted
                                            or have.version != w.if_match):
                 now_at = ("absent" if have is None else "deleted" if have.deleted
@@ -293,8 +436,8 @@ class ResourceStore:
                                           have.patient_id if have else None, None))
                 continue
             if (w.content is not None and have is not None and not have.deleted
-                    and (have.content_hash == w.content_hash
-                         or (w.resource_type, w.id, w.content_hash) in seen)):
+                    and (have.content_hash == digest
+                         or (w.resource_type, w.id, digest) in seen)):
                 out.append(StoredResource(w.resource_type, w.id, have.version,
                                           have.last_updated, False, have.patient_id,
                                           w.content))
@@ -302,52 +445,105 @@ class ResourceStore:
             version = (have.version if have else 0) + 1
             deleted = w.content is None
             patient = have.patient_id if deleted and have else w.patient_id
+            chash = digest or (have.content_hash if have else "")
+            content = w.content
+            if content is not None and cipher is not None:
+                content = cipher.encrypt(content.encode(), context=self._context(
+                    w.resource_type, w.id, version))
             versions.append({"res_type": w.resource_type, "res_id": w.id, "version": version,
-                             "last_updated": now, "deleted": deleted,
-                             "content_hash": w.content_hash or (have.content_hash if have
-                                                                else ""),
-                             "patient_id": patient, "content": w.content})
-            cur[key] = _Current(version, versions[-1]["content_hash"], deleted, now, patient,
-                                have.in_db if have else False)
-            final[key] = (len(versions) - 1, w)
+                             "last_updated": now, "deleted": deleted, "content_hash": chash,
+                             "patient_id": patient, "content": content})
+            cur[k] = _Current(version, chash, deleted, now, patient,
+                              have.in_db if have else False)
+            final[k] = (len(versions) - 1, w)
             out.append(StoredResource(w.resource_type, w.id, version, now, deleted, patient,
                                       w.content, created=have is None or have.deleted,
                                       changed=True))
         if not versions:
             return out
-        v = t.fhir_versions
-        seqs = [row.seq for row in conn.execute(
-            insert(v).returning(v.c.seq, sort_by_parameter_order=True), versions)]
+        seqs = self._insert_versions(conn, versions)
         current = []
-        for key, (i, _w) in final.items():
+        for k, (i, _w) in final.items():
             row = versions[i]
-            current.append({"res_type": key[0], "res_id": key[1], "version": row["version"],
+            current.append({"res_type": k[0], "res_id": k[1], "version": row["version"],
                             "seq": seqs[i], "last_updated": now, "deleted": row["deleted"],
                             "content_hash": row["content_hash"],
                             "patient_id": row["patient_id"]})
         self._upsert_current(conn, current)
-        s = t.fhir_search
-        stale = [{"t": k[0], "i": k[1]} for k in final if k in in_db]
-        if stale:
-            conn.execute(delete(s).where(s.c.res_type == bindparam("t"),
-                                         s.c.res_id == bindparam("i")), stale)
-        rows = [{"res_type": w.resource_type, "res_id": w.id, "param": r.param,
-                 "sys": _cut(r.sys), "value": _cut(r.value), "raw": _cut(r.raw), "lo": r.lo,
-                 "hi": r.hi}
-                for _i, w in final.values() if w.content is not None for r in w.index]
-        if rows:
-            conn.execute(insert(s), rows)
+        self._replace_index(conn, [k for k in final if k in in_db],
+                            [w for _i, w in final.values() if w.content is not None], key)
         return out
+
+    def _index_rows(self, writes: Sequence[ResourceWrite], key: bytes | None
+                    ) -> list[tuple[Any, ...]]:
+        """The ``fhir_search`` rows of ``writes`` as tuples in :data:`_SEARCH_COLUMNS`
+        order, blind rows as keyed hashes when the store seals."""
+        mac = self._mac
+        rows = []
+        for w in writes:
+            for r in w.index:
+                value, raw = r.value, r.raw
+                if r.blind and key is not None:
+                    value = None if value is None else mac(key, r.param, "v", value)
+                    raw = None if raw is None else mac(key, r.param, "r", raw)
+                rows.append((w.resource_type, w.id, r.param, _cut(r.sys), _cut(value),
+                             _cut(raw), r.lo, r.hi))
+        return rows
+
+    def _replace_index(self, conn: Connection, stale: list[tuple[str, str]],
+                       writes: Sequence[ResourceWrite], key: bytes | None) -> None:
+        """Delete the index rows of ``stale`` resources and insert those of ``writes``."""
+        s = t.fhir_search
+        pg = conn.dialect.name == "postgresql"
+        if stale and pg:
+            for i in range(0, len(stale), _PG_ROWS):
+                part = stale[i:i + _PG_ROWS]
+                conn.exec_driver_sql(
+                    "DELETE FROM fhir_search AS s USING unnest(%(t)b::text[], %(i)b::text[]) "
+                    "AS u(t, i) WHERE s.res_type = u.t AND s.res_id = u.i",
+                    {"t": [k[0] for k in part], "i": [k[1] for k in part]})
+        elif stale:
+            conn.execute(delete(s).where(s.c.res_type == bindparam("t"),
+                                         s.c.res_id == bindparam("i")),
+                         [{"t": k[0], "i": k[1]} for k in stale])
+        rows = self._index_rows(writes, key)
+        if not rows:
+            return
+        if pg:
+            _pg_copy(conn, "fhir_search", _SEARCH_COLUMNS, rows)
+        else:
+            conn.execute(insert(s), [dict(zip(_SEARCH_COLUMNS, r, strict=True))
+                                     for r in rows])
+
+    def _insert_versions(self, conn: Connection, versions: list[dict[str, Any]]) -> list[int]:
+        """Insert version rows; their ``seq`` numbers in the same order."""
+        v = t.fhir_versions
+        if conn.dialect.name != "postgresql":
+            return [row.seq for row in conn.execute(
+                insert(v).returning(v.c.seq, sort_by_parameter_order=True), versions)]
+        at = {(r["res_type"], r["res_id"], r["version"]): i for i, r in enumerate(versions)}
+        seqs = [0] * len(versions)
+        got = _pg_insert(conn, "fhir_versions", _VERSION_COLUMNS, _VERSION_TYPES,
+                         [tuple(r[c] for c in _VERSION_COLUMNS) for r in versions],
+                         returning="seq, res_type, res_id, version")
+        for seq, rtype, rid, ver in got:
+            seqs[at[(rtype, rid, ver)]] = int(seq)
+        return seqs
 
     def _upsert_current(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         c = t.fhir_current
         name = conn.dialect.name
-        if name in ("sqlite", "postgresql"):
-            ins = (sqlite.insert(c) if name == "sqlite" else postgresql.insert(c))
-            stmt = ins.on_conflict_do_update(
-                index_elements=[c.c.res_type, c.c.res_id],
-                set_={k: ins.excluded[k] for k in ("version", "seq", "last_updated", "deleted",
-                                                   "content_hash", "patient_id")})
+        cols = ("version", "seq", "last_updated", "deleted", "content_hash", "patient_id")
+        if name == "postgresql":
+            _pg_insert(conn, "fhir_current", _CURRENT_COLUMNS, _CURRENT_TYPES,
+                       [tuple(r[k] for k in _CURRENT_COLUMNS) for r in rows],
+                       suffix="ON CONFLICT (res_type, res_id) DO UPDATE SET " + ", ".join(
+                           f"{k} = EXCLUDED.{k}" for k in cols))
+            return
+        if name == "sqlite":
+            ins = sqlite.insert(c)
+            stmt = ins.on_conflict_do_update(index_elements=[c.c.res_type, c.c.res_id],
+                                             set_={k: ins.excluded[k] for k in cols})
             conn.execute(stmt, rows)
             return
         for r in rows:  # another backend: delete and insert
@@ -355,14 +551,21 @@ class ResourceStore:
                                          c.c.res_id == r["res_id"]))
             conn.execute(insert(c), r)
 
-    def _seen_hashes(self, conn: Connection, writes: Sequence[ResourceWrite]
+    def _seen_hashes(self, conn: Connection, writes: Sequence[tuple[ResourceWrite, str]]
                      ) -> set[tuple[str, str, str]]:
+        """(type, id, hash) of every stored, not deleted version of the resources of
+        ``writes`` (one look-up per type and chunk of ids)."""
         v = t.fhir_versions.c
+        by_type: dict[str, set[str]] = {}
+        for w, _h in writes:
+            by_type.setdefault(w.resource_type, set()).add(w.id)
         out: set[tuple[str, str, str]] = set()
-        for w in writes:
-            q = select(v.content_hash).where(v.res_type == w.resource_type, v.res_id == w.id,
-                                             v.deleted == false())
-            out |= {(w.resource_type, w.id, h) for (h,) in conn.execute(q)}
+        for rtype, ids in by_type.items():
+            todo = sorted(ids)
+            for i in range(0, len(todo), _CHUNK):
+                q = select(v.res_id, v.content_hash).where(
+                    v.res_type == rtype, v.res_id.in_(todo[i:i + _CHUNK]), v.deleted == false())
+                out |= {(rtype, rid, h) for rid, h in conn.execute(q)}
         return out
 
     def _current_many(self, conn: Connection, keys: set[tuple[str, str]]
@@ -372,12 +575,23 @@ class ResourceStore:
         for rtype, rid in keys:
             by_type.setdefault(rtype, []).append(rid)
         out: dict[tuple[str, str], _Current] = {}
+        pg = conn.dialect.name == "postgresql"
+        step = _PG_ROWS if pg else _CHUNK
         for rtype, ids in by_type.items():
             ids.sort()
-            for i in range(0, len(ids), _CHUNK):
+            for i in range(0, len(ids), step):
+                if pg:  # one array parameter, not thousands of bound ones
+                    found = conn.exec_driver_sql(
+                        "SELECT res_id, version, content_hash, deleted, last_updated, "
+                        "patient_id FROM fhir_current WHERE res_type = %(t)s AND "
+                        "res_id = ANY(%(i)b::text[])", {"t": rtype, "i": ids[i:i + step]})
+                    for rid, ver, h, dele, lu, pid in found:
+                        out[(rtype, rid)] = _Current(ver, h, bool(dele), lu.astimezone(UTC),
+                                                     pid, True)
+                    continue
                 q = select(c.res_id, c.version, c.content_hash, c.deleted, c.last_updated,
                            c.patient_id).where(c.res_type == rtype,
-                                               c.res_id.in_(ids[i:i + _CHUNK]))
+                                               c.res_id.in_(ids[i:i + step]))
                 for rid, ver, h, dele, lu, pid in conn.execute(q):
                     out[(rtype, rid)] = _Current(ver, h, bool(dele), lu, pid, True)
         return out
@@ -402,7 +616,7 @@ class ResourceStore:
         else:
             with self.engine.connect() as conn2:
                 row = conn2.execute(q).first()
-        return None if row is None else _stored(row)
+        return None if row is None else self._stored(row)
 
     def read(self, resource_type: str, resource_id: str, *,
              conn: Connection | None = None) -> StoredResource:
@@ -427,7 +641,7 @@ class ResourceStore:
             row = conn.execute(q).first()
         if row is None:
             raise NotFoundError(f"{resource_type}/{resource_id} has no version {version}")
-        got = _stored(row)
+        got = self._stored(row)
         if got.deleted:
             raise GoneError(f"{resource_type}/{resource_id} version {version} is a delete")
         return got
@@ -461,7 +675,8 @@ class ResourceStore:
             rows = conn.execute(q).all()
             n = (conn.scalar(select(func.count()).select_from(t.fhir_versions).where(where))
                  if total else None)
-        return Page([_stored(r) for r in rows[:count]], n, offset, count, len(rows) > count)
+        return Page([self._stored(r) for r in rows[:count]], n, offset, count,
+                    len(rows) > count)
 
     # --- search ------------------------------------------------------------------------
     def search(self, query: Query, *, count: int = 100, offset: int = 0, total: bool = True,
@@ -483,7 +698,8 @@ class ResourceStore:
                 rows = cx.execute(q).all()
             if total or not count:
                 n = cx.scalar(select(func.count()).select_from(t.fhir_current).where(where))
-        return Page([_stored(r) for r in rows[:count]], n, offset, count, len(rows) > count)
+        return Page([self._stored(r) for r in rows[:count]], n, offset, count,
+                    len(rows) > count)
 
     def count(self, query: Query, *, patients: Iterable[str] | None = None,
               shared: bool = True) -> int:
@@ -522,8 +738,24 @@ class ResourceStore:
             if cl.missing is not None:
                 has = exists().where(*base)
                 return not_(has) if cl.missing else has
-            cond = exists().where(*base, or_(*(_test(x) for x in cl.tests)))
+            tests = cl.tests
+            cipher = self.cipher
+            if cl.blind and cipher is not None:  # compare keyed hashes
+                tests = tuple(self._blind_test(self._blind_key(cipher), cl.param, x)
+                              for x in tests)
+            cond = exists().where(*base, or_(*(_test(x) for x in tests)))
         return not_(cond) if cl.negate else cond
+
+    def _blind_test(self, key: bytes, param: str, x: Any) -> Any:
+        """A test of a blind clause with its values as the keyed hashes stored."""
+        if isinstance(x, TokenTest) and x.code is not None:
+            return replace(x, code=self._mac(key, param, "v", x.code))
+        if isinstance(x, StringTest):
+            if x.mode != "exact":
+                raise ValidationError(f"{param} is identifying and indexed blind: only "
+                                      "starts-with on a word part or :exact", where=param)
+            return replace(x, text=self._mac(key, param, "r", x.text))
+        return x
 
     def _order(self, keys: Sequence[SortKey]) -> list[Any]:
         c, s = t.fhir_current.c, t.fhir_search.c
@@ -595,7 +827,7 @@ class ResourceStore:
             where = and_(where, _scope(c.patient_id, patients, shared))
         with self.engine.connect() as conn:
             rows = conn.execute(self._joined().where(where).order_by(c.seq).limit(limit)).all()
-        return [_stored(r) for r in rows]
+        return [self._stored(r) for r in rows]
 
     def read_many(self, keys: Iterable[tuple[str, str]], *,
                   patients: Iterable[str] | None = None, shared: bool = True
@@ -614,7 +846,7 @@ class ResourceStore:
                                  c.deleted == false())
                     if patients is not None:
                         where = and_(where, _scope(c.patient_id, patients, shared))
-                    out += [_stored(r) for r in conn.execute(
+                    out += [self._stored(r) for r in conn.execute(
                         self._joined().where(where).order_by(c.res_id))]
         return out
 
@@ -637,7 +869,8 @@ class ResourceStore:
                 first.desc(), c.seq).offset(offset).limit(count + 1)).all()
             n = (conn.scalar(select(func.count()).select_from(t.fhir_current).where(where))
                  if total else None)
-        return Page([_stored(r) for r in rows[:count]], n, offset, count, len(rows) > count)
+        return Page([self._stored(r) for r in rows[:count]], n, offset, count,
+                    len(rows) > count)
 
     def iter_current(self, *, types: Iterable[str] | None = None,
                      patients: Iterable[str] | None = None, shared: bool = True,
@@ -647,24 +880,27 @@ class ResourceStore:
         streamed in batches: the source of exports."""
         c = t.fhir_current.c
         conds: list[ColumnElement[bool]] = [c.deleted == false()]
-        if types is not None:
-            conds.append(c.res_type.in_(list(types)))
         if patients is not None:
             conds.append(_scope(c.patient_id, patients, shared))
         if since is not None:
             conds.append(c.last_updated >= since)
-        last_type, last_seq = "", -1
-        while True:
-            q = (self._joined().add_columns(c.seq).where(and_(*conds), or_(
-                c.res_type > last_type, and_(c.res_type == last_type, c.seq > last_seq)))
-                .order_by(c.res_type, c.seq).limit(batch))
+        if types is None:
             with self.engine.connect() as conn:
-                rows = conn.execute(q).all()
-            for r in rows:
-                yield _stored(r)
-            if len(rows) < batch:
-                return
-            last_type, last_seq = rows[-1].res_type, rows[-1].seq
+                types = sorted(conn.scalars(select(c.res_type).where(c.deleted == false())
+                                            .distinct()))
+        for rtype in sorted(set(types)):  # per type, keyset pages on (res_type, seq)
+            last_seq = -1
+            while True:
+                q = (self._joined().add_columns(c.seq).where(
+                    and_(*conds), c.res_type == rtype, c.seq > last_seq)
+                    .order_by(c.seq).limit(batch))
+                with self.engine.connect() as conn:
+                    rows = conn.execute(q).all()
+                for r in rows:
+                    yield self._stored(r)
+                if len(rows) < batch:
+                    break
+                last_seq = rows[-1].seq
 
     def type_counts(self) -> dict[str, int]:
         """Number of current, not deleted resources per type."""
@@ -676,6 +912,48 @@ class ResourceStore:
 
 
 # --- helpers ---------------------------------------------------------------------------
+_VERSION_COLUMNS = ("res_type", "res_id", "version", "last_updated", "deleted",
+                    "content_hash", "patient_id", "content")
+_VERSION_TYPES = ("text", "text", "int4", "timestamptz", "bool", "text", "text", "text")
+_CURRENT_COLUMNS = ("res_type", "res_id", "version", "seq", "last_updated", "deleted",
+                    "content_hash", "patient_id")
+_CURRENT_TYPES = ("text", "text", "int4", "int8", "timestamptz", "bool", "text", "text")
+_SEARCH_COLUMNS = ("res_type", "res_id", "param", "sys", "value", "raw", "lo", "hi")
+_SEARCH_TYPES = ("text", "text", "text", "text", "text", "text", "timestamptz",
+                 "timestamptz")
+
+
+def _pg_insert(conn: Connection, table: str, columns: Sequence[str], types: Sequence[str],
+               rows: Sequence[tuple[Any, ...]], *, suffix: str = "",
+               returning: str | None = None) -> list[Any]:
+    """``INSERT INTO table (columns) SELECT * FROM unnest(typed arrays) [suffix]``, a few
+    thousand rows a statement (one round trip and one plan each, not one per row as
+    ``executemany``); the ``returning`` rows of every statement."""
+    cols = ", ".join(columns)
+    arrays = ", ".join(f"%(c{i})b::{ty}[]" for i, ty in enumerate(types))
+    sql = f"INSERT INTO {table} ({cols}) SELECT * FROM unnest({arrays}) {suffix}"
+    if returning:
+        sql += f" RETURNING {returning}"
+    out: list[Any] = []
+    for i in range(0, len(rows), _PG_ROWS):
+        part = rows[i:i + _PG_ROWS]
+        params = {f"c{j}": [r[j] for r in part] for j in range(len(columns))}
+        result = conn.exec_driver_sql(sql, params)
+        if returning:
+            out += result.all()
+    return out
+
+
+def _pg_copy(conn: Connection, table: str, columns: Sequence[str],
+             rows: Sequence[tuple[Any, ...]]) -> None:
+    """``COPY table (columns) FROM STDIN``: PostgreSQL's bulk load, for rows nothing needs
+    back (the search index)."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for r in rows:
+            copy.write_row(r)
+
+
 @contextmanager
 def _connection(engine: Any, conn: Connection | None) -> Iterator[Connection]:
     if conn is not None:
@@ -683,11 +961,6 @@ def _connection(engine: Any, conn: Connection | None) -> Iterator[Connection]:
     else:
         with engine.connect() as cx:
             yield cx
-
-
-def _stored(r: Any) -> StoredResource:
-    return StoredResource(r.res_type, r.res_id, int(r.version), r.last_updated,
-                          bool(r.deleted), r.patient_id, r.content)
 
 
 def _scope(column: Any, patients: Iterable[str], shared: bool) -> ColumnElement[bool]:

@@ -115,10 +115,15 @@ def _record_row(rec: ClinicalRecord) -> dict[str, Any]:
 class Batch:
     """One unit of input for :meth:`EventStore.append_batches` (e.g. one imported file):
     patients, records (or their :func:`prepare_rows`), dead letters and, per record, its
-    data-quality flag (``quality``; None for all trusted)."""
+    data-quality flag (``quality``; None for all trusted). ``resources``, when given,
+    holds the FHIR resource of each record, in the records' order (one
+    ``store.resources.ResourceWrite`` per record, made above the store, e.g. by
+    ``interop.fhir.write.record_writes``): stored in the same transaction, so that a reading
+    written as a typed record is visible to FHIR read and search too."""
 
     patients: Sequence[Patient] = ()
     records: Sequence[ClinicalRecord] = ()
     dead_letters: Sequence[tuple[str, str, str]] = ()
     rows: list[dict[str, Any]] | None = None
     quality: Sequence[str | None] | None = None
+    resources: Sequence[Any] = ()

@@ -241,6 +241,7 @@ fhir_current = Table(
     Index("ix_fhir_current_patient", "patient_id", "res_type"),
     Index("ix_fhir_current_type_updated", "res_type", "last_updated"),
     Index("ix_fhir_current_seq", "seq"),
+    Index("ix_fhir_current_type_seq", "res_type", "seq"),  # migration 0010: export order
 )
 
 fhir_search = Table(

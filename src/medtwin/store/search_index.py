@@ -13,12 +13,15 @@ from typing import NamedTuple
 LOW = datetime(1, 1, 1, tzinfo=UTC)          # a period without a start
 HIGH = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # ... without an end
 MAX_TEXT = 255  # index columns hold this many characters (longer values are cut)
+MAX_PREFIX = 32  # identifying strings are indexed blind by their prefixes up to this length
 
 
 class IndexRow(NamedTuple):
     """One search-parameter value of a resource: a token (sys=system, value=code), a
     reference (sys=target type, value=id), a string (value=normalised, raw=as written) or
-    a date range (lo, hi)."""
+    a date range (lo, hi). A ``blind`` row holds an identifying value: a store with a key
+    ring keeps its ``value`` and ``raw`` only as keyed hashes (a blind index; ``sys``,
+    ``lo`` and ``hi`` stay as given, so the caller puts nothing identifying there)."""
 
     param: str
     sys: str | None = None
@@ -26,6 +29,7 @@ class IndexRow(NamedTuple):
     raw: str | None = None
     lo: datetime | None = None
     hi: datetime | None = None
+    blind: bool = False
 
 
 ANY = "\x00any"  # TokenTest.system: any system (``code=x``), unlike None (``code=|x``)
@@ -74,12 +78,16 @@ class Clause:
     """One search parameter of a query: its tests are OR-ed (comma); the clauses of a query
     are AND-ed (repeated parameters). ``param`` is an index parameter name or one of the
     columns ``_id``, ``_lastUpdated`` and ``patient`` (the compartment). ``negate`` is the
-    ``:not`` modifier; ``missing`` (True/False) is ``:missing`` (then ``tests`` is empty)."""
+    ``:not`` modifier; ``missing`` (True/False) is ``:missing`` (then ``tests`` is empty).
+    A ``blind`` clause searches blind rows (:class:`IndexRow`): only equality of a token's
+    code or of an exact string (``raw``) can be asked, which the store compares as keyed
+    hashes; a starts-with search is a token test on the prefix rows."""
 
     param: str
     tests: tuple[Test, ...] = ()
     negate: bool = False
     missing: bool | None = None
+    blind: bool = False
 
 
 @dataclass(frozen=True, slots=True)

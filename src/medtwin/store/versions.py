@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from medtwin.store import schema as t
+from medtwin.store.rows import idempotency_key
 
 _LOOKUP = {"sqlite": 500, "postgresql": 5000}  # source ids per look-up statement
 
@@ -26,10 +27,11 @@ _LOOKUP = {"sqlite": 500, "postgresql": 5000}  # source ids per look-up statemen
 class _Known:
     """What is stored (or earlier in this write) under one (kind, source id)."""
 
-    __slots__ = ("code", "keys", "patient")
+    __slots__ = ("code", "deleted", "keys", "patient", "seq")
 
     def __init__(self, patient: str | None, code: str | None, key: str) -> None:
         self.patient, self.code, self.keys = patient, code, {key}
+        self.deleted, self.seq = False, 0  # the newest stored row is a tombstone
 
 
 def version_conflicts(conn: Any, prepared: Sequence[list[dict[str, Any]]], *,
@@ -51,6 +53,11 @@ def version_conflicts(conn: Any, prepared: Sequence[list[dict[str, Any]]], *,
                 known[key] = _Known(r["patient_id"], r["code"], r["idem_key"])
                 continue
             if r["idem_key"] in have.keys:
+                if have.deleted:  # written again after its tombstone:
+                    r["idem_key"] = idempotency_key(  # a new version over it
+                        r["kind"], r["source_id"], f"revived\x1f{r['idem_key']}\x1f{have.seq}")
+                    have.keys.add(r["idem_key"])
+                    have.deleted = False
                 continue  # the same record again: a duplicate
             why = _refusal(have, r, may_amend=may_amend)
             if why:
@@ -90,12 +97,13 @@ def _stored(conn: Any, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Kno
     for kind, sids in by_kind.items():
         sids.sort()
         for i in range(0, len(sids), step):
-            q = (select(e.source_id, e.patient_id, e.code, e.idem_key)
+            q = (select(e.source_id, e.patient_id, e.code, e.idem_key, e.quality, e.seq)
                  .where(e.kind == kind, e.source_id.in_(sids[i:i + step])).order_by(e.seq))
-            for sid, pid, code, idem in conn.execute(q):
+            for sid, pid, code, idem, quality, seq in conn.execute(q):
                 have = found.get((kind, sid))
                 if have is None:
-                    found[(kind, sid)] = _Known(pid, code, idem)
+                    have = found[(kind, sid)] = _Known(pid, code, idem)
                 else:
                     have.keys.add(idem)
+                have.deleted, have.seq = quality == "deleted", seq  # the newest row's
     return found

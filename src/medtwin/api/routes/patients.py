@@ -36,6 +36,7 @@ from medtwin.api.schemas import (
 from medtwin.api.timeline_cursor import decode_cursor, encode_cursor
 from medtwin.core.errors import ConflictError, NotFoundError, ValidationError
 from medtwin.core.records import KIND_OF, Observation
+from medtwin.interop.fhir.write import record_writes
 from medtwin.interop.quality import Admitted, admit
 from medtwin.security.policy import AccessDeniedError, Action, not_found
 from medtwin.security.roles import Role
@@ -165,7 +166,8 @@ def add_observation(request: Request, svc: Svc, who: Caller, patient_id: Id,
         raise ApiError(422, detail) from None
     try:
         res = svc.store.append(records=[admitted.observation], quality=[admitted.quality],
-                               may_amend=False)
+                               may_amend=False, resources=record_writes(
+                                   [admitted.observation], [admitted.quality]))
     except NotFoundError:
         audited(request, svc, who, grant, "Observation", "not-found")
         raise not_found(patient_id) from None

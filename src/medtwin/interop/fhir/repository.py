@@ -11,6 +11,7 @@ turns results and errors into FHIR responses; see ``/work/notes/h5_api.md``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -172,8 +173,11 @@ class FhirRepository:
                 if p.id is None:
                     results[p.index] = TxResult(None, 204)
                     continue
+                before = self.store.current(p.resource_type, p.id, conn=conn)
                 (gone,) = self.store.write_in(conn, [ResourceWrite(
                     p.resource_type, p.id, None, if_match=p.if_match)])
+                if gone.changed and before is not None and before.content is not None:
+                    self.events.tombstone_in(conn, _record_sources(before))
                 results[p.index] = TxResult(gone if gone.changed else None,
                                             200 if gone.changed else 204)
             ordered = [i for i in order if plans[i].method != "DELETE"
@@ -327,6 +331,24 @@ class FhirRepository:
                         out.setdefault(key, r)
         return list(out.values())
 
+    def reseal(self, keyring: Any) -> int:
+        """Key rotation of the stored resources: re-encrypt every version under
+        ``keyring``'s current key (it must still hold the old keys) and, when unsealed rows
+        were found (a store that had no key ring before), rebuild the search index so that
+        its identifying rows become keyed hashes. Returns the versions resealed."""
+        done, plain = self.store.reseal(keyring)
+        if plain:
+            self.events.keyring = keyring
+            batch: list[ResourceWrite] = []
+            for r in self.store.iter_current():
+                batch.append(resource_write(r.resource()))
+                if len(batch) >= 2000:
+                    self.store.replace_index(batch)
+                    batch = []
+            if batch:
+                self.store.replace_index(batch)
+        return done
+
     def iter_resources(self, *, types: Iterable[str] | None = None,
                        patients: Iterable[str] | None = None, shared: bool = True,
                        since: datetime | None = None) -> Iterator[StoredResource]:
@@ -398,6 +420,20 @@ def _parse(bundle: dict[str, Any], extra: dict[str, tuple[str, str]]) -> ParsedI
     """parse_fhir of a transaction bundle, with references to ``extra`` fullUrls (entries
     resolved elsewhere, e.g. a conditional create that matched) resolved too."""
     return parse_fhir(bundle, source="transaction", known_urls=extra)
+
+
+def _record_sources(stored: StoredResource) -> list[str]:
+    """The source ids of the typed records derived from ``stored``: ``Type/id`` (an
+    import or FHIR write) and any ``urn:medtwin:source-id`` identifier (a record written
+    as a typed record first: a live reading, a REST POST, HL7 v2)."""
+    from medtwin.interop.fhir.write import SOURCE_ID_SYSTEM
+
+    out = [stored.reference]
+    for ident in json.loads(stored.content or "{}").get("identifier", []):
+        if isinstance(ident, dict) and ident.get("system") == SOURCE_ID_SYSTEM \
+                and isinstance(ident.get("value"), str):
+            out.append(ident["value"])
+    return out
 
 
 def _type_of(resource: Any) -> str:

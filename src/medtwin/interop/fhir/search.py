@@ -16,6 +16,18 @@ Semantics implemented (the section of the R4 Search page in brackets):
 - reference ``[id]``, ``[type]/[id]``, an absolute URL, ``:[type]`` (3.1.1.4.13);
 - ``_id``, ``_lastUpdated``, ``_sort`` (``-`` for descending), ``_count``, ``_offset``,
   ``_include``/``_revinclude``, ``_summary``, ``_elements``, ``_total``.
+
+Identifying parameters (:attr:`SearchParam.blind`: a Patient's names, address, telecom,
+birth and death dates, and every type's ``identifier``) are indexed *blind*: a store with a
+key ring keeps only keyed hashes of their values (the resource itself is sealed), so a dump
+of the database shows no identity. What can be asked of them is what equality of hashes
+answers: a string by the start of a word part (its prefixes up to
+:data:`~medtwin.store.search_index.MAX_PREFIX` characters are indexed; a longer search value
+is compared on that many) or ``:exact``, never ``:contains``; a token exactly; a date by
+``eq``/``ne`` at year, month or day precision, or by a range prefix whose edge is a year
+boundary (``ge1970``, ``lt1980-01-01``: the year stays in the clear, as medtwin keeps a
+patient's birth year); no ``_sort``. Anything else is a :class:`ValidationError` (HTTP 400)
+that says so. Stores without a key ring index the same rows in the clear (same answers).
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import calendar
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +46,7 @@ from medtwin.store.search_index import (
     ANY,
     HIGH,
     LOW,
+    MAX_PREFIX,
     Clause,
     DateTest,
     IndexRow,
@@ -55,6 +68,20 @@ class SearchParam:
     kind: str
     paths: tuple[str, ...]
     target: str | None = None
+    blind: bool = False  # identifying: indexed as keyed hashes (see the module docstring)
+
+    @property
+    def documentation(self) -> str | None:
+        """What a blind parameter cannot do (for the CapabilityStatement), else None."""
+        if not self.blind:
+            return None
+        what = {"string": "starts-with on a word part (first 32 characters) and :exact; "
+                          "no :contains",
+                "token": "exact codes (system|code, code, system|)",
+                "date": "eq/ne at year, month or day precision; other prefixes only at a "
+                        "year boundary (ge1970, lt1980-01-01)"}.get(self.kind, "")
+        return (f"identifying: indexed blind (keyed hashes, encrypted at rest): {what}; "
+                "no _sort")
 
 
 def _p(name: str, kind: str, *paths: str, target: str | None = None) -> SearchParam:
@@ -74,6 +101,7 @@ PARAMS: dict[str, tuple[SearchParam, ...]] = {
                 _p("active", "token", "active"), _p("address", "string", "address"),
                 _p("address-city", "string", "address.city"),
                 _p("address-postalcode", "string", "address.postalCode"),
+                _p("telecom", "token", "telecom"),
                 _p("general-practitioner", "reference", "generalPractitioner"),
                 _p("organization", "reference", "managingOrganization"),
                 _p("death-date", "date", "deceasedDateTime")),
@@ -191,6 +219,19 @@ PARAMS: dict[str, tuple[SearchParam, ...]] = {
     "Group": (_p("identifier", "token", "identifier"), _p("type", "token", "type"),
               _p("member", "reference", "member.entity"), _p("code", "token", "code")),
 }
+# identifying search parameters (HIPAA Safe Harbor: names, addresses, telecom, dates of the
+# individual, record and account numbers): indexed blind; ``identifier`` on every type
+IDENTIFYING: dict[str, frozenset[str]] = {
+    "Patient": frozenset({"name", "family", "given", "birthdate", "identifier", "telecom",
+                          "address", "address-city", "address-postalcode", "death-date"})}
+
+
+def _blinded(rtype: str, p: SearchParam) -> SearchParam:
+    blind = p.name == "identifier" or p.name in IDENTIFYING.get(rtype, ())
+    return replace(p, blind=True) if blind else p
+
+
+PARAMS = {rtype: tuple(_blinded(rtype, p) for p in ps) for rtype, ps in PARAMS.items()}
 COMMON = ("_id", "_lastUpdated")
 RESULT_PARAMS = {"_count", "_offset", "_sort", "_include", "_revinclude", "_summary",
                  "_elements", "_total", "_format", "_pretty", "_contained", "_containedType",
@@ -290,7 +331,9 @@ def compartment_of(resource: dict[str, Any]) -> str | None:
 
 
 def _rows(p: SearchParam, key: str, value: Any) -> Iterator[IndexRow]:
-    if p.kind == "token":
+    if p.blind:
+        yield from _blind_rows(p, value)
+    elif p.kind == "token":
         yield from _token_rows(p.name, value)
     elif p.kind == "reference":
         target = reference_target(value.get("reference")) if isinstance(value, dict) else None
@@ -303,6 +346,34 @@ def _rows(p: SearchParam, key: str, value: Any) -> Iterator[IndexRow]:
     elif p.kind == "string":
         for text in _strings(value):
             yield IndexRow(p.name, value=normalise(text), raw=text)
+
+
+def _blind_rows(p: SearchParam, value: Any) -> Iterator[IndexRow]:
+    """Rows of an identifying value, each ``blind``: a token's code; a string's normalised
+    prefixes (starts-with) and the text as written (``:exact``); a date's year, month and
+    day as written, the year's range kept in the clear (range prefixes at year edges)."""
+    if p.kind == "token":
+        for r in _token_rows(p.name, value):
+            yield r._replace(blind=True)
+    elif p.kind == "string":
+        for text in _strings(value):
+            norm = normalise(text)
+            for k in range(1, min(len(norm), MAX_PREFIX) + 1):
+                yield IndexRow(p.name, value=norm[:k], blind=True)
+            if text:
+                yield IndexRow(p.name, raw=text, blind=True)
+    elif p.kind == "date" and isinstance(value, str) and _BLIND_DATE.match(value[:10]):
+        try:
+            year = date_range(value[:4])
+        except ValidationError:
+            return
+        yield IndexRow(p.name, value=value[:4], lo=year[0], hi=year[1], blind=True)
+        for n in (7, 10):
+            if len(value) >= n:
+                yield IndexRow(p.name, value=value[:n], blind=True)
+
+
+_BLIND_DATE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?$")
 
 
 def _token_rows(name: str, value: Any) -> Iterator[IndexRow]:
@@ -490,6 +561,9 @@ def _result_param(out: Search, name: str, value: str, rtype: str | None,
         for key in split_commas(value):
             desc = key.startswith("-")
             pname = key.lstrip("-")
+            if pname in known and known[pname].blind:
+                raise ValidationError(f"cannot sort by {pname!r}: it is identifying and "
+                                      "indexed blind (encrypted at rest)", where="_sort")
             if pname not in COMMON and pname not in known:
                 raise ValidationError(f"cannot sort by {pname!r}: not a search parameter of "
                                       f"{rtype or 'every type'} (use _id, _lastUpdated or one "
@@ -553,6 +627,8 @@ def _clause(p: SearchParam, modifier: str, value: str) -> Clause:
     values = split_commas(value)
     if any(v == "" for v in values):
         raise ValidationError(f"{p.name}={value!r}: an empty value", where=p.name)
+    if p.blind and p.kind in ("string", "date"):
+        return _blind_clause(p, modifier, values)
     tests: list[Test] = []
     negate = False
     if p.kind == "token":
@@ -601,7 +677,50 @@ def _clause(p: SearchParam, modifier: str, value: str) -> Clause:
                                   where=p.name)
         mode = modifier or "start"
         tests = [StringTest(v if mode == "exact" else normalise(v), mode) for v in values]
-    return Clause(pname, tuple(tests), negate=negate)
+    return Clause(pname, tuple(tests), negate=negate, blind=p.blind)
+
+
+def _blind_clause(p: SearchParam, modifier: str, values: list[str]) -> Clause:
+    """A string or date clause on an identifying parameter, as what its blind rows can
+    answer (see the module docstring); anything else a :class:`ValidationError`."""
+    why = f"{p.name} is identifying and indexed blind (encrypted at rest): "
+    tests: list[Test] = []
+    if p.kind == "string":
+        if modifier not in ("", "exact"):
+            raise ValidationError(why + f":{modifier} is not supported (search by the start "
+                                  "of a word part, or :exact)", where=p.name)
+        for v in values:
+            tests.append(StringTest(v, "exact") if modifier == "exact"
+                         else TokenTest(ANY, normalise(v)[:MAX_PREFIX]))
+        return Clause(p.name, tuple(tests), blind=True)
+    if modifier:
+        raise ValidationError(f"modifier :{modifier} is not supported on date parameter "
+                              f"{p.name}", where=p.name)
+    negate = False
+    for v in values:
+        prefix = v[:2] if v[:2] in _PREFIXES else "eq"
+        text = v[2:] if v[:2] in _PREFIXES else v
+        if prefix in ("eq", "ne"):
+            if not _BLIND_DATE.match(text):
+                raise ValidationError(why + f"{v!r}: give a year, month or day (e.g. "
+                                      "1974-12-25), not a time", where=p.name)
+            date_range(text, where=p.name)  # a real date
+            if prefix == "ne":
+                if len(values) > 1:
+                    raise ValidationError(why + "ne cannot be combined with other values",
+                                          where=p.name)
+                negate = True
+            tests.append(TokenTest(ANY, text))
+            continue
+        x = _date_test(v, p.name)
+        edge = x.hi if prefix in ("gt", "sa", "le") else x.lo
+        if (edge.month, edge.day, edge.hour, edge.minute, edge.second,
+                edge.microsecond) != (1, 1, 0, 0, 0, 0):
+            raise ValidationError(why + f"{v!r}: a {prefix} search needs its edge at a year "
+                                  "boundary (e.g. ge1970, lt1980-01-01, gt1979), or search "
+                                  "an exact year, month or day", where=p.name)
+        tests.append(x)
+    return Clause(p.name, tuple(tests), negate=negate, blind=True)
 
 
 def _date_test(value: str, name: str) -> DateTest:

@@ -353,3 +353,47 @@ def export_bundle(resources: Iterable[dict[str, Any]], *, patient: Patient | Non
             raise FhirImportError(issues, summary="export produced invalid FHIR (a bug)")
     return bundle
 
+
+SOURCE_ID_SYSTEM = "urn:medtwin:source-id"  # Identifier.system of a record's source id
+QUALITY_SYSTEM = "urn:medtwin:data-quality"  # meta.tag system of a data-quality flag
+
+
+def record_resource(rec: ClinicalRecord, *, quality: str | None = None) -> dict[str, Any]:
+    """The FHIR resource of a typed record written without one (a live reading, a REST
+    POST, an HL7 v2 result): a valid FHIR id made from its source id (:func:`fhir_id`),
+    the source id kept as an identifier (``urn:medtwin:source-id``: a FHIR delete finds the
+    record by it), a quarantined reading tagged with its flag in ``meta.tag``
+    (``urn:medtwin:data-quality``), and links to what may not be stored (device,
+    encounter) kept as display text only, so no reference dangles."""
+    subject = getattr(rec, "subject", "") or ""
+    w = _Writer(Patient(id=subject, source_id=f"Patient/{subject}"), set())
+    w.patient_ref = {"reference": f"Patient/{subject}"}
+    res = w.resource(rec)
+    own = f"{res['resourceType']}/"  # "Observation/x" -> x; any other source id whole
+    res["id"] = fhir_id(rec.source_id.removeprefix(own) if rec.source_id.startswith(own)
+                        else rec.source_id)
+    for key in ("device", "encounter", "source"):
+        ref = res.get(key)
+        if isinstance(ref, dict) and "reference" in ref:
+            res[key] = {"display": ref["reference"]}
+    res["identifier"] = [*res.get("identifier", []),
+                         {"system": SOURCE_ID_SYSTEM, "value": rec.source_id}]
+    if quality:
+        res["meta"] = {"tag": [{"system": QUALITY_SYSTEM, "code": quality}]}
+    if not subject:
+        for key in ("subject", "patient"):
+            res.pop(key, None)
+    return res
+
+
+def record_writes(records: Iterable[ClinicalRecord],
+                  quality: Iterable[str | None] | None = None) -> list[Any]:
+    """The store rows (``ResourceWrite``) of :func:`record_resource` of each record, for
+    ``EventStore.append(..., resources=...)``: typed records stored with their FHIR
+    resource in one transaction."""
+    from medtwin.interop.fhir.search import resource_write
+
+    recs = list(records)
+    flags = list(quality) if quality is not None else [None] * len(recs)
+    return [resource_write(record_resource(r, quality=q))
+            for r, q in zip(recs, flags, strict=True)]

@@ -10,8 +10,12 @@ Revises: 0004
 Create Date: 2026-12-03
 """
 
+from datetime import UTC, datetime, timedelta
+
 import sqlalchemy as sa
 from alembic import op
+
+from medtwin.store.schema import UTCDateTime
 
 revision = "0005"
 down_revision = "0004"
@@ -22,6 +26,13 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("events", sa.Column("quality", sa.String(32), nullable=True))  # no copy
     op.create_index("ix_events_kind_source", "events", ["kind", "source_id"])
+    # readings already stored with a time in the future (a device clock written in 9999
+    # before this version) are quarantined now, as they would be if they arrived today
+    cutoff = datetime.now(UTC) + timedelta(minutes=5)  # interop.quality's default tolerance
+    op.get_bind().execute(
+        sa.text("UPDATE events SET quality = 'future-dated' WHERE kind = 'observation' "
+                "AND quality IS NULL AND time > :cutoff")
+        .bindparams(sa.bindparam("cutoff", value=cutoff, type_=UTCDateTime())))
 
 
 def downgrade() -> None:
