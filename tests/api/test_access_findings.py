@@ -71,6 +71,23 @@ def test_a_binding_needs_a_second_independent_admin(world):
     assert world.client.get("/patients/p2", headers=_bearer(token)).status_code == 200
 
 
+def test_an_admin_cannot_approve_through_an_admin_it_created(world):
+    """Review finding: root creates admin 'puppet'; puppet requests the binding and root
+    approves it. The requester's creator is not a second admin."""
+    assert world.client.post("/users", json={"username": "puppet", "role": "admin",
+                                             "password": STRONG},
+                             headers=world.headers["admin"]).status_code == 201
+    puppet = _bearer(login(world.client, "puppet", STRONG).json()["access_token"])
+    made = world.client.post("/users", json={"username": "sock2", "role": "patient",
+                                             "password": STRONG, "patient_id": "p2"},
+                             headers=puppet)
+    binding = made.json()["pending_binding"]
+    r = world.client.post(f"/users/bindings/{binding}/approve", headers=world.headers["admin"])
+    assert r.status_code == 403 and "independent" in r.json()["detail"]
+    token = login(world.client, "sock2", STRONG).json()["access_token"]
+    assert world.client.get("/patients/p2", headers=_bearer(token)).status_code == 404
+
+
 def test_break_glass_binds_at_once_and_is_audited(world):
     made = _sockpuppet(world, "er-patient", GLASS)
     assert made.status_code == 201 and made.json()["patient_id"] == "p2"

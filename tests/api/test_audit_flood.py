@@ -18,6 +18,17 @@ from medtwin.store.event_store import EventStore
 FLOOD = 2000
 
 
+def test_refused_logins_under_many_names_and_junk_logouts_stay_a_handful(world):
+    """Review of issue 12: throttled logins as nobody0..nobody299 opened one group each, and
+    a junk logout wrote a row per request."""
+    before = len(world.audit())
+    for i in range(300):
+        world.client.post("/auth/token", data={"username": f"nobody{i}", "password": "x" * 12})
+        world.client.post("/auth/logout", headers={"Authorization": f"Bearer junk{i}"})
+    during = [e for e in world.audit()[before:] if e.action != "login"]
+    assert len(during) <= 4, [e.detail for e in during]
+
+
 def test_a_flood_of_anonymous_401s_adds_a_handful_of_audit_rows(world):
     before = len(world.audit())
     for i in range(FLOOD):

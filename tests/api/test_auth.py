@@ -93,6 +93,6 @@ def test_login_is_rate_limited(world):
     outcomes = [e.outcome for e in world.audit() if e.action == "login"]
     assert outcomes.count("failure") == 5
     refused = [e for e in world.audit() if e.action == "authenticate"
-               and "login refused for user:res" in (e.detail or "")]
+               and "login refused" in (e.detail or "")]
     assert [e.outcome for e in refused] == ["denied"]  # the first at once, then aggregated
     assert login(world.client, "dr_a").status_code == 200  # other users are not locked out

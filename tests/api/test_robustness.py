@@ -51,3 +51,28 @@ def test_nul_bytes_in_text_are_refused_with_the_field_named(world, field):
     assert r.status_code == 422, r.text
     assert field in r.json()["detail"]
     assert world.store.timeline("p1") == before
+
+
+@pytest.mark.parametrize("when", OVERFLOWING)
+def test_a_forged_timeline_cursor_at_the_ends_of_the_calendar_is_422(world, when):
+    import base64
+    import json
+
+    token = base64.urlsafe_b64encode(json.dumps([when, 1]).encode()).decode().rstrip("=")
+    r = world.client.get("/patients/p1/timeline", headers=world.headers["clinician"],
+                         params={"cursor": token})
+    assert r.status_code == 422, r.text
+
+
+@pytest.mark.parametrize("date", ["ge0001-01-01T00:00:00+14:00", "le9999-12-31T23:59:59-14:00",
+                                  "gt9999-12-31T23:59:59-14:00"])
+def test_fhir_search_dates_at_the_ends_of_the_calendar_never_500(world, date):
+    r = world.client.get("/fhir/Observation", headers=world.headers["clinician"],
+                         params={"patient": "p1", "date": date})
+    assert r.status_code < 500, r.text
+
+
+def test_a_multipart_login_with_a_nul_is_refused_not_500(world):
+    r = world.client.post("/auth/token", files={"username": (None, "dr_a\u0000x"),
+                                                "password": (None, "whatever password")})
+    assert r.status_code in (401, 422), r.text

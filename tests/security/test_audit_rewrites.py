@@ -7,6 +7,7 @@ Each rewrite must be found by `verify` (and `medtwin audit verify`), naming what
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from sqlalchemy import delete, select, update
@@ -67,9 +68,11 @@ def _kinds(v) -> set[str]:
 
 @pytest.fixture
 def chain(secure_store, audit_log):
-    """A chain of 30 entries anchored every 10 (anchors at #1, #10, #20, #30)."""
+    """A chain of 30 entries anchored every 10 (anchors at #1, #10, #20, #30; the
+    break-glass entries are not anchored on their own here, so that each rewrite is found
+    by the periodic anchors alone)."""
     store, db, schema = secure_store
-    log = audit_log(store, anchor_every=10)
+    log = audit_log(store, anchor_every=10, anchor_sensitive=False)
     _fill(log)
     v = log.verify()
     assert v.ok and v.anchors >= 4, v.text()
@@ -218,3 +221,58 @@ def test_entries_from_before_keying_are_adopted_once_and_stay_protected(secure_s
     _rechain(store, key_id=None)  # rewrite everything as if it were all from before keying
     v = log.verify()
     assert not v.ok and "unkeyed" in _kinds(v), v.text()
+
+
+def _drop_last(store) -> None:
+    """Delete the newest entry and move the head back onto the one before it."""
+    with store.engine.begin() as conn:
+        top = conn.scalar(select(t.audit_log.c.seq).order_by(t.audit_log.c.seq.desc()))
+        conn.execute(delete(t.audit_log).where(t.audit_log.c.seq == top))
+        last = conn.execute(select(t.audit_log.c.hash, t.audit_log.c.key_id)
+                            .where(t.audit_log.c.seq == top - 1)).one()
+        conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
+                     .values(seq=top - 1, hash=last.hash, key_id=last.key_id))
+
+
+def test_a_fresh_break_glass_entry_cannot_be_dropped_from_the_tail(secure_store, audit_log):
+    """Review of issue 12: with the default anchoring (every 1000 entries or 300 s, checked
+    on the next append) a break-glass entry just written could be dropped with the head
+    moved back, and verify said "intact". Sensitive entries are anchored at once."""
+    store, _db, _schema = secure_store
+    log = audit_log(store)  # the service's defaults
+    for i in range(50):
+        log.append(AuditEntry(actor="clinician:dr1", role="clinician", action="read",
+                              resource="timeline", outcome="success", patient_id=f"p{i % 3}"))
+    log.append(AuditEntry(actor="admin:root", role="admin", action="read", resource="Patient",
+                          outcome="success", patient_id="p9",
+                          detail="break-glass: curiosity"))
+    assert log.verify().ok
+    _drop_last(store)
+    v = log.verify()
+    assert not v.ok and _kinds(v) == {"anchor"}, v.text()
+
+
+def test_an_idle_tail_is_anchored_by_the_timer(secure_store, audit_log):
+    """Ordinary entries wait for the next anchor, but never longer than anchor_seconds,
+    even when nothing more is appended."""
+    store, _db, _schema = secure_store
+    log = audit_log(store, anchor_seconds=0.3)
+    log.append(AuditEntry(actor="clinician:dr1", role="clinician", action="read",
+                          resource="timeline", outcome="success", patient_id="p1"))
+    for _ in range(3):
+        log.append(AuditEntry(actor="clinician:dr1", role="clinician", action="read",
+                              resource="timeline", outcome="success", patient_id="p2"))
+    time.sleep(1.0)
+    _drop_last(store)
+    assert not log.verify().ok
+
+
+def test_an_entry_with_a_nul_is_kept_not_lost(secure_store, audit_log):
+    """Review of issue 12: a NUL in a user name (multipart login) reached the audit row and
+    PostgreSQL refused it (a 500). It is kept, with U+FFFD in its place."""
+    store, _db, _schema = secure_store
+    log = audit_log(store)
+    log.append(AuditEntry(actor="anonymous", action="login", resource="user:dr\x00a",
+                          outcome="failure", detail="x\x00y"))
+    (entry,) = log.entries()[-1:]
+    assert entry.resource == "user:dr\ufffda" and log.verify().ok

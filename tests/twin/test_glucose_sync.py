@@ -47,3 +47,20 @@ def test_sync_updates_snapshots_and_predicts_a_low(store):
     store.append(records=[cgm(0, 180.0, "p2"), cgm(1, 178.0, "p2")])
     [f2] = sync.update("p2")
     assert f2.severity == 0 and len(snapshot_versions(store, "p2")) == 1
+
+
+def test_a_quarantined_reading_never_reaches_the_twin(store):
+    """Review of issue 12: a CGM reading dated in the future (stored flagged) moved the twin's
+    clock to its time; one dated 2099 made the monitor integrate for decades."""
+    store.append([Patient("p1", "p1")])
+    sync = GlucoseSync(store, subject_of={"p1": "adult#001"})
+    store.append(records=[cgm(k, 140.0) for k in range(7)])
+    sync.update("p1")
+    before = snapshot_versions(store, "p1")[-1][1]
+    far = Observation("p1", "99504-3", datetime(2099, 1, 1, tzinfo=UTC), 150.0, "mg/dL", "bad")
+    store.append(records=[far], quality=["future-dated"])
+    store.append(records=[cgm(7, 138.0)])
+    [f] = sync.update("p1")
+    latest = snapshot_at(store, "p1", datetime(2100, 1, 1, tzinfo=UTC))
+    assert latest.twin_time < T + timedelta(hours=1) and latest.twin_time >= before
+    assert "bad" not in str(f.detail)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from medtwin.api.problems import ApiError
 
@@ -31,7 +31,9 @@ def decode_cursor(token: str) -> tuple[datetime | None, int]:
         when = None if at is None else datetime.fromisoformat(at)
         if when is not None and when.tzinfo is None:
             raise ValueError("naive time")
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        if when is not None:
+            when = when.astimezone(UTC)  # OverflowError at the ends of the calendar
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise ApiError(422, "cursor: not a cursor this service gave; pass the `next` value "
                        "of the previous page, or leave it out to start at the beginning"
                        ) from None

@@ -19,6 +19,7 @@ anchors record as the start of keying.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -79,6 +80,22 @@ class AuditEntry:
         d = {k: getattr(self, k) for k in _FIELDS}
         d["time"] = self.time.astimezone(UTC).isoformat(timespec="microseconds")
         return d
+
+
+def _keepable(entry: AuditEntry) -> AuditEntry:
+    """The entry with every NUL replaced by U+FFFD: caller-chosen text (a user name, a path)
+    may hold one, and PostgreSQL refuses it in text; an audit entry is never lost for it."""
+    bad = {f: v.replace("\x00", "\ufffd") for f in _FIELDS if f != "time"
+           and isinstance(v := getattr(entry, f), str) and "\x00" in v}
+    return dataclasses.replace(entry, **bad) if bad else entry
+
+
+def sensitive(entry: AuditEntry) -> bool:
+    """Entries anchored at once, so that erasing them and moving the head back is caught
+    even right after they were written: break-glass accesses, anything an admin does, and
+    refusals of an identified caller."""
+    return (entry.role == "admin" or (entry.detail or "").startswith("break-glass")
+            or (entry.outcome == "denied" and entry.actor != "anonymous"))
 
 
 def body_hash(entry: AuditEntry) -> str:
@@ -158,8 +175,9 @@ class AuditLog:
 
     def __init__(self, engine: Engine, keys: AuditKeys, anchors: AnchorSink | None = None, *,
                  anchor_every: int = 1000, anchor_seconds: float = 300.0,
-                 page: int = PAGE) -> None:
+                 anchor_sensitive: bool = True, page: int = PAGE) -> None:
         self.engine = engine
+        self.anchor_sensitive = anchor_sensitive  # anchor sensitive entries at once
         self.keys = keys
         self.anchors = anchors
         self.anchor_every = anchor_every
@@ -170,6 +188,7 @@ class AuditLog:
         self._anchored_seq: int | None = None  # the last seq this process anchored
         self._anchored_at = _time.monotonic()
         self._pending: tuple[int, str] | None = None  # the last appended, not yet anchored
+        self._timer: threading.Timer | None = None  # anchors the pending tail when idle
 
     def _key(self, kid: str) -> bytes | None:
         if kid not in self._derived:
@@ -185,6 +204,7 @@ class AuditLog:
         """Append entries in one transaction, in order; return their numbers."""
         if not entries:
             return []
+        entries = [_keepable(e) for e in entries]
         kid = self.keys.current
         key = self._key(kid)
         if key is None:
@@ -211,23 +231,30 @@ class AuditLog:
             conn.execute(insert(t.audit_log), rows)
             conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
                          .values(hash=prev, key_id=kid))
-        self._after_append(numbers[0], first_hash, seq, prev, starts_keying)
+        self._after_append(numbers[0], first_hash, seq, prev, starts_keying,
+                           urgent=self.anchor_sensitive and any(map(sensitive, entries)))
         return numbers
 
     def _after_append(self, first: int, first_hash: str, last: int, last_hash: str,
-                      starts_keying: bool) -> None:
-        """Anchor the start of keying at once; then every ``anchor_every`` entries or
-        ``anchor_seconds``. A failed anchor write is logged: the entries are stored."""
+                      starts_keying: bool, *, urgent: bool = False) -> None:
+        """Anchor the start of keying and every sensitive entry (:func:`sensitive`) at once;
+        the rest every ``anchor_every`` entries or ``anchor_seconds``, the latter also when
+        nothing more is appended (a timer), so a dropped tail is never older than that. A
+        failed anchor write is logged: the entries are stored."""
         if self.anchors is None:
             return
         with self._lock:
             if self._anchored_seq is None:
                 self._anchored_seq = first - 1
-            due = (last - self._anchored_seq >= self.anchor_every
+            due = (urgent or last - self._anchored_seq >= self.anchor_every
                    or _time.monotonic() - self._anchored_at >= self.anchor_seconds)
             self._pending = None if due else (last, last_hash)
             if due:
                 self._anchored_seq, self._anchored_at = last, _time.monotonic()
+            elif self._timer is None:
+                self._timer = threading.Timer(self.anchor_seconds, self._anchor_idle)
+                self._timer.daemon = True
+                self._timer.start()
         try:
             if starts_keying:
                 self._write_anchor(first, first_hash, keyed_from=first)
@@ -269,9 +296,26 @@ class AuditLog:
             raise AuditError(f"cannot write the anchor to {self.anchors.describe()}: "
                              f"{exc.strerror}") from None
 
+    def _anchor_idle(self) -> None:
+        """The timer: anchor the tail appended since the last anchor."""
+        with self._lock:
+            self._timer = None
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                self._anchored_seq, self._anchored_at = pending[0], _time.monotonic()
+        if pending is not None and self.anchors is not None:
+            try:
+                self._write_anchor(*pending)
+            except OSError as exc:
+                log.error("could not write an audit anchor to %s: %s",
+                          self.anchors.describe(), exc)
+
     def close(self) -> None:
         """Anchor what this process appended since its last anchor (at shutdown)."""
         with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             pending, self._pending = self._pending, None
         if pending is not None and self.anchors is not None:
             try:

@@ -72,10 +72,12 @@ class FailureAggregator:
         out: list[AuditEntry] = []
         with self._lock:
             out += self._expired(now)
+            # past the bounds every failure shares one group, whatever its reason says (a
+            # reason may carry caller-chosen text, which must not open groups of its own)
             if key not in self._groups and self._paths.get(key[0], 0) >= self.max_paths:
-                key = (key[0], OVERFLOW, reason)
+                key = (key[0], OVERFLOW, OVERFLOW)
             if key not in self._groups and len(self._groups) >= self.max_groups:
-                key = (OVERFLOW, OVERFLOW, reason)
+                key = (OVERFLOW, OVERFLOW, OVERFLOW)
             w = self._groups.get(key)
             if w is None:
                 self._groups[key] = _Window(now, wall, wall)

@@ -190,14 +190,21 @@ class Directory:
         return chain
 
     def approve_binding(self, binding_id: str, approver_id: str) -> User:
-        """Bind the user to the patient once a second admin approves: not the requester,
-        nor an account the requester created (directly or through others)."""
+        """Bind the user to the patient once a second, independent admin approves: the
+        approver's creation chain (the approver and whoever created it, and so on) shares no
+        account with the requester's nor with the bound user's. Otherwise one admin could
+        create two accounts (or one, or be created by the requester) and approve through
+        them. Admins made at the command line (``medtwin user add``) have no creator."""
         b = self.binding(binding_id)
         if b.status != PENDING:
             raise ApprovalError(f"this binding was already {b.status}")
-        if approver_id == b.requested_by or b.requested_by in self.creators_of(approver_id):
-            raise ApprovalError("a patient binding needs a second admin: not the one who "
-                                "requested it, nor an account that admin created")
+        mine = {approver_id, *self.creators_of(approver_id)}
+        theirs = {b.requested_by, *self.creators_of(b.requested_by), b.user_id,
+                  *self.creators_of(b.user_id)}
+        if mine & theirs:
+            raise ApprovalError("a patient binding needs a second admin, independent of the "
+                                "requester: not the one who requested it, nor an account "
+                                "created by, or creating, the requester or the bound user")
         with self.engine.begin() as conn:
             done = conn.execute(update(t.patient_bindings).where(
                 t.patient_bindings.c.id == binding_id,

@@ -63,7 +63,9 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
         detail = (exc.detail if isinstance(exc, ApiError) else str(exc)
                   if isinstance(exc, AccessDeniedError) else "no such patient")
         if who is None:  # no valid credential: counted, aggregated (a flood is a few rows)
-            await run_in_threadpool(svc.anonymous_failure, request, detail[:200])
+            reason = ("live feed: a token in the URL is refused" if "token" in ws.query_params
+                      else "live feed: no valid credential")  # fixed texts: grouped
+            await run_in_threadpool(svc.anonymous_failure, request, reason)
         else:
             await run_in_threadpool(svc.record, request, who, "subscribe", "live-readings",
                                     "denied", patient_id=patient_id, detail=detail[:200])
