@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime, timedelta
 
 from typer.testing import CliRunner
 
@@ -43,5 +45,12 @@ def test_news2_command(tmp_path):
     db = tmp_path / "s.sqlite"
     runner.invoke(app, ["demo", "--db", str(db), "--patients", "2"])
     pid = json.loads(runner.invoke(app, ["patients", "--db", str(db), "--json"]).output)[0]["id"]
-    out = runner.invoke(app, ["news2", "--patient", pid, "--db", str(db), "--json"])
-    assert out.exit_code == 0 and json.loads(out.output)["at"] is not None
+    # the demo's record is from a past stay: as of now nothing is current, so no score
+    stale = runner.invoke(app, ["news2", "--patient", pid, "--db", str(db), "--json"])
+    assert stale.exit_code == 1 and "no current vitals" in stale.stderr
+    newest = datetime.fromisoformat(re.search(r"newest reading (\S+);", stale.stderr)[1])
+    at = (newest + timedelta(minutes=1)).isoformat()  # just after it: that reading is current
+    out = runner.invoke(app, ["news2", "--patient", pid, "--db", str(db), "--json",
+                              "--at", at])
+    assert out.exit_code == 0, out.output
+    assert datetime.fromisoformat(json.loads(out.stdout)["at"]) == newest

@@ -164,3 +164,18 @@ def test_the_two_modes_are_one_at_a_time(seeded):
     assert both.exit_code == 2 and "give one of them" in both.output
     table = runner.invoke(app, ["export", pid, "--db", db, "--table"])
     assert table.exit_code == 2 and "--table needs" in table.output
+
+
+def test_digits_shaped_like_codes_but_not_codes_do_not_survive():
+    """Review of issue 12: a phone number as a SNOMED code and an SSN-shaped number passed
+    the code-shape checks. Check digits (SNOMED Verhoeff, LOINC mod 10) and tighter shapes
+    refuse them, while real codes pass."""
+    from medtwin.security.deid_terms import LOINC, RXNORM, SNOMED, is_code
+
+    for system, code in ((SNOMED, "6175551234"), (SNOMED, "123456789"), (LOINC, "5551234-8"),
+                         (RXNORM, "6175551234"), ("http://hl7.org/fhir/sid/ndc", "6175551234")):
+        assert not is_code(system, code), (system, code)
+    for system, code in ((SNOMED, "44054006"), (SNOMED, "248234008"), (LOINC, "8867-4"),
+                         (LOINC, "59408-5"), (RXNORM, "1049502"),
+                         ("http://hl7.org/fhir/sid/ndc", "0002-8215-01")):
+        assert is_code(system, code), (system, code)

@@ -128,3 +128,38 @@ def test_an_ehr_import_amends_and_applies_the_clinical_data_policy(store, tmp_pa
     assert store.timeline_entries("pf")[0]["quality"] == "future-dated"
     (dq,) = AlertStore(store).active("pf")
     assert dq.rule.startswith("data-quality") and "future" in dq.message
+
+
+@pytest.mark.postgres
+def test_two_writers_racing_on_one_source_id_store_one_version(pg_url, pg_schema):
+    """Review of issue 12: under READ COMMITTED two non-amending writers of different content
+    under one new source id both passed the check, so one had amended the other's record."""
+    import threading
+
+    from medtwin.store.event_store import EventStore
+
+    t0 = datetime(2026, 1, 5, 8, tzinfo=UTC)
+    with EventStore.open(pg_url, schema=pg_schema) as store:
+        store.append([Patient(id="p1", source_id="Patient/p1")])
+        for round_ in range(10):
+            sid = f"Observation/race-{round_}"
+            outcomes: list[str] = []
+            barrier = threading.Barrier(2)
+
+            def write(value: float, sid: str = sid, outcomes: list[str] = outcomes,
+                      barrier: threading.Barrier = barrier) -> None:
+                obs = Observation("p1", "8867-4", t0, value, "/min", sid)
+                barrier.wait()
+                try:
+                    store.append(records=[obs])
+                    outcomes.append("stored")
+                except ConflictError:
+                    outcomes.append("refused")
+
+            threads = [threading.Thread(target=write, args=(v,)) for v in (70.0, 250.0)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            assert sorted(outcomes) == ["refused", "stored"], outcomes
+            assert len(store.history("p1", "observation", sid)) == 1

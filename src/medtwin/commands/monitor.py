@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import typer
 
@@ -10,6 +11,9 @@ from medtwin.commands._common import open_store
 from medtwin.core.errors import MedtwinError
 from medtwin.monitor.news2 import ITEMS, Vitals, news2
 from medtwin.monitor.vitals import latest_vitals
+
+_MEASURED = ("respiration_rate", "spo2", "systolic_bp", "pulse", "consciousness",
+             "temperature")
 
 app = typer.Typer(add_completion=False)
 
@@ -28,14 +32,24 @@ def news2_cmd(
     acvpu: str | None = typer.Option(None, "--acvpu", help="A, C, V, P or U."),
     temp: float | None = typer.Option(None, "--temp", help="Temperature (Celsius)."),
     db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
+    at: datetime | None = typer.Option(None, "--at", help="Score the record as it stood at "
+                                       "this ISO time (default: now); each vital counts only "
+                                       "if it is current then."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Print the NEWS2 total, each item's points and the risk band."""
     try:
         when = None
         if patient:
+            ref = (at if at is None or at.tzinfo else at.replace(tzinfo=UTC)) or \
+                datetime.now(UTC)
             with open_store(db) as store:
-                vitals, when = latest_vitals(store, patient, spo2_scale=scale)
+                vitals, when = latest_vitals(store, patient, spo2_scale=scale, at=ref)
+            if when is not None and all(getattr(vitals, f) is None for f in _MEASURED):
+                typer.echo(f"NEWS2 not scored: no current vitals at {ref.isoformat()} (newest "
+                           f"reading {when.isoformat()}; stale: {', '.join(vitals.stale)}); "
+                           "pass --at TIME to score the record as it stood then", err=True)
+                raise typer.Exit(1)
         else:
             vitals = Vitals(respiration_rate=rr, spo2=spo2, on_oxygen=oxygen, systolic_bp=sbp,
                             pulse=pulse, consciousness=acvpu, temperature=temp,

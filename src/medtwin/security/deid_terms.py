@@ -34,6 +34,45 @@ def _pattern(regex: str) -> Callable[[str], bool]:
     return lambda code: compiled.fullmatch(code) is not None
 
 
+def _luhn(digits: str) -> bool:
+    """The mod-10 (Luhn) check digit LOINC codes carry (8867-4: 8867 -> 4)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+_VERHOEFF_D = ((0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 4, 0, 6, 7, 8, 9, 5),
+               (2, 3, 4, 0, 1, 7, 8, 9, 5, 6), (3, 4, 0, 1, 2, 8, 9, 5, 6, 7),
+               (4, 0, 1, 2, 3, 9, 5, 6, 7, 8), (5, 9, 8, 7, 6, 0, 4, 3, 2, 1),
+               (6, 5, 9, 8, 7, 1, 0, 4, 3, 2), (7, 6, 5, 9, 8, 2, 1, 0, 4, 3),
+               (8, 7, 6, 5, 9, 3, 2, 1, 0, 4), (9, 8, 7, 6, 5, 4, 3, 2, 1, 0))
+_VERHOEFF_P = ((0, 1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 5, 7, 6, 2, 8, 3, 0, 9, 4),
+               (5, 8, 0, 3, 7, 9, 6, 1, 4, 2), (8, 9, 1, 6, 0, 4, 3, 5, 2, 7),
+               (9, 4, 5, 3, 1, 2, 6, 8, 7, 0), (4, 2, 8, 6, 5, 7, 3, 9, 0, 1),
+               (2, 7, 9, 3, 8, 0, 6, 4, 1, 5), (7, 0, 4, 6, 9, 1, 3, 2, 5, 8))
+
+
+def _sctid(code: str) -> bool:
+    """A SNOMED CT concept id: 6-18 digits, a concept partition (``00``/``10`` before the
+    check digit) and a valid Verhoeff check digit. A phone number or an SSN typed where a
+    code belongs is caught this way in about 99 cases of 100; only a shipped code table
+    would catch every one."""
+    if not (6 <= len(code) <= 18 and code.isdigit() and code[-3:-1] in ("00", "10")):
+        return False
+    c = 0
+    for i, ch in enumerate(reversed(code)):
+        c = _VERHOEFF_D[c][_VERHOEFF_P[i % 8][int(ch)]]
+    return c == 0
+
+
+def _loinc(code: str) -> bool:
+    """A LOINC code (``8867-4``, ``LP1234-5``) whose mod-10 check digit holds."""
+    m = re.fullmatch(r"(L[APG])?(\d{1,8})-(\d)", code)
+    return m is not None and _luhn(m[2] + m[3])
+
+
 def _one_of(*values: str) -> Callable[[str], bool]:
     allowed = frozenset(values)
     return lambda code: code in allowed
@@ -59,15 +98,17 @@ INTERVENTION_KINDS = frozenset(k.value for k in InterventionKind)
 # code systems whose codes may be exported, each with the syntax (or the value set) a real
 # code of it has; a coding in any other system is dropped
 SYSTEMS: dict[str, Callable[[str], bool]] = {
-    LOINC: _pattern(r"(L[APG])?\d{1,8}-\d"),
-    SNOMED: _pattern(r"\d{6,18}"),
-    RXNORM: _pattern(r"\d{1,10}"),
+    LOINC: _loinc,
+    SNOMED: _sctid,
+    RXNORM: _pattern(r"\d{1,7}"),  # RxCUIs have at most 7 digits (a phone number has 10)
     "http://hl7.org/fhir/sid/icd-10-cm": _pattern(r"[A-Z]\d[0-9A-Z](\.[0-9A-Z]{1,4})?"),
     "http://hl7.org/fhir/sid/icd-10": _pattern(r"[A-Z]\d[0-9A-Z](\.[0-9A-Z]{1,4})?"),
-    "http://hl7.org/fhir/sid/ndc": _pattern(r"\d{4,5}-\d{3,4}-\d{1,2}|\d{10,11}"),
+    # hyphenated forms only: an unhyphenated 10-digit NDC is indistinguishable from a phone
+    "http://hl7.org/fhir/sid/ndc": _pattern(r"\d{4}-\d{4}-\d{2}|\d{5}-\d{3}-\d{2}|"
+                                             r"\d{5}-\d{4}-\d{1,2}"),
     "http://hl7.org/fhir/sid/cvx": _pattern(r"\d{1,3}"),
     "http://www.whocc.no/atc": _pattern(r"[A-Z]\d{2}([A-Z]([A-Z](\d{2})?)?)?"),
-    "urn:iso:std:iso:11073:10101": _pattern(r"\d{1,10}"),
+    "urn:iso:std:iso:11073:10101": _pattern(r"\d{1,8}"),
     UCUM: lambda code: ucum_unit(code) == code,
     THO + "observation-category": _one_of(
         "social-history", "vital-signs", "imaging", "laboratory", "procedure", "survey",

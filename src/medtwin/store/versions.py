@@ -13,6 +13,7 @@ few thousand rows, inside the write's transaction, so it sees what the write wou
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,21 @@ class _Known:
         self.deleted, self.seq = False, 0  # the newest stored row is a tombstone
 
 
+def _lock_keys(conn: Any, keys: set[tuple[str, str]]) -> None:
+    """On PostgreSQL, take a transaction-scoped advisory lock per (kind, source id), in a
+    fixed order, before looking: two writers sending different content under one source id
+    at the same moment (two ingesters of a shared subscription, REST and MQTT) would both
+    find it new under READ COMMITTED and both store it, so that a device had amended a
+    record. The second now waits, then sees the first's row. SQLite writers are serialised
+    by its database lock already."""
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    ids = sorted({int.from_bytes(hashlib.sha256(f"{k}\x1f{s}".encode()).digest()[:8], "big",
+                                 signed=True) for k, s in keys})
+    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(k) FROM unnest(%(ids)s::int8[]) AS k "
+                         "ORDER BY k", {"ids": ids})
+
+
 def version_conflicts(conn: Any, prepared: Sequence[list[dict[str, Any]]], *,
                       may_amend: bool) -> list[dict[int, str]]:
     """Per batch, {row index: reason} for each row its writer may not write.
@@ -42,7 +58,9 @@ def version_conflicts(conn: Any, prepared: Sequence[list[dict[str, Any]]], *,
     is a version of it. An identical row (same idempotency key) is a duplicate, never a
     conflict.
     """
-    known = _stored(conn, {(r["kind"], r["source_id"]) for rows in prepared for r in rows})
+    keys = {(r["kind"], r["source_id"]) for rows in prepared for r in rows}
+    _lock_keys(conn, keys)
+    known = _stored(conn, keys)
     out: list[dict[int, str]] = []
     for rows in prepared:
         bad: dict[int, str] = {}

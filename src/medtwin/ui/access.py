@@ -9,7 +9,7 @@ the policy's message; a hidden patient looks exactly like a missing one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from starlette.requests import Request
@@ -139,8 +139,10 @@ def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[
     rows = []
     for pid, items in latest_items_many(svc.store, ids).items():
         try:
-            v, when = vitals_from_items(items)
-            score = news2(v) if when is not None else None
+            # current as of now: a monitor that went quiet hours ago gives no score, not an
+            # old one shown as today's
+            v, when = vitals_from_items(items, at=datetime.now(UTC))
+            score = news2(v) if when is not None and len(v.stale) < len(items) else None
         except MedtwinError:  # an implausible stored value: show it, do not score it
             score, when = None, max((t for t, _ in items.values()), default=None)
         shown = {}
