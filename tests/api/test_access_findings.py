@@ -271,3 +271,32 @@ def test_a_dose_request_without_data_is_audited(world):
     last = world.audit()[-1]
     assert (last.actor, last.resource, last.outcome, last.patient_id) == (
         "clinician:dr_a", "dose", "not-ready", "p1")
+
+
+def test_an_open_live_feed_ends_when_its_session_ends(world, monkeypatch):
+    """Review of issue 12: a WebSocket opened before a logout kept streaming the patient's
+    readings. The feed re-checks its caller's access and closes once the session is over."""
+    import threading
+
+    from medtwin.api.routes import live
+
+    monkeypatch.setattr(live, "RECHECK_SECONDS", 0.1)
+    token = _access(world, "clinician")
+    closed = threading.Event()
+    with world.client.websocket_connect("/ws/patients/p1/readings",
+                                        headers=_bearer(token)) as ws:
+        assert world.client.post("/auth/logout", headers=_bearer(token)).status_code == 204
+
+        def wait_close() -> None:
+            try:
+                while True:
+                    ws.receive_json()
+            except WebSocketDisconnect as exc:
+                if exc.code == 1008:
+                    closed.set()
+
+        reader = threading.Thread(target=wait_close, daemon=True)
+        reader.start()
+        assert closed.wait(10), "the feed kept running after the logout"
+    ended = [e for e in world.audit() if e.outcome == "ended"]
+    assert ended and ended[-1].actor == "clinician:dr_a" and ended[-1].patient_id == "p1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
@@ -19,6 +20,22 @@ router = APIRouter(tags=["live"])
 POLICY_VIOLATION = 1008
 SUBPROTOCOL = "medtwin.live"  # what the server accepts with, so the token is never echoed
 BEARER_PREFIX = "bearer."
+
+
+RECHECK_SECONDS = 5.0  # an open feed re-checks its caller's access this often
+
+
+def _still_allowed(ws: WebSocket, svc: Services, patient_id: str) -> str | None:
+    """None while the feed's caller may still read the patient; else why not. An open
+    WebSocket outlives the checks made when it opened: a logout, a revoked session, an
+    expired token, a disabled user or a care-team change must end it too."""
+    try:
+        who = authenticate(svc, credential_of(ws))
+        svc.policy.check(who, patient_id, Action.READ,
+                         break_glass=ws.headers.get(BREAK_GLASS_HEADER))
+    except (ApiError, AccessDeniedError, NotFoundError) as exc:
+        return exc.detail if isinstance(exc, ApiError) else str(exc)
+    return None
 
 
 def credential_of(ws: WebSocket) -> str | None:
@@ -78,8 +95,18 @@ async def readings(ws: WebSocket, patient_id: str) -> None:
     last_alert = await run_in_threadpool(alerts.last_id)
     offered = ws.scope.get("subprotocols", [])
     await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    checked = time.monotonic()
     try:
         while True:
+            if who is not None and time.monotonic() - checked >= RECHECK_SECONDS:
+                checked = time.monotonic()
+                why = await run_in_threadpool(_still_allowed, ws, svc, patient_id)
+                if why is not None:  # logged out, token expired or reused, user disabled,
+                    await run_in_threadpool(svc.record, request, who, "subscribe",  # no
+                                            "live-readings", "ended", patient_id=patient_id,
+                                            detail=why[:200])  # longer in the care team
+                    await ws.close(code=POLICY_VIOLATION, reason="access ended")
+                    return
             new = await run_in_threadpool(svc.store.records_after, patient_id, last,
                                           kinds=["observation"])
             for seq, rec in new:
