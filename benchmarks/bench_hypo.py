@@ -33,11 +33,12 @@ import time
 
 import numpy as np
 
-from medtwin.core.controller import ControlAction
 from medtwin.core.schedule import Meal, Schedule
 from medtwin.core.simulate import simulate
 from medtwin.devices.cgm import CGMSensor
 from medtwin.devices.controllers import BasalBolus
+from medtwin.models.glucose.constants import HYPO_THRESHOLD
+from medtwin.models.glucose.loop import ControlAction
 from medtwin.models.glucose.subjects import uva_padova_cohort
 from medtwin.models.glucose.uva_padova import UVAPadova
 from medtwin.trials.protocol import RandomMeals
@@ -91,13 +92,13 @@ def run_twin(cohort, model, cgm, u, seed, n_members, sample=3, horizon=30, bank=
         gb.assimilate(ens, bk, cgm[:, k], float(k))
         frng = np.random.default_rng([seed, int(k)])
         paths = gf.glucose_paths(ens, float(k), fut, frng)
-        prob[:, j], _ = gf.hypo_probability(paths, 70.0, horizon)
+        prob[:, j], _ = gf.hypo_probability(paths, HYPO_THRESHOLD, horizon)
     return times, prob
 
 
 def events(g):
     """(onset, end) minute pairs of runs < 70 for >= 15 min, merged across gaps < 15 min."""
-    below = g < 70
+    below = g < HYPO_THRESHOLD
     runs, k = [], 0
     while k < g.size:
         if below[k]:

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from medtwin.core import codes
 from medtwin.core.records import Intervention, Observation
 from medtwin.core.schedule import Schedule
 from medtwin.core.simulate import simulate
@@ -84,8 +85,8 @@ def patient(subject: str, factor: float, seed: int, hours: int, noise_free: bool
                    sensor=CGMSensor.from_name("GuardianRT"), seed=seed)
     true_g = res["G_sc [mg/dL]"][0]
     cgm = true_g if noise_free else res["CGM [mg/dL]"][0]
-    obs = [Observation("p1", "99504-3", T0 + timedelta(minutes=int(k)), float(cgm[k]), "mg/dL",
-                       f"cgm-{k}") for k in range(0, hours * 60 + 1, 5)]
+    obs = [Observation("p1", codes.CGM_GLUCOSE, T0 + timedelta(minutes=int(k)), float(cgm[k]),
+                       "mg/dL", f"cgm-{k}") for k in range(0, hours * 60 + 1, 5)]
     return obs, ivs, true_g, float(truth.column(VMX)[0])
 
 

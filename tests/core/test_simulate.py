@@ -7,18 +7,11 @@ import pandas as pd
 import pytest
 
 from medtwin.core.cohort import Cohort
-from medtwin.core.controller import (
-    ControlAction,
-    Controller,
-    ControllerInput,
-    IdealSensor,
-    NoPump,
-    Pump,
-    Sensor,
-)
+from medtwin.core.controller import IdealSensor, Sensor
 from medtwin.core.errors import NotFoundError, SimulationError, ValidationError
 from medtwin.core.schedule import Meal, Schedule
 from medtwin.core.simulate import simulate
+from medtwin.models.glucose.loop import ControlAction, Controller, ControllerInput, NoPump, Pump
 from medtwin.models.glucose.subjects import uva_padova_cohort
 from medtwin.models.glucose.uva_padova import UVAPadova
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtwin.core.controller import ControllerInput
 from medtwin.core.errors import NotFoundError
 from medtwin.core.schedule import Schedule
 from medtwin.core.simulate import simulate
 from medtwin.devices.controllers import PID, BasalBolus, controller_names, make_controller
+from medtwin.models.glucose.loop import ControllerInput
 from medtwin.models.glucose.subjects import uva_padova_cohort
 from medtwin.models.glucose.uva_padova import UVAPadova
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtwin.core.controller import Pump
 from medtwin.core.errors import NotFoundError, SimulationError, ValidationError
 from medtwin.devices.pump import InsulinPump, pump_names
+from medtwin.models.glucose.loop import Pump
 
 
 def _peer_basal(amount: float, inc: float, lo: float, hi: float) -> float:

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtwin.core.controller import ControlAction
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.devices.pump import InsulinPump
+from medtwin.models.glucose.loop import ControlAction
 from medtwin.trials import runner as runner_module
 from medtwin.trials.protocol import FixedMeals
 from medtwin.trials.runner import Trial, load_cohort, run_trial

@@ -7,7 +7,7 @@ index holds the subject ids. One patient is a cohort of one.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -98,4 +98,53 @@ class Cohort:
                 f"{int(bad.sum())} non-finite value(s) in all",
                 where=f"subject {self.ids[i]!r}",
             )
-        return np.ascontiguousarray(p)
+        # a fresh, writable array: pandas (copy-on-write) hands out a read-only view of a
+        # one-subject table, which a caller (a filter moving its members) must be free to change
+        return np.array(p, dtype=float, order="C")
+
+    def with_parameters(self, model: Model, values: np.ndarray | Sequence[Sequence[float]],
+                        subjects: Sequence[str] | None = None) -> Cohort:
+        """A new cohort with the parameter rows of ``subjects`` (default: every subject, in
+        row order) replaced by ``values`` ``(len(subjects), n_parameters)`` in the model's
+        order; covariates and the other subjects are kept. Values are checked finite."""
+        chosen = list(self.ids if subjects is None else subjects)
+        unknown = [s for s in chosen if s not in self._table.index]
+        if unknown:
+            raise NotFoundError(f"unknown subject(s) {unknown}; known subjects: "
+                                f"{', '.join(self.ids)}")
+        v = np.asarray(values, dtype=float)
+        want = (len(chosen), len(model.parameter_labels))
+        if v.shape != want:
+            raise ValidationError(f"parameter values have shape {v.shape}, expected {want} "
+                                  f"(subjects x parameters of model {model.name!r})",
+                                  where="cohort.with_parameters")
+        bad = ~np.isfinite(v)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ValidationError(f"parameter {model.parameter_labels[j]!r} is {v[i, j]} "
+                                  "(must be finite)", where=f"subject {chosen[i]!r}")
+        t = self._table.copy()
+        for j, label in enumerate(model.parameter_labels):
+            if label not in t.columns:
+                t[label] = np.nan
+            t[label] = t[label].astype(float)
+            t.loc[chosen, label] = v[:, j]
+        return Cohort(t)
+
+    def with_subject(self, subject: str, values: Mapping[str, float]) -> Cohort:
+        """A new cohort with some columns of one subject changed (``{label: value}``), e.g. a
+        filter's current estimate of that patient's parameters; unknown columns are errors."""
+        if subject not in self._table.index:
+            raise NotFoundError(f"unknown subject {subject!r}; known subjects: "
+                                f"{', '.join(self.ids)}")
+        unknown = [k for k in values if k not in self._table.columns]
+        if unknown:
+            raise ValidationError(f"unknown column(s) {unknown}", where=f"subject {subject!r}")
+        t = self._table.copy()
+        for k, v in values.items():
+            x = float(v)
+            if not np.isfinite(x):
+                raise ValidationError(f"is {v} (must be finite)", where=f"{subject!r}: {k}")
+            t[k] = t[k].astype(float)
+            t.loc[subject, k] = x
+        return Cohort(t)

@@ -1,145 +1,159 @@
-"""Devices in the loop: the Sensor, Pump and Controller interfaces, plus the trivial ones.
+"""The closed-loop contract: a controller reads named sensed signals and writes named inputs.
 
 Everything is vectorised over the cohort: one call handles every subject at once, and every
 array is shaped ``(n_subjects,)`` in the order of the cohort's rows. Times are minutes since
-the start of the simulation (``times[0]``).
+the start of the simulation (``times[0]``). How :func:`medtwin.core.simulate.simulate` drives
+a :class:`LoopController`:
 
-How :func:`medtwin.core.simulate.simulate` drives them (the conventions of simglucose 0.2.11,
-``simglucose/simulation/env.py``):
+1. ``sensor.reset(n, seed)`` for every sensor (:mod:`medtwin.core.devices`), ``actuator.reset``,
+   ``controller.reset(cohort)``.
+2. Every sensor reads its model output at ``t0`` and after every input step; it draws a new
+   reading on its own ``sample_time`` and holds the last one in between.
+3. Every ``controller.sample_time`` minutes (default: the first sensor's) the controller gets
+   a :class:`LoopInput`: per sensor label, the mean of the sensor's per-step readings over the
+   last period (the ``t0`` reading at the first call), and per announcement label (the model's
+   :attr:`~medtwin.core.model.Model.announcements`) the amount the schedule announced over the
+   last period. It returns one array per :class:`Command` it declares.
+4. Each command goes through its actuator (limits, increments) and is added to the model input
+   it names, held over the next period (an ``"amount"`` command is spread over the period).
 
-1. ``sensor.reset(n, seed)``, ``pump.reset(n, seed)``, ``controller.reset(cohort)``.
-2. ``sensor.measure(t0, g0)`` once at the start, then once after every input step (1 min):
-   ``sensor.measure(t, g)`` with the true glucose ``g`` at ``t``. The sensor itself draws a new
-   reading when ``t`` is a multiple of its ``sample_time`` and holds the last one otherwise.
-3. Every ``controller.sample_time`` minutes the controller gets a :class:`ControllerInput`:
-   the sensor reading (mean of the per-minute readings over the last period, as the peer
-   records it; the t0 reading at the first call) and the grams of meal announced over the last
-   period. It returns a :class:`ControlAction`.
-4. The pump turns the request into what it can deliver: ``pump.basal(rate)`` and
-   ``pump.bolus(units)``; the insulin input over the next period is
-   ``basal + bolus / sample_time`` [U/min], held constant (the peer spreads a bolus over one
-   controller period).
+A controller that ships with medtwin also offers ``compiled(cohort)``: a
+:class:`ControllerProgram` (a numba kernel plus per-subject state and constants) with which
+the whole loop runs compiled, with no Python call per period. A plain-Python controller just
+implements ``__call__``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+from numba import types
+
+from medtwin.core.devices import (  # re-exported: the engine's device contract
+    Actuator,
+    GenericSensor,
+    IdealSensor,
+    LimitedActuator,
+    Sensor,
+)
+from medtwin.core.errors import NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from medtwin.core.cohort import Cohort
 
+__all__ = [
+    "CONTROLLER_SIGNATURE",
+    "Actuator",
+    "Command",
+    "ControllerProgram",
+    "GenericSensor",
+    "IdealSensor",
+    "LimitedActuator",
+    "LoopController",
+    "LoopInput",
+    "Sensor",
+    "is_loop_controller",
+]
+
+#: t, sensed, announced, state, constants, commands  (state and commands written in place)
+CONTROLLER_SIGNATURE = types.void(
+    types.float64,
+    types.float64[::1],
+    types.float64[::1],
+    types.float64[::1],
+    types.float64[::1],
+    types.float64[::1],
+)
+
 
 @dataclass(frozen=True)
-class ControllerInput:
+class LoopInput:
     """What a controller sees at one sample time, for the whole cohort.
 
-    ``t``: minutes since the start. ``glucose``: sensor glucose [mg/dL], shape ``(n,)``.
-    ``meal``: carbohydrate announced since the last call [g], shape ``(n,)``.
-    ``subjects``: the subject ids, in row order.
+    ``sensed[label]``: mean sensor reading over the last period, ``(n,)``; ``announced[label]``:
+    amount announced over the last period, ``(n,)``; ``subjects``: ids in row order.
     """
 
     t: float
-    glucose: np.ndarray
-    meal: np.ndarray
+    sensed: Mapping[str, np.ndarray]
+    announced: Mapping[str, np.ndarray]
     subjects: tuple[str, ...]
+
+    def __getitem__(self, label: str) -> np.ndarray:
+        """A sensed or announced signal by label (``"CGM [mg/dL]"``) or bare name."""
+        for table in (self.sensed, self.announced):
+            if label in table:
+                return table[label]
+        hits = [v for table in (self.sensed, self.announced) for k, v in table.items()
+                if k.split(" [")[0] == label]
+        if len(hits) == 1:
+            return hits[0]
+        known = ", ".join([*self.sensed, *self.announced])
+        raise NotFoundError(f"no signal {label!r} in the loop; known: {known}")
 
 
 @dataclass(frozen=True)
-class ControlAction:
-    """A controller's request for the next period: ``basal`` [U/min] and ``bolus`` [U], ``(n,)``."""
+class Command:
+    """One output of a controller: written to model input ``input`` (name or role).
 
-    basal: np.ndarray
-    bolus: np.ndarray
-
-
-@runtime_checkable
-class Sensor(Protocol):
-    """A glucose sensor (CGM) for a whole cohort.
-
-    ``sample_time`` [min]: how often it produces a new reading.
-    ``reset(n_subjects, seed)``: start afresh for ``n_subjects``; the same seed gives the same
-    noise. ``measure(t, glucose)``: ``t`` [min since start], ``glucose`` true subcutaneous
-    glucose [mg/dL] shape ``(n,)`` -> reading [mg/dL] shape ``(n,)``; called at t0 and after
-    every 1-min input step, in increasing ``t``.
+    ``kind="rate"``: held over the next period in the input's unit; ``"amount"``: an amount
+    (input unit x min) spread evenly over the controller period. ``minimum``: requests below it
+    (or non-finite) stop the run with a typed error naming the subject and time. ``actuator``:
+    the device between the request and the model (``None``: delivered as asked).
     """
 
-    sample_time: float
+    name: str
+    input: str
+    kind: Literal["rate", "amount"] = "rate"
+    unit: str = ""
+    minimum: float = -math.inf
+    actuator: Actuator | None = None
 
-    def reset(self, n_subjects: int, seed: int | None = None) -> None: ...
+    def __post_init__(self) -> None:
+        if self.kind not in ("rate", "amount"):
+            raise ValidationError(f"kind must be 'rate' or 'amount', got {self.kind!r}",
+                                  where=f"command {self.name}")
 
-    def measure(self, t: float, glucose: np.ndarray) -> np.ndarray: ...
 
+@dataclass(frozen=True)
+class ControllerProgram:
+    """A controller as the compiled loop runs it.
 
-@runtime_checkable
-class Pump(Protocol):
-    """An insulin pump for a whole cohort: rounds requests to its increments and clips them.
-
-    ``basal(rate)``: requested basal [U/min], ``(n,)`` -> deliverable basal [U/min], ``(n,)``.
-    ``bolus(amount)``: requested bolus [U], ``(n,)`` -> deliverable bolus [U], ``(n,)``.
-    ``reset(n_subjects, seed)``: start afresh (a pump may hold no state).
+    ``kernel``: a numba function with :data:`CONTROLLER_SIGNATURE` acting on one subject:
+    ``kernel(t, sensed, announced, state, constants, commands)`` with ``sensed`` in the order
+    of ``reads`` (sensor labels), ``announced`` in the order of the model's announcements and
+    ``commands`` in the order of the controller's ``commands``. ``state`` ``(n, n_state)`` is
+    the initial state (copied, then updated by the kernel); ``constants`` ``(n, n_const)``.
     """
 
-    def reset(self, n_subjects: int, seed: int | None = None) -> None: ...
-
-    def basal(self, rate: np.ndarray) -> np.ndarray: ...
-
-    def bolus(self, amount: np.ndarray) -> np.ndarray: ...
+    kernel: Any
+    state: np.ndarray
+    constants: np.ndarray
+    reads: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
-class Controller(Protocol):
-    """A closed-loop controller acting on sensor readings for the whole cohort at once.
+class LoopController(Protocol):
+    """A closed-loop controller for the whole cohort at once (see the module docstring).
 
-    ``sample_time`` [min]: how often it is called (``None``: the sensor's sample time).
-    ``reset(cohort)``: called once before a run; read what a clinic knows (e.g. the covariates
-    ``CR [g/U]``, ``CF [mg/dL/U]``, body weight) from the cohort. ``__call__(obs)`` returns a
-    :class:`ControlAction`; every value must be finite and >= 0, or the simulation stops with a
-    :class:`~medtwin.core.errors.SimulationError` naming the subject and time.
+    ``sample_time`` [min] (``None``: the first sensor's); ``commands``: what it writes;
+    ``reset(cohort)`` once before a run; ``__call__(obs)`` -> ``{command name: (n,) array}``.
     """
 
     sample_time: float | None
+    commands: tuple[Command, ...]
 
     def reset(self, cohort: Cohort) -> None: ...
 
-    def __call__(self, obs: ControllerInput) -> ControlAction: ...
+    def __call__(self, obs: LoopInput) -> Mapping[str, np.ndarray]: ...
 
 
-class IdealSensor:
-    """A noise-free sensor: returns the true glucose it is given, every ``sample_time`` minutes."""
-
-    def __init__(self, sample_time: float = 1.0) -> None:
-        self.sample_time = float(sample_time)
-        self._last: np.ndarray | None = None
-
-    def reset(self, n_subjects: int, seed: int | None = None) -> None:
-        """Forget the last reading."""
-        self._last = None
-
-    def measure(self, t: float, glucose: np.ndarray) -> np.ndarray:
-        """The true glucose at each sample time, held in between (zero-order hold)."""
-        if self._last is None or _on_grid(t, self.sample_time):
-            self._last = np.array(glucose, dtype=float, copy=True)
-        return self._last.copy()
-
-
-class NoPump:
-    """A pump with no limits and no increments: delivers exactly what is asked."""
-
-    def reset(self, n_subjects: int, seed: int | None = None) -> None:
-        """Nothing to reset."""
-
-    def basal(self, rate: np.ndarray) -> np.ndarray:
-        """The requested basal [U/min], unchanged."""
-        return np.asarray(rate, dtype=float)
-
-    def bolus(self, amount: np.ndarray) -> np.ndarray:
-        """The requested bolus [U], unchanged."""
-        return np.asarray(amount, dtype=float)
-
-
-def _on_grid(t: float, step: float) -> bool:
-    k = round(t / step)
-    return abs(t - k * step) < 1e-9 * max(1.0, abs(t))
+def is_loop_controller(controller: object) -> bool:
+    """Whether ``controller`` declares its commands (the engine's own contract)."""
+    commands = getattr(controller, "commands", None)
+    return isinstance(commands, tuple) and all(isinstance(c, Command) for c in commands)

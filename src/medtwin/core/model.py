@@ -46,8 +46,12 @@ MEMORY_SIGNATURE = types.void(
     types.float64[::1],
     types.float64[::1],
 )
+#: x, p, y  (the outputs of one subject, written in place into y)
+OUTPUT_SIGNATURE = types.void(types.float64[::1], types.float64[::1], types.float64[::1])
 RhsKernelType = types.FunctionType(RHS_SIGNATURE)
 MemoryKernelType = types.FunctionType(MEMORY_SIGNATURE)
+OutputKernelType = types.FunctionType(OUTPUT_SIGNATURE)
+_SIGNATURES = {"rhs": RHS_SIGNATURE, "memory": MEMORY_SIGNATURE, "output": OUTPUT_SIGNATURE}
 
 
 class KernelHandle:
@@ -75,8 +79,8 @@ def _typeof_handle(val: KernelHandle, c: object) -> types.FunctionType:
 
 @cache
 def kernel_handle(dispatcher: Any, kind: str) -> KernelHandle:
-    """The (memoised) handle of a model's ``"rhs"`` or ``"memory"`` kernel."""
-    return KernelHandle(dispatcher, RHS_SIGNATURE if kind == "rhs" else MEMORY_SIGNATURE)
+    """The (memoised) handle of a model's ``"rhs"``, ``"memory"`` or ``"output"`` kernel."""
+    return KernelHandle(dispatcher, _SIGNATURES[kind])
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,20 @@ class Model(ABC):
     inputs: ClassVar[tuple[Variable, ...]]
     outputs: ClassVar[tuple[Variable, ...]]
     memory: ClassVar[tuple[Variable, ...]] = ()
-    #: the output a glucose sensor reads (name of one of ``outputs``), if any
+    #: the output a sensor reads when it names none (name of one of ``outputs``), if any
     sensed_output: ClassVar[str | None] = None
+    #: result column of such a sensor's reading (default ``"<output> sensor [<unit>]"``)
+    sensor_label: ClassVar[str | None] = None
+    #: amounts the schedule announces ahead of their effect, which a controller may read;
+    #: ``role`` names the kind of scheduled event (a single rendered announcement stream
+    #: belongs to the first of them)
+    announcements: ClassVar[tuple[Variable, ...]] = ()
 
     rhs_kernel: Any
     memory_kernel: Any = staticmethod(no_memory)
+    #: optional numba kernel ``(x, p, y)`` (:data:`OUTPUT_SIGNATURE`) computing the outputs of
+    #: one subject; with it, shipped sensors and controllers run inside the compiled loop
+    output_kernel: Any = None
 
     # --- labels and lookups -----------------------------------------------------------
     @property
@@ -166,6 +179,18 @@ class Model(ABC):
             if v.name == name:
                 return i
         raise KeyError(name)
+
+    def adapt_controller(self, controller: Any, *, pump: Any = None) -> Any:
+        """A controller in the engine's loop contract (:class:`~medtwin.core.controller.
+        LoopController`). A model whose domain has its own controller contract (e.g. glucose
+        in, basal/bolus out) overrides this to wrap such controllers; the default refuses."""
+        from medtwin.core.errors import ValidationError
+
+        raise ValidationError(
+            f"{type(controller).__name__} does not declare the commands it writes and model "
+            f"{self.name!r} has no adapter for it; give a controller with 'commands'",
+            where="controller",
+        )
 
     # --- the mathematics ----------------------------------------------------------------
     @abstractmethod

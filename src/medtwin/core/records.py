@@ -20,6 +20,7 @@ from medtwin.core.errors import ValidationError
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UCUM = "http://unitsofmeasure.org"
 
 
 def utc(t: datetime, *, where: str = "time") -> datetime:

@@ -74,6 +74,150 @@ def _norm(e, x, y, atol, rtol):
 _norm_nb = njit(_F(_A1, _A1, _A1, _F, _F), cache=True)(_norm)
 
 
+def _dp5_step(rhs, mem, t, dt, x, u, m, p, rtol, atol, max_steps, max_step, h, S):
+    """One input step ``[t, t + dt]`` of one subject, ``x`` updated in place.
+
+    ``S`` is scratch ``(10, n_states)``. Returns ``(h, status, nfev, t)``: the step size to
+    carry on with, a status code, rhs calls, and the time reached (the failure time if any).
+    """
+    ns = x.shape[0]
+    y = S[0]
+    k1 = S[1]
+    k2 = S[2]
+    k3 = S[3]
+    k4 = S[4]
+    k5 = S[5]
+    k6 = S[6]
+    k7 = S[7]
+    tmp = S[8]
+    err = S[9]
+    status = 0
+    nfev = 0
+    t_end = t + dt
+    mem(t, dt, x, u, m, p)
+    rhs(t, x, u, m, p, k1)
+    nfev += 1
+    if h <= 0.0:  # Hairer's starting step
+        d0 = 0.0
+        d1 = 0.0
+        for q in range(ns):
+            sc = atol + rtol * abs(x[q])
+            d0 += (x[q] / sc) ** 2
+            d1 += (k1[q] / sc) ** 2
+        d0 = math.sqrt(d0 / ns)
+        d1 = math.sqrt(d1 / ns)
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        h0 = min(h0, dt)
+        for q in range(ns):
+            tmp[q] = x[q] + h0 * k1[q]
+        rhs(t + h0, tmp, u, m, p, k2)
+        nfev += 1
+        d2 = 0.0
+        for q in range(ns):
+            sc = atol + rtol * abs(x[q])
+            d2 += ((k2[q] - k1[q]) / sc) ** 2
+        d2 = math.sqrt(d2 / ns) / h0
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** 0.2
+        h = min(100.0 * h0, h1)
+    steps = 0
+    while t < t_end:
+        steps += 1
+        if steps > max_steps:
+            status = 1
+            break
+        hs = min(h, max_step)
+        last = False
+        if t + hs >= t_end - 1e-12 * dt:
+            hs = t_end - t
+            last = True
+        for q in range(ns):
+            tmp[q] = x[q] + hs * (0.2 * k1[q])
+        rhs(t + 0.2 * hs, tmp, u, m, p, k2)
+        for q in range(ns):
+            tmp[q] = x[q] + hs * (3.0 / 40.0 * k1[q] + 9.0 / 40.0 * k2[q])
+        rhs(t + 0.3 * hs, tmp, u, m, p, k3)
+        for q in range(ns):
+            tmp[q] = x[q] + hs * (
+                44.0 / 45.0 * k1[q] - 56.0 / 15.0 * k2[q] + 32.0 / 9.0 * k3[q]
+            )
+        rhs(t + 0.8 * hs, tmp, u, m, p, k4)
+        for q in range(ns):
+            tmp[q] = x[q] + hs * (
+                19372.0 / 6561.0 * k1[q]
+                - 25360.0 / 2187.0 * k2[q]
+                + 64448.0 / 6561.0 * k3[q]
+                - 212.0 / 729.0 * k4[q]
+            )
+        rhs(t + 8.0 / 9.0 * hs, tmp, u, m, p, k5)
+        for q in range(ns):
+            tmp[q] = x[q] + hs * (
+                9017.0 / 3168.0 * k1[q]
+                - 355.0 / 33.0 * k2[q]
+                + 46732.0 / 5247.0 * k3[q]
+                + 49.0 / 176.0 * k4[q]
+                - 5103.0 / 18656.0 * k5[q]
+            )
+        rhs(t + hs, tmp, u, m, p, k6)
+        for q in range(ns):
+            y[q] = x[q] + hs * (
+                35.0 / 384.0 * k1[q]
+                + 500.0 / 1113.0 * k3[q]
+                + 125.0 / 192.0 * k4[q]
+                - 2187.0 / 6784.0 * k5[q]
+                + 11.0 / 84.0 * k6[q]
+            )
+        rhs(t + hs, y, u, m, p, k7)
+        nfev += 6
+        for q in range(ns):
+            err[q] = hs * (
+                71.0 / 57600.0 * k1[q]
+                - 71.0 / 16695.0 * k3[q]
+                + 71.0 / 1920.0 * k4[q]
+                - 17253.0 / 339200.0 * k5[q]
+                + 22.0 / 525.0 * k6[q]
+                - 1.0 / 40.0 * k7[q]
+            )
+        e = _norm_nb(err, x, y, atol, rtol)
+        if not math.isfinite(e):
+            if hs < 1e-12:
+                status = 2
+                break
+            h = 0.1 * hs
+            continue
+        if e <= 1.0:
+            t = t_end if last else t + hs
+            for q in range(ns):
+                x[q] = y[q]
+                k1[q] = k7[q]
+            fac = 5.0 if e == 0.0 else min(5.0, max(0.2, 0.9 * e**-0.2))
+            hn = hs * fac
+            # keep the unclipped proposal for the next input step
+            h = max(h, hn) if last else hn
+        else:
+            h = hs * max(0.2, 0.9 * e**-0.2)
+            if h < 1e-12:
+                status = 3
+                break
+    if status == 0:
+        for q in range(ns):
+            if not math.isfinite(x[q]):
+                status = 2
+    return h, status, nfev, t
+
+
+_dp5_step_nb = njit(
+    types.Tuple((_F, types.int64, types.int64, _F))(
+        RhsKernelType, MemoryKernelType, _F, _F, _A1, _A1, _A1, _A1, _F, _F, types.int64, _F,
+        _F, _A2,
+    ),
+    cache=True,
+    nogil=True,
+)(_dp5_step)
+
+
 def _dp5_loop(
     rhs,
     mem,
@@ -100,139 +244,18 @@ def _dp5_loop(
         if STATUS[i] != 0:
             continue
         x = X[i].copy()
-        y = np.empty(ns)
-        k1 = np.empty(ns)
-        k2 = np.empty(ns)
-        k3 = np.empty(ns)
-        k4 = np.empty(ns)
-        k5 = np.empty(ns)
-        k6 = np.empty(ns)
-        k7 = np.empty(ns)
-        tmp = np.empty(ns)
-        err = np.empty(ns)
+        S = np.empty((10, ns))
         m = M[i]
         p = P[i]
         h = H[i]
         nfev = 0
         for j in range(k):
-            t = t0 + j * dt
-            t_end = t + dt
-            u = U[i, j]
-            mem(t, dt, x, u, m, p)
-            rhs(t, x, u, m, p, k1)
-            nfev += 1
-            if h <= 0.0:  # Hairer's starting step
-                d0 = 0.0
-                d1 = 0.0
-                for q in range(ns):
-                    sc = atol + rtol * abs(x[q])
-                    d0 += (x[q] / sc) ** 2
-                    d1 += (k1[q] / sc) ** 2
-                d0 = math.sqrt(d0 / ns)
-                d1 = math.sqrt(d1 / ns)
-                h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
-                h0 = min(h0, dt)
-                for q in range(ns):
-                    tmp[q] = x[q] + h0 * k1[q]
-                rhs(t + h0, tmp, u, m, p, k2)
-                nfev += 1
-                d2 = 0.0
-                for q in range(ns):
-                    sc = atol + rtol * abs(x[q])
-                    d2 += ((k2[q] - k1[q]) / sc) ** 2
-                d2 = math.sqrt(d2 / ns) / h0
-                if max(d1, d2) <= 1e-15:
-                    h1 = max(1e-6, h0 * 1e-3)
-                else:
-                    h1 = (0.01 / max(d1, d2)) ** 0.2
-                h = min(100.0 * h0, h1)
-            steps = 0
-            while t < t_end:
-                steps += 1
-                if steps > max_steps:
-                    STATUS[i] = 1
-                    break
-                hs = min(h, max_step)
-                last = False
-                if t + hs >= t_end - 1e-12 * dt:
-                    hs = t_end - t
-                    last = True
-                for q in range(ns):
-                    tmp[q] = x[q] + hs * (0.2 * k1[q])
-                rhs(t + 0.2 * hs, tmp, u, m, p, k2)
-                for q in range(ns):
-                    tmp[q] = x[q] + hs * (3.0 / 40.0 * k1[q] + 9.0 / 40.0 * k2[q])
-                rhs(t + 0.3 * hs, tmp, u, m, p, k3)
-                for q in range(ns):
-                    tmp[q] = x[q] + hs * (
-                        44.0 / 45.0 * k1[q] - 56.0 / 15.0 * k2[q] + 32.0 / 9.0 * k3[q]
-                    )
-                rhs(t + 0.8 * hs, tmp, u, m, p, k4)
-                for q in range(ns):
-                    tmp[q] = x[q] + hs * (
-                        19372.0 / 6561.0 * k1[q]
-                        - 25360.0 / 2187.0 * k2[q]
-                        + 64448.0 / 6561.0 * k3[q]
-                        - 212.0 / 729.0 * k4[q]
-                    )
-                rhs(t + 8.0 / 9.0 * hs, tmp, u, m, p, k5)
-                for q in range(ns):
-                    tmp[q] = x[q] + hs * (
-                        9017.0 / 3168.0 * k1[q]
-                        - 355.0 / 33.0 * k2[q]
-                        + 46732.0 / 5247.0 * k3[q]
-                        + 49.0 / 176.0 * k4[q]
-                        - 5103.0 / 18656.0 * k5[q]
-                    )
-                rhs(t + hs, tmp, u, m, p, k6)
-                for q in range(ns):
-                    y[q] = x[q] + hs * (
-                        35.0 / 384.0 * k1[q]
-                        + 500.0 / 1113.0 * k3[q]
-                        + 125.0 / 192.0 * k4[q]
-                        - 2187.0 / 6784.0 * k5[q]
-                        + 11.0 / 84.0 * k6[q]
-                    )
-                rhs(t + hs, y, u, m, p, k7)
-                nfev += 6
-                for q in range(ns):
-                    err[q] = hs * (
-                        71.0 / 57600.0 * k1[q]
-                        - 71.0 / 16695.0 * k3[q]
-                        + 71.0 / 1920.0 * k4[q]
-                        - 17253.0 / 339200.0 * k5[q]
-                        + 22.0 / 525.0 * k6[q]
-                        - 1.0 / 40.0 * k7[q]
-                    )
-                e = _norm_nb(err, x, y, atol, rtol)
-                if not math.isfinite(e):
-                    if hs < 1e-12:
-                        STATUS[i] = 2
-                        break
-                    h = 0.1 * hs
-                    continue
-                if e <= 1.0:
-                    t = t_end if last else t + hs
-                    for q in range(ns):
-                        x[q] = y[q]
-                        k1[q] = k7[q]
-                    fac = 5.0 if e == 0.0 else min(5.0, max(0.2, 0.9 * e**-0.2))
-                    hn = hs * fac
-                    # keep the unclipped proposal for the next input step
-                    h = max(h, hn) if last else hn
-                else:
-                    h = hs * max(0.2, 0.9 * e**-0.2)
-                    if h < 1e-12:
-                        STATUS[i] = 3
-                        break
-            if STATUS[i] != 0:
+            h, status, calls, t = _dp5_step_nb(rhs, mem, t0 + j * dt, dt, x, U[i, j], m, p,
+                                               rtol, atol, max_steps, max_step, h, S)
+            nfev += calls
+            if status != 0:
+                STATUS[i] = status
                 TFAIL[i] = t
-                break
-            for q in range(ns):
-                if not math.isfinite(x[q]):
-                    STATUS[i] = 2
-                    TFAIL[i] = t
-            if STATUS[i] != 0:
                 break
             for q in range(ns):
                 OUT[i, j, q] = x[q]
@@ -266,43 +289,58 @@ _LOOP_SIG = types.void(
 _dp5 = njit(_LOOP_SIG, cache=True, nogil=True)(_dp5_loop)
 
 
+def _rk4_step(rhs, mem, t, dt, x, u, m, p, nsub, S):
+    """One input step of one subject with ``nsub`` RK4 steps; returns a status code."""
+    ns = x.shape[0]
+    k1 = S[1]
+    k2 = S[2]
+    k3 = S[3]
+    k4 = S[4]
+    tmp = S[8]
+    h = dt / nsub
+    mem(t, dt, x, u, m, p)
+    for s in range(nsub):
+        ts = t + s * h
+        rhs(ts, x, u, m, p, k1)
+        for q in range(ns):
+            tmp[q] = x[q] + 0.5 * h * k1[q]
+        rhs(ts + 0.5 * h, tmp, u, m, p, k2)
+        for q in range(ns):
+            tmp[q] = x[q] + 0.5 * h * k2[q]
+        rhs(ts + 0.5 * h, tmp, u, m, p, k3)
+        for q in range(ns):
+            tmp[q] = x[q] + h * k3[q]
+        rhs(ts + h, tmp, u, m, p, k4)
+        for q in range(ns):
+            x[q] += h / 6.0 * (k1[q] + 2.0 * k2[q] + 2.0 * k3[q] + k4[q])
+    for q in range(ns):
+        if not math.isfinite(x[q]):
+            return 2
+    return 0
+
+
+_rk4_step_nb = njit(
+    types.int64(RhsKernelType, MemoryKernelType, _F, _F, _A1, _A1, _A1, _A1, types.int64, _A2),
+    cache=True,
+    nogil=True,
+)(_rk4_step)
+
+
 def _rk4_loop(rhs, mem, t0, dt, X, U, M, P, nsub, OUT, STATUS, TFAIL, NFEV, i0, i1):
     n, k, ns = OUT.shape
-    h = dt / nsub
     for i in range(i0, i1):
         if STATUS[i] != 0:
             continue
         x = X[i].copy()
-        k1 = np.empty(ns)
-        k2 = np.empty(ns)
-        k3 = np.empty(ns)
-        k4 = np.empty(ns)
-        tmp = np.empty(ns)
+        S = np.empty((10, ns))
         m = M[i]
         p = P[i]
         for j in range(k):
             t = t0 + j * dt
-            u = U[i, j]
-            mem(t, dt, x, u, m, p)
-            for s in range(nsub):
-                ts = t + s * h
-                rhs(ts, x, u, m, p, k1)
-                for q in range(ns):
-                    tmp[q] = x[q] + 0.5 * h * k1[q]
-                rhs(ts + 0.5 * h, tmp, u, m, p, k2)
-                for q in range(ns):
-                    tmp[q] = x[q] + 0.5 * h * k2[q]
-                rhs(ts + 0.5 * h, tmp, u, m, p, k3)
-                for q in range(ns):
-                    tmp[q] = x[q] + h * k3[q]
-                rhs(ts + h, tmp, u, m, p, k4)
-                for q in range(ns):
-                    x[q] += h / 6.0 * (k1[q] + 2.0 * k2[q] + 2.0 * k3[q] + k4[q])
+            status = _rk4_step_nb(rhs, mem, t, dt, x, U[i, j], m, p, nsub, S)
             NFEV[i] += 4 * nsub
-            for q in range(ns):
-                if not math.isfinite(x[q]):
-                    STATUS[i] = 2
-            if STATUS[i] != 0:
+            if status != 0:
+                STATUS[i] = status
                 TFAIL[i] = t + dt
                 break
             for q in range(ns):
@@ -359,10 +397,19 @@ def _memory_array(m: np.ndarray) -> np.ndarray:
     return m if m.shape[1] > 0 else np.zeros((m.shape[0], 1))
 
 
+#: solver kinds the compiled closed loop knows (see :meth:`Solver.compiled`)
+DOPRI5_KIND, RK4_KIND = 0, 1
+
+
 class Solver(ABC):
     """Integrates a cohort over consecutive input steps; see :meth:`advance`."""
 
     name: str = "solver"
+
+    def compiled(self) -> tuple[int, np.ndarray] | None:
+        """``(kind, settings)`` with which the compiled closed loop runs this solver's step
+        (the same arithmetic as :meth:`advance`), or ``None`` if it has none."""
+        return None
 
     @abstractmethod
     def advance(
@@ -405,6 +452,11 @@ class DormandPrince(Solver):
             raise ValidationError(
                 "rtol, atol, max_steps and max_step must be > 0", where="DormandPrince"
             )
+
+    def compiled(self) -> tuple[int, np.ndarray]:
+        """The loop's settings: rtol, atol, max_steps, max_step."""
+        return DOPRI5_KIND, np.array([self.rtol, self.atol, self.max_steps, self.max_step],
+                                     dtype=float)
 
     def advance(
         self,
@@ -451,6 +503,10 @@ class RK4(Solver):
     def __post_init__(self) -> None:
         if self.substeps < 1:
             raise ValidationError("substeps must be >= 1", where="RK4")
+
+    def compiled(self) -> tuple[int, np.ndarray]:
+        """The loop's settings: substeps."""
+        return RK4_KIND, np.array([float(self.substeps)])
 
     def advance(
         self,

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import interp1d
 
+from medtwin.core.devices import SensorProgram, sample_indices
 from medtwin.core.errors import SimulationError, ValidationError
 from medtwin.devices.catalogue import device_row, device_table
 
@@ -236,14 +237,19 @@ class CGMSensor:
     ``t`` is the simulation time in minutes (0 at the start) and ``glucose`` the true
     subcutaneous glucose per subject [mg/dL]. A new reading is taken when ``t`` is a multiple of
     ``sample_time``; in between the last reading is held. Call ``reset(n_subjects, seed)`` first.
+    As an engine sensor it reads the model's default sensed output (``reads``; subcutaneous
+    glucose for UVA/Padova) into the column ``label`` (default: the model's, ``CGM [mg/dL]``).
     """
 
-    def __init__(self, spec: SensorSpec, *, rng: RngKind = "pcg64") -> None:
+    def __init__(self, spec: SensorSpec, *, rng: RngKind = "pcg64", reads: str | None = None,
+                 label: str | None = None) -> None:
         if rng not in ("pcg64", "simglucose"):
             raise ValidationError(f"unknown rng {rng!r}; use 'pcg64' or 'simglucose'",
                                   where="rng")
         self.spec = spec
         self.rng: RngKind = rng
+        self.reads = reads
+        self.label = label
         self._noise: CGMNoise | None = None
         self._last_k: int | None = None
         self._last: np.ndarray | None = None
@@ -295,6 +301,14 @@ class CGMSensor:
         reading = np.clip(g + self._noise.value(k), self.spec.min, self.spec.max)
         self._last_k, self._last = k, reading
         return reading.copy()
+
+    def program(self, t0: float, dt: float, n_steps: int) -> SensorProgram:
+        """This sensor for the compiled loop (after ``reset``): the same samples, noise stream
+        and limits as :meth:`measure`."""
+        if self._noise is None:
+            raise SimulationError("CGM sensor used before reset(n_subjects, seed)")
+        return SensorProgram(sample_indices(t0, dt, n_steps, self.spec.sample_time),
+                             self._noise.values, self.spec.min, self.spec.max)
 
     def describe(self) -> pd.Series:
         """The sensor's parameters."""

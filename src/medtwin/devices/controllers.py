@@ -1,7 +1,11 @@
 """Insulin controllers for the whole cohort at once: basal-bolus, PID, and a registry by name.
 
-A controller implements :class:`medtwin.core.controller.Controller`: ``sample_time``,
-``reset(cohort)`` and ``__call__(obs) -> ControlAction``. A user's own is a few lines::
+A controller implements the glucose contract :class:`medtwin.models.glucose.loop.Controller`:
+``sample_time``, ``reset(cohort)`` and ``__call__(obs) -> ControlAction``; the engine runs it
+through :class:`~medtwin.models.glucose.loop.InsulinLoop`. The shipped ones also give
+``compiled(cohort)``: a numba kernel doing the same arithmetic per subject, so the closed loop
+runs compiled (a subclass that overrides ``__call__`` runs in Python). A user's own is a few
+lines::
 
     class Fixed:
         sample_time = None                        # follow the sensor
@@ -16,11 +20,46 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from medtwin.core.cohort import Cohort
-from medtwin.core.controller import ControlAction, ControllerInput
+from medtwin.core.controller import CONTROLLER_SIGNATURE, ControllerProgram
 from medtwin.core.errors import NotFoundError, ValidationError
+from medtwin.models.glucose.loop import ControlAction, ControllerInput
 from medtwin.models.glucose.subjects import BW, CF, CR, U2SS
+
+
+@njit(CONTROLLER_SIGNATURE, cache=True, nogil=True)
+def basal_bolus_kernel(t, y, a, s, c, out) -> None:  # noqa: ANN001
+    """:meth:`BasalBolus.__call__` for one subject; c = basal, CR, CF, target, threshold."""
+    g = y[0]
+    meal = a[0]
+    correction = (g - c[3]) / c[2] if g > c[4] else 0.0
+    out[0] = c[0]
+    out[1] = meal / c[1] + correction if meal > 0 else 0.0
+
+
+@njit(CONTROLLER_SIGNATURE, cache=True, nogil=True)
+def pid_kernel(t, y, a, s, c, out) -> None:  # noqa: ANN001
+    """:meth:`PID.__call__` for one subject; s = integral, last glucose, its time, seen-flag;
+    c = basal, kp, ki, kd, target."""
+    g = y[0]
+    e = g - c[4]
+    if s[3] == 0.0:
+        h = 0.0
+        de = 0.0
+    else:
+        h = t - s[2]
+        de = (g - s[1]) / h if h > 0 else 0.0
+    integral = s[0] + e * h
+    raw = c[0] + c[1] * e + c[2] * integral + c[3] * de
+    if not raw <= 0:
+        s[0] = integral
+    s[1] = g
+    s[2] = t
+    s[3] = 1.0
+    out[0] = 0.0 if raw < 0.0 else raw  # np.maximum(raw, 0), NaN kept
+    out[1] = 0.0
 
 
 def basal_rate(cohort: Cohort) -> np.ndarray:
@@ -61,6 +100,15 @@ class BasalBolus:
         correction = np.where(g > self.correction_above, (g - self.target) / self._cf, 0.0)
         bolus = np.where(obs.meal > 0, obs.meal / self._cr + correction, 0.0)
         return ControlAction(basal=self._basal.copy(), bolus=bolus)
+
+    def compiled(self, cohort: Cohort) -> ControllerProgram | None:
+        """The same controller as a kernel (``None`` for a subclass with its own ``__call__``)."""
+        if type(self).__call__ is not BasalBolus.__call__:
+            return None
+        n = len(cohort)
+        const = np.column_stack([self._basal, self._cr, self._cf, np.full(n, self.target),
+                                 np.full(n, self.correction_above)])
+        return ControllerProgram(basal_bolus_kernel, np.zeros((n, 0)), const)
 
 
 @dataclass
@@ -104,6 +152,19 @@ class PID:
         self._last = obs.glucose.copy()
         self._t_last = obs.t
         return ControlAction(basal=np.maximum(raw, 0.0), bolus=np.zeros_like(e))
+
+    def compiled(self, cohort: Cohort) -> ControllerProgram | None:
+        """The same controller as a kernel (``None`` for a subclass with its own ``__call__``)."""
+        if type(self).__call__ is not PID.__call__:
+            return None
+        n = len(cohort)
+        state = np.zeros((n, 4))
+        state[:, 0] = self._integral
+        if self._last is not None:
+            state[:, 1], state[:, 2], state[:, 3] = self._last, self._t_last, 1.0
+        const = np.column_stack([self._basal, np.full(n, self.kp), np.full(n, self.ki),
+                                 np.full(n, self.kd), np.full(n, self.target)])
+        return ControllerProgram(pid_kernel, state, const)
 
 
 CONTROLLERS: dict[str, Callable[..., object]] = {

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from medtwin.core.devices import ActuatorProgram
 from medtwin.core.errors import SimulationError, ValidationError
 from medtwin.devices.catalogue import device_row, device_table
 
@@ -118,6 +119,20 @@ class InsulinPump:
 
     def reset(self, n_subjects: int, seed: int | None = None) -> None:
         """A pump holds no state; present so every device shares the same life cycle."""
+
+    def program(self, channel: str) -> ActuatorProgram:
+        """The arithmetic of :meth:`basal` (``"basal"``) or :meth:`bolus` (``"bolus"``) for the
+        compiled loop."""
+        if channel not in ("basal", "bolus"):
+            raise ValidationError(f"unknown channel {channel!r}; use 'basal' or 'bolus'",
+                                  where="pump channel")
+        basal = channel == "basal"
+        inc, lo, hi = ((self.inc_basal, self.min_basal, self.max_basal) if basal else
+                       (self.inc_bolus, self.min_bolus, self.max_bolus))
+        if self.convention == "simglucose":
+            return ActuatorProgram(U_TO_PMOL, inc, lo, hi, clip_scaled=False,
+                                   per_period=0.0 if basal else self.period)
+        return ActuatorProgram(60.0 if basal else 1.0, inc, lo, hi, clip_scaled=True)
 
     @staticmethod
     def _peer(x: np.ndarray, inc: float, lo: float, hi: float) -> np.ndarray:

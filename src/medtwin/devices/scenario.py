@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from medtwin.core.controller import IdealSensor, NoPump, Pump, Sensor
+from medtwin.core.controller import IdealSensor, Sensor
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.schedule import Meal, Schedule
 from medtwin.core.simulate import simulate
 from medtwin.devices.controllers import make_controller
+from medtwin.models.glucose.loop import NoPump, Pump
 from medtwin.models.glucose.subjects import uva_padova_cohort
 from medtwin.models.glucose.uva_padova import UVAPadova
 

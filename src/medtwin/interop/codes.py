@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from medtwin.core import codes
 from medtwin.core.errors import UnitError
 from medtwin.interop import units
 
@@ -27,44 +28,51 @@ GLUCOSE_MOLAR_MASS = 180.156  # g/mol, D-glucose C6H12O6
 
 _SPECS = [
     # vital signs (FHIR vital-signs profile codes)
-    CodeSpec("8867-4", "Heart rate", "/min"),
-    CodeSpec("9279-1", "Respiratory rate", "/min"),
-    CodeSpec("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry", "%"),
-    CodeSpec("2708-6", "Oxygen saturation in Arterial blood", "%"),
-    CodeSpec("8310-5", "Body temperature", "Cel"),
-    CodeSpec("8331-1", "Oral temperature", "Cel"),
-    CodeSpec("8480-6", "Systolic blood pressure", "mm[Hg]"),
-    CodeSpec("8462-4", "Diastolic blood pressure", "mm[Hg]"),
-    CodeSpec("8478-0", "Mean blood pressure", "mm[Hg]"),
-    CodeSpec("29463-7", "Body weight", "kg"),
-    CodeSpec("8302-2", "Body height", "cm"),
-    CodeSpec("39156-5", "Body mass index", "kg/m2"),
-    CodeSpec("3151-8", "Inhaled oxygen flow rate", "L/min"),
-    CodeSpec("3150-0", "Inhaled oxygen concentration", "%"),
+    CodeSpec(codes.HEART_RATE, "Heart rate", "/min"),
+    CodeSpec(codes.RESPIRATORY_RATE, "Respiratory rate", "/min"),
+    CodeSpec(codes.SPO2_PULSE_OXIMETRY, "Oxygen saturation in Arterial blood by Pulse oximetry",
+             "%"),
+    CodeSpec(codes.SAO2, "Oxygen saturation in Arterial blood", "%"),
+    CodeSpec(codes.BODY_TEMPERATURE, "Body temperature", "Cel"),
+    CodeSpec(codes.ORAL_TEMPERATURE, "Oral temperature", "Cel"),
+    CodeSpec(codes.SYSTOLIC_BP, "Systolic blood pressure", "mm[Hg]"),
+    CodeSpec(codes.DIASTOLIC_BP, "Diastolic blood pressure", "mm[Hg]"),
+    CodeSpec(codes.MEAN_BP, "Mean blood pressure", "mm[Hg]"),
+    CodeSpec(codes.BODY_WEIGHT, "Body weight", "kg"),
+    CodeSpec(codes.BODY_HEIGHT, "Body height", "cm"),
+    CodeSpec(codes.BMI, "Body mass index", "kg/m2"),
+    CodeSpec(codes.O2_FLOW, "Inhaled oxygen flow rate", "L/min"),
+    CodeSpec(codes.FIO2, "Inhaled oxygen concentration", "%"),
     # glucose, in every specimen medtwin's glucose twin reads
-    CodeSpec("2339-0", "Glucose [Mass/volume] in Blood", "mg/dL", GLUCOSE_MOLAR_MASS),
-    CodeSpec("2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", GLUCOSE_MOLAR_MASS),
-    CodeSpec("15074-8", "Glucose [Moles/volume] in Blood", "mg/dL", GLUCOSE_MOLAR_MASS),
-    CodeSpec("14749-6", "Glucose [Moles/volume] in Serum or Plasma", "mg/dL", GLUCOSE_MOLAR_MASS),
-    CodeSpec("41653-7", "Glucose [Mass/volume] in Capillary blood by Glucometer", "mg/dL",
+    CodeSpec(codes.GLUCOSE_BLOOD, "Glucose [Mass/volume] in Blood", "mg/dL",
              GLUCOSE_MOLAR_MASS),
-    CodeSpec("99504-3", "Glucose [Mass/volume] in Interstitial fluid", "mg/dL",
+    CodeSpec(codes.GLUCOSE_PLASMA, "Glucose [Mass/volume] in Serum or Plasma", "mg/dL",
              GLUCOSE_MOLAR_MASS),
-    CodeSpec("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood", "%"),
+    CodeSpec(codes.GLUCOSE_BLOOD_MOLAR, "Glucose [Moles/volume] in Blood", "mg/dL",
+             GLUCOSE_MOLAR_MASS),
+    CodeSpec(codes.GLUCOSE_PLASMA_MOLAR, "Glucose [Moles/volume] in Serum or Plasma", "mg/dL",
+             GLUCOSE_MOLAR_MASS),
+    CodeSpec(codes.GLUCOSE_CAPILLARY, "Glucose [Mass/volume] in Capillary blood by Glucometer",
+             "mg/dL", GLUCOSE_MOLAR_MASS),
+    CodeSpec(codes.GLUCOSE_INTERSTITIAL, "Glucose [Mass/volume] in Interstitial fluid", "mg/dL",
+             GLUCOSE_MOLAR_MASS),
+    CodeSpec(codes.HBA1C, "Hemoglobin A1c/Hemoglobin.total in Blood", "%"),
     # drug levels
-    CodeSpec("4092-3", "Vancomycin [Mass/volume] in Serum or Plasma --trough", "mg/L"),
-    CodeSpec("20578-1", "Vancomycin [Mass/volume] in Serum or Plasma", "mg/L"),
-    CodeSpec("4049-3", "Theophylline [Mass/volume] in Serum or Plasma", "mg/L"),
-    CodeSpec("38483-4", "Creatinine [Mass/volume] in Blood", "mg/dL"),
-    CodeSpec("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL"),
+    CodeSpec(codes.VANCOMYCIN_TROUGH, "Vancomycin [Mass/volume] in Serum or Plasma --trough",
+             "mg/L"),
+    CodeSpec(codes.VANCOMYCIN, "Vancomycin [Mass/volume] in Serum or Plasma", "mg/L"),
+    CodeSpec(codes.THEOPHYLLINE, "Theophylline [Mass/volume] in Serum or Plasma", "mg/L"),
+    CodeSpec(codes.CREATININE_BLOOD, "Creatinine [Mass/volume] in Blood", "mg/dL"),
+    CodeSpec(codes.CREATININE_SERUM, "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL"),
 ]
 
 MODELLED: dict[str, CodeSpec] = {s.code: s for s in _SPECS}
 
-# the current blood-pressure panel, and the older one Synthea 2 uses
-BLOOD_PRESSURE_PANELS = {"85354-9", "55284-4"}
-VITAL_SIGNS = {"8867-4", "9279-1", "59408-5", "2708-6", "8310-5", "8331-1", "8480-6", "8462-4",
-               "29463-7", "8302-2", "39156-5", *BLOOD_PRESSURE_PANELS}
+BLOOD_PRESSURE_PANELS = set(codes.BP_PANELS)
+VITAL_SIGNS = {codes.HEART_RATE, codes.RESPIRATORY_RATE, codes.SPO2_PULSE_OXIMETRY, codes.SAO2,
+               codes.BODY_TEMPERATURE, codes.ORAL_TEMPERATURE, codes.SYSTOLIC_BP,
+               codes.DIASTOLIC_BP, codes.BODY_WEIGHT, codes.BODY_HEIGHT, codes.BMI,
+               *BLOOD_PRESSURE_PANELS}
 
 
 def spec(code: str) -> CodeSpec | None:

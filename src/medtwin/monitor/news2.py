@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from medtwin.core import codes
 from medtwin.core.errors import ValidationError
 from medtwin.interop.quality import PLAUSIBLE
 
@@ -47,8 +48,9 @@ _TEMP = ((35.0, 3), (36.0, 1), (38.0, 0), (39.0, 1), (math.inf, 2))
 # plausible ranges (the one table, in interop.quality): outside them a value is a data
 # error, not a score
 _RANGES = {item: PLAUSIBLE[code] for item, code in (
-    ("respiration_rate", "9279-1"), ("spo2", "59408-5"), ("systolic_bp", "8480-6"),
-    ("pulse", "8867-4"), ("temperature", "8310-5"))}
+    ("respiration_rate", codes.RESPIRATORY_RATE), ("spo2", codes.SPO2_PULSE_OXIMETRY),
+    ("systolic_bp", codes.SYSTOLIC_BP), ("pulse", codes.HEART_RATE),
+    ("temperature", codes.BODY_TEMPERATURE))}
 
 
 @dataclass(frozen=True, slots=True)

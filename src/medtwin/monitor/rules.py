@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from medtwin.core import codes
+from medtwin.models.glucose.constants import HYPO_THRESHOLD, SEVERE_HYPO_THRESHOLD
 from medtwin.monitor.news2 import News2, Risk, Vitals
 
 _SEVERITY = {Risk.LOW: 0, Risk.LOW_MEDIUM: 1, Risk.MEDIUM: 2, Risk.HIGH: 3}
@@ -84,11 +86,11 @@ def evaluate(vitals: Vitals, score: News2, earlier: int | None = None,
             *(t.check(vitals) for t in thresholds)]
 
 
-GLUCOSE_CODES = frozenset({"99504-3", "2339-0", "2345-7", "41653-7", "15074-8", "14749-6"})
+GLUCOSE_CODES = codes.GLUCOSE_CODES
 
 
-def glucose_findings(readings: list[tuple[datetime, float]], *, low: float = 70.0,
-                     urgent: float = 54.0, horizon: float = 30.0,
+def glucose_findings(readings: list[tuple[datetime, float]], *, low: float = HYPO_THRESHOLD,
+                     urgent: float = SEVERE_HYPO_THRESHOLD, horizon: float = 30.0,
                      window: timedelta = timedelta(minutes=20)) -> list[Finding]:
     """CGM/glucose rules, as CGM devices alert: low now (< 70, urgent < 54 mg/dL), and low
     soon (the least-squares trend of the last ``window`` projects < ``low`` within

@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
+from medtwin.core import codes
 from medtwin.core.records import Observation
 from medtwin.interop.codes import BLOOD_PRESSURE_PANELS
 from medtwin.monitor.news2 import Vitals
 from medtwin.store.event_store import EventStore
 from medtwin.store.latest import latest_per_code
 
-RR, PULSE, SBP = "9279-1", "8867-4", "8480-6"
-SPO2 = ("59408-5", "2708-6")
-TEMP = ("8310-5", "8331-1")
-O2_FLOW, FIO2, ACVPU_CODE = "3151-8", "3150-0", "67775-7"
+RR, PULSE, SBP = codes.RESPIRATORY_RATE, codes.HEART_RATE, codes.SYSTOLIC_BP
+SPO2 = (codes.SPO2_PULSE_OXIMETRY, codes.SAO2)
+TEMP = (codes.BODY_TEMPERATURE, codes.ORAL_TEMPERATURE)
+O2_FLOW, FIO2, ACVPU_CODE = codes.O2_FLOW, codes.FIO2, codes.RESPONSIVENESS
 # SNOMED CT answers for level of consciousness -> ACVPU
 ACVPU_SNOMED = {"248234008": "A", "286933003": "C", "130987000": "C", "450847001": "V",
                 "450848006": "P", "422768004": "U"}

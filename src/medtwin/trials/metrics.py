@@ -21,6 +21,12 @@ import numpy as np
 import pandas as pd
 
 from medtwin.core.errors import ValidationError
+from medtwin.models.glucose.constants import (
+    HYPER_THRESHOLD,
+    HYPO_THRESHOLD,
+    SEVERE_HYPER_THRESHOLD,
+    SEVERE_HYPO_THRESHOLD,
+)
 
 #: Percentiles of a subject's trace plotted on the CVGA axes (Magni et al. 2008).
 CVGA_PERCENTILES: tuple[float, float] = (2.5, 97.5)
@@ -168,11 +174,11 @@ def outcome_metrics(
         "sd [mg/dL]": sd,
         "cv [%]": 100.0 * sd / mean,
         "gmi [%]": 3.31 + 0.02392 * mean,
-        "time <54 [%]": 100.0 * (g < 54).mean(axis=1),
-        "time <70 [%]": 100.0 * (g < 70).mean(axis=1),
-        "time 70-180 [%]": 100.0 * ((g >= 70) & (g <= 180)).mean(axis=1),
-        "time >180 [%]": 100.0 * (g > 180).mean(axis=1),
-        "time >250 [%]": 100.0 * (g > 250).mean(axis=1),
+        "time <54 [%]": 100.0 * (g < SEVERE_HYPO_THRESHOLD).mean(axis=1),
+        "time <70 [%]": 100.0 * (g < HYPO_THRESHOLD).mean(axis=1),
+        "time 70-180 [%]": 100.0 * ((g >= HYPO_THRESHOLD) & (g <= HYPER_THRESHOLD)).mean(axis=1),
+        "time >180 [%]": 100.0 * (g > HYPER_THRESHOLD).mean(axis=1),
+        "time >250 [%]": 100.0 * (g > SEVERE_HYPER_THRESHOLD).mean(axis=1),
         "lbgi": lbgi,
         "hbgi": hbgi,
         "risk index": ri,

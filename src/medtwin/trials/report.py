@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from medtwin.core.errors import ValidationError
+from medtwin.models.glucose.constants import TARGET_RANGE
 from medtwin.trials.metrics import (
     CVGA_CELLS,
     CVGA_MAX_BOUNDS,
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 AGP_PERCENTILES: tuple[int, ...] = (5, 25, 50, 75, 95)
-TARGET_RANGE: tuple[float, float] = (70.0, 180.0)
 ZONE_COLOURS: dict[str, str] = {
     "A": "#32cd32",
     "B": "#228b22",

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medtwin.core.cohort import Cohort
+from medtwin.core.devices import SensorProgram
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.model import Model
 from medtwin.core.schedule import Meal, Schedule
@@ -41,7 +42,7 @@ from medtwin.trials.protocol import (
 if TYPE_CHECKING:
     from distributed import Client
 
-    from medtwin.core.controller import Controller
+    from medtwin.models.glucose.loop import Controller
 
 logger = logging.getLogger(__name__)
 
@@ -207,12 +208,17 @@ class _SubjectSeededSensor:
         self._sensor = sensor
         self._seeds = list(seeds)
         self.sample_time = sensor.sample_time
+        self.reads = sensor.reads
+        self.label = sensor.label
 
     def reset(self, n_subjects: int, seed: int | None = None) -> None:
         self._sensor.reset(n_subjects, self._seeds)
 
     def measure(self, t: float, glucose: np.ndarray) -> np.ndarray:
         return self._sensor.measure(t, glucose)
+
+    def program(self, t0: float, dt: float, n_steps: int) -> SensorProgram:
+        return self._sensor.program(t0, dt, n_steps)
 
 
 def _chunk_schedule(trial: Trial, ids: Sequence[str], start: int) -> Schedule:
@@ -240,8 +246,9 @@ def _limit_numba_threads() -> None:
 
 def run_chunk(trial: Trial, start: int, stop: int) -> ChunkResult:
     """Simulate subjects ``start .. stop-1`` of ``trial`` and compute their outcomes."""
-    from medtwin.core.controller import IdealSensor, NoPump
+    from medtwin.core.controller import IdealSensor
     from medtwin.core.simulate import simulate
+    from medtwin.models.glucose.loop import NoPump
 
     _limit_numba_threads()
     ids = list(trial.cohort.ids[start:stop])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtwin.core import codes
 from medtwin.core.cohort import Cohort
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.records import Observation
@@ -152,11 +153,11 @@ def run_scenario(
 # --- personalisation -----------------------------------------------------------------------
 #: LOINC code -> beat output fitted, with the unit expected and the plausible range
 OBSERVABLES: dict[str, tuple[str, str, float, float]] = {
-    "8480-6": ("SBP", "mm[Hg]", 40.0, 300.0),
-    "8462-4": ("DBP", "mm[Hg]", 20.0, 200.0),
-    "8867-4": ("HR", "/min", 20.0, 250.0),
-    "10230-1": ("EF", "1", 0.05, 0.9),
-    "8741-1": ("CO", "L/min", 0.5, 20.0),
+    codes.SYSTOLIC_BP: ("SBP", "mm[Hg]", 40.0, 300.0),
+    codes.DIASTOLIC_BP: ("DBP", "mm[Hg]", 20.0, 200.0),
+    codes.HEART_RATE: ("HR", "/min", 20.0, 250.0),
+    codes.EJECTION_FRACTION: ("EF", "1", 0.05, 0.9),
+    codes.CARDIAC_OUTPUT: ("CO", "L/min", 0.5, 20.0),
 }
 #: the parameters fitted by default, with their prior log-scale standard deviations
 DEFAULT_FIT: dict[str, float] = {
@@ -185,9 +186,9 @@ def observed_values(observations: Sequence[Observation]) -> dict[str, float]:
             continue
         name, want, lo, hi = OBSERVABLES[code]
         v = float(value)
-        if code == "10230-1" and unit == "%":
+        if code == codes.EJECTION_FRACTION and unit == "%":
             v /= 100.0
-        elif unit not in (None, want) and not (code == "8741-1" and unit == "L/min"):
+        elif unit not in (None, want) and not (code == codes.CARDIAC_OUTPUT and unit == "L/min"):
             raise ValidationError(f"unit {unit!r}; expected {want!r}", where=f"{name} ({code})")
         if not (lo <= v <= hi):
             raise ValidationError(f"is {value} {unit or ''}; a plausible {name} lies in "

@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtwin.core import codes
 from medtwin.core.cohort import Cohort
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.records import Intervention, Observation, utc
 from medtwin.interop.codes import to_canonical
+from medtwin.models.glucose.constants import HYPO_THRESHOLD, INSULIN_PMOL_PER_UNIT
 from medtwin.models.glucose.subjects import uva_padova_cohort
 from medtwin.twin import glucose_bank as gb
 from medtwin.twin import glucose_filter as gf
@@ -45,7 +47,7 @@ from medtwin.twin.glucose_inputs import INSULIN, InputPlan, grid_step, piece_of
 log = logging.getLogger(__name__)
 
 #: LOINC codes the twin assimilates: interstitial (CGM) and blood glucose
-GLUCOSE_CODES = ("99504-3", "2339-0")
+GLUCOSE_CODES = (codes.CGM_GLUCOSE, codes.GLUCOSE_BLOOD)
 MODEL_NAME = gf.MODEL.name
 MODEL_VERSION = f"{gf.MODEL.version}+enkf-2"  # with the likelihood bank
 MODEL_VERSION_NO_BANK = f"{gf.MODEL.version}+enkf-1"  # the ensemble alone (old snapshots)
@@ -341,7 +343,7 @@ class GlucoseTwin:
             "p95": np.percentile(g, 95, axis=0),
         })
 
-    def hypo_risk(self, threshold: float = 70.0, horizon: int = 30, *,
+    def hypo_risk(self, threshold: float = HYPO_THRESHOLD, horizon: int = 30, *,
                   planned: Iterable[Intervention] | None = None) -> tuple[float, float | None]:
         """P(sensor glucose < ``threshold`` mg/dL at some minute within ``horizon``) and the
         median minutes until the members that cross do so (``None`` when none does)."""
@@ -421,7 +423,8 @@ def _steady_basal(p: np.ndarray) -> np.ndarray:
     """Basal steady-state insulin [U/min] of parameter rows: the rate that holds the
     subcutaneous depot at its initial (steady) state, ``Isc1_0 * (ka1 + kd) * BW / 6000``."""
     P = gf._P
-    return p[:, P["Isc1_0"]] * (p[:, P["ka1"]] + p[:, P["kd"]]) * p[:, P["BW"]] / 6000.0
+    return (p[:, P["Isc1_0"]] * (p[:, P["ka1"]] + p[:, P["kd"]]) * p[:, P["BW"]]
+            / INSULIN_PMOL_PER_UNIT)
 
 
 def _advance_member_basal(ens: gf.Ensemble, t0: float, u: np.ndarray, basal: np.ndarray,

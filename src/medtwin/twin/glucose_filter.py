@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medtwin.core.errors import SimulationError, ValidationError
+from medtwin.core.estimate.enkf import eakf_increments, observation_moments, regression_gain
 from medtwin.core.solvers import RK4, Solver, Work
 from medtwin.models.glucose.uva_padova import STATES, UVAPadova
 
@@ -296,18 +297,12 @@ def update(ens: Ensemble, y: np.ndarray, mask: np.ndarray | None = None,
     s = ens.settings
     if mask is None:
         mask = np.ones(B, bool)
-    hx = ens.glucose() + ens.bias
-    mean = hx.mean(axis=1)
-    dev = hx - mean[:, None]
-    var = np.maximum(np.einsum("bn,bn->b", dev, dev) / (N - 1), 1e-9)
+    # the engine's ensemble adjustment filter (medtwin.core.estimate.enkf), batched over
+    # patients: moments of the predicted reading, the members' moves, the regression gains
+    mean, dev, var = observation_moments(ens.glucose() + ens.bias)
 
     def adjust(sd: float) -> np.ndarray:
-        """Each member's move of the predicted reading: to the posterior mean, with the
-        spread shrunk to the posterior's (deterministic square root)."""
-        r = sd * sd
-        var_a = 1.0 / (1.0 / var + 1.0 / r)
-        mean_a = var_a * (mean / var + y / r)
-        d = (mean_a - mean)[:, None] + (np.sqrt(var_a / var) - 1.0)[:, None] * dev
+        d = eakf_increments(mean, var, dev, y, sd * sd)
         return np.where(mask[:, None], d, 0.0)
 
     dy = adjust(s.white_sd)
@@ -316,8 +311,7 @@ def update(ens: Ensemble, y: np.ndarray, mask: np.ndarray | None = None,
     ns, q = _UPDATED.size, ens.theta.shape[2]
     z = np.concatenate([ens.x[..., _UPDATED], ens.theta, ens.bias[..., None],
                         ens.flux[..., None]], axis=2)  # (B, N, q)
-    # regression on the predicted reading (the deviations sum to zero, so z needs no centring)
-    gain = np.einsum("bnq,bn->bq", z, dev) / ((N - 1) * var[:, None])
+    gain = regression_gain(z, dev, var)
     for j in frozen:
         gain[:, ns + j] = 0.0
     if dyp is dy:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from medtwin.core.records import Intervention, InterventionKind, Observation
+from medtwin.models.glucose.constants import HYPO_THRESHOLD
 from medtwin.monitor.rules import Finding
 from medtwin.store.event_store import EventStore
 from medtwin.store.snapshots import latest_snapshot, save_snapshot
@@ -33,7 +34,7 @@ RULE = "hypo-predicted"
 #: alarms for sensitivity (0.05: 98.4%, 0.26, median lead 41 min). 0.5 is kept as the middle
 #: of the flat part of that curve.
 HYPO_PROBABILITY = 0.5
-THRESHOLD = 70.0  # mg/dL
+THRESHOLD = HYPO_THRESHOLD  # mg/dL
 HORIZON = 30  # min
 _PAGE = 1000
 

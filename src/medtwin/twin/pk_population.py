@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from medtwin.core.cluster import dask_client, dask_mapper
 from medtwin.core.errors import ValidationError
 from medtwin.core.estimate.focei import FOCEI
 from medtwin.interop.nonmem import EventTable
 from medtwin.models.pk.spec import PopulationModel
 from medtwin.twin.pk_data import prepare
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 @dataclass(frozen=True)
@@ -63,9 +68,24 @@ def fit_population(
     estimate: Sequence[str] | None = None,
     omega_structure: str = "diagonal",
     standard_errors: bool = True,
+    workers: int = 1,
+    scheduler: str | None = None,
+    client: Client | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> PopulationFit:
     """FOCE-I fit of ``model``'s typical values (``estimate``: default all structural
-    parameters except F and ALAG), Omega and residual error, from ``model``'s values."""
+    parameters except F and ALAG), Omega and residual error, from ``model``'s values.
+
+    The objective evaluations of each gradient and of the covariance step run on Dask when
+    ``workers`` > 1 (a LocalCluster), a ``scheduler`` address or a ``client`` is given; the
+    estimates are the same as serial. ``on_batch(k)`` is called before the k-th batch of
+    evaluations (a progress signal; it may raise to stop the fit)."""
+    if client is None and (workers > 1 or scheduler is not None):
+        with dask_client(scheduler, n_workers=workers) as c:
+            return fit_population(model, table, estimate=estimate,
+                                  omega_structure=omega_structure,
+                                  standard_errors=standard_errors, client=c,
+                                  on_batch=on_batch)
     names = tuple(estimate or [p for p in model.parameters if p not in ("F", "ALAG")])
     unknown = [n for n in names if n not in model.parameters]
     if unknown:
@@ -79,12 +99,29 @@ def fit_population(
         return model.predict(model.individual(tv, eta), data.doses, data.times)
 
     theta0 = np.log([model.parameters[n].typical for n in names])
-    est = FOCEI(omega_structure=omega_structure, standard_errors=standard_errors).fit(
+    mapper = dask_mapper(client) if client is not None else None
+    if on_batch is not None:
+        mapper = _signalling(mapper, on_batch)
+    est = FOCEI(omega_structure=omega_structure, standard_errors=standard_errors,
+                mapper=mapper).fit(
         predict, data.observed, theta0, model.omega, model.error)
     fitted = model.with_estimates(
         {n: math.exp(t) for n, t in zip(names, est.theta_, strict=True)}, est.omega_,
         est.error_)
     return PopulationFit(fitted, est, names, data.subjects)
+
+
+def _signalling(mapper: Callable | None, on_batch: Callable[[int], None]) -> Callable:
+    count = [0]
+
+    def wrapped(est: FOCEI, points: list[np.ndarray]) -> list[float]:
+        count[0] += 1
+        on_batch(count[0])
+        if mapper is not None:
+            return mapper(est, points)
+        return [est.objective_at(x) for x in points]
+
+    return wrapped
 
 
 def theoph_events(frame: pd.DataFrame, *, dose: str = "mg/kg") -> EventTable:

@@ -13,6 +13,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
+from medtwin.core import codes
 from medtwin.core.records import Intervention, InterventionKind, Observation
 from medtwin.interop.nonmem import events_from_records
 from medtwin.store.event_store import EventStore
@@ -25,9 +26,14 @@ from medtwin.twin.dosing import (
 )
 from medtwin.twin.pk import PKTwin
 
-VANCO_LEVEL = "4092-3"
-WEIGHT, CREATININE = "29463-7", "2160-0"
+VANCO_LEVEL = codes.VANCOMYCIN_TROUGH
+WEIGHT, CREATININE = codes.BODY_WEIGHT, codes.CREATININE_SERUM
 PK_MODEL = "vancomycin-goti2018"
+#: limits of a what-if regimen (API, dashboard): one dose up to this [mg], every
+#: ``REGIMEN_INTERVAL`` h, infused over at least ``REGIMEN_MIN_INFUSION`` h
+REGIMEN_MAX_DOSE = 6000.0
+REGIMEN_INTERVAL: tuple[float, float] = (1.0, 72.0)
+REGIMEN_MIN_INFUSION = 0.25
 
 
 @dataclass(frozen=True)

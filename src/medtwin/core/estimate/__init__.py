@@ -1,7 +1,18 @@
-"""Personalisation and population estimation, model-agnostic: MAP (with M3), FOCE-I."""
+"""Personalisation and population estimation, model-agnostic: MAP (with M3), FOCE-I, and the
+sequential filters (ensemble and unscented Kalman, particle) over any Model."""
 
+from medtwin.core.estimate.dynamics import Dynamics, ModelDynamics
+from medtwin.core.estimate.enkf import EnsembleKalmanFilter
 from medtwin.core.estimate.focei import FOCEI
 from medtwin.core.estimate.map import MapResult, ObservedData, check_omega, map_estimate
+from medtwin.core.estimate.observation import NoiseModel, ObservationModel, Reading
+from medtwin.core.estimate.particle import ParticleFilter
+from medtwin.core.estimate.priors import LearnedParameter
 from medtwin.core.estimate.residual import ResidualError
+from medtwin.core.estimate.sequential import SequentialFilter
+from medtwin.core.estimate.ukf import UnscentedKalmanFilter
 
-__all__ = ["FOCEI", "MapResult", "ObservedData", "ResidualError", "check_omega", "map_estimate"]
+__all__ = ["FOCEI", "Dynamics", "EnsembleKalmanFilter", "LearnedParameter", "MapResult",
+           "ModelDynamics", "NoiseModel", "ObservationModel", "ObservedData", "ParticleFilter",
+           "Reading", "ResidualError", "SequentialFilter", "UnscentedKalmanFilter",
+           "check_omega", "map_estimate"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from medtwin.core import codes
 from medtwin.core.cohort import Cohort
 from medtwin.core.errors import SimulationError, ValidationError
 from medtwin.core.model import Variable
@@ -27,19 +28,20 @@ from medtwin.models.cardio.parameters import check_cohort
 #: one row per beat; LOINC codes where one exists
 BEAT_OUTPUTS: tuple[Variable, ...] = (
     Variable("t_end", "s", "end of the beat"),
-    Variable("HR", "/min", "heart rate 60 / beat duration", loinc="8867-4"),
-    Variable("SBP", "mmHg", "systolic arterial pressure", loinc="8480-6"),
-    Variable("DBP", "mmHg", "diastolic arterial pressure", loinc="8462-4"),
-    Variable("MAP", "mmHg", "mean arterial pressure over the beat", loinc="8478-0"),
+    Variable("HR", "/min", "heart rate 60 / beat duration", loinc=codes.HEART_RATE),
+    Variable("SBP", "mmHg", "systolic arterial pressure", loinc=codes.SYSTOLIC_BP),
+    Variable("DBP", "mmHg", "diastolic arterial pressure", loinc=codes.DIASTOLIC_BP),
+    Variable("MAP", "mmHg", "mean arterial pressure over the beat", loinc=codes.MEAN_BP),
     Variable("PAS", "mmHg", "pulmonary arterial systolic pressure"),
     Variable("PAD", "mmHg", "pulmonary arterial diastolic pressure"),
     Variable("mPAP", "mmHg", "mean pulmonary arterial pressure over the beat"),
-    Variable("CVP", "mmHg", "mean central venous pressure over the beat", loinc="60985-9"),
+    Variable("CVP", "mmHg", "mean central venous pressure over the beat",
+             loinc=codes.CENTRAL_VENOUS_PRESSURE),
     Variable("LVEDV", "mL", "left ventricular end-diastolic (largest) volume"),
     Variable("LVESV", "mL", "left ventricular end-systolic (smallest) volume"),
     Variable("SV", "mL", "stroke volume LVEDV - LVESV"),
-    Variable("EF", "1", "ejection fraction SV / LVEDV", loinc="10230-1"),
-    Variable("CO", "L/min", "cardiac output SV x HR", loinc="8741-1"),
+    Variable("EF", "1", "ejection fraction SV / LVEDV", loinc=codes.EJECTION_FRACTION),
+    Variable("CO", "L/min", "cardiac output SV x HR", loinc=codes.CARDIAC_OUTPUT),
 )
 BEAT_NAMES = tuple(v.name for v in BEAT_OUTPUTS)
 _NB = len(BEAT_OUTPUTS)

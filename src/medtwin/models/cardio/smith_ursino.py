@@ -34,6 +34,7 @@ from typing import ClassVar
 import numpy as np
 from numba import njit
 
+from medtwin.core import codes
 from medtwin.core.model import MEMORY_SIGNATURE, RHS_SIGNATURE, Model, Variable
 
 STATES: tuple[Variable, ...] = (
@@ -126,7 +127,7 @@ OUTPUTS: tuple[Variable, ...] = (
     Variable("P_lv", "mmHg", "left ventricular pressure"),
     Variable("P_vc", "mmHg", "vena cava pressure (central venous pressure)"),
     Variable("P_pa", "mmHg", "pulmonary arterial pressure"),
-    Variable("HR", "/min", "instantaneous heart rate 60/T", loinc="8867-4"),
+    Variable("HR", "/min", "instantaneous heart rate 60/T", loinc=codes.HEART_RATE),
     Variable("V_blood", "mL", "stressed blood volume (sum of the six volumes)"),
 )
 

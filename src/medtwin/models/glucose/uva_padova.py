@@ -18,12 +18,14 @@ Sci Technol 8(1):26-34, 2014; simglucose 0.2.11 (MIT), https://github.com/jxx123
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numba import njit
 
-from medtwin.core.model import MEMORY_SIGNATURE, RHS_SIGNATURE, Model, Variable
+from medtwin.core import codes
+from medtwin.core.model import MEMORY_SIGNATURE, OUTPUT_SIGNATURE, RHS_SIGNATURE, Model, Variable
+from medtwin.models.glucose.constants import INSULIN_PMOL_PER_UNIT
 
 STATES: tuple[Variable, ...] = (
     Variable("Qsto1", "mg", "glucose in the stomach, solid phase"),
@@ -104,9 +106,14 @@ MEMORY: tuple[Variable, ...] = (
 QSTO_LAST, FOOD, EATING, CHO_LAST = 0, 1, 2, 3
 
 OUTPUTS: tuple[Variable, ...] = (
-    Variable("G_plasma", "mg/dL", "plasma glucose Gp / Vg", loinc="2345-7"),
-    Variable("G_sc", "mg/dL", "subcutaneous (interstitial) glucose Gs / Vg", loinc="99504-3"),
+    Variable("G_plasma", "mg/dL", "plasma glucose Gp / Vg", loinc=codes.GLUCOSE_PLASMA),
+    Variable("G_sc", "mg/dL", "subcutaneous (interstitial) glucose Gs / Vg",
+             loinc=codes.GLUCOSE_INTERSTITIAL),
     Variable("Ra", "mg/kg/min", "rate of appearance of meal glucose in plasma"),
+)
+#: what the schedule announces ahead of eating: the meal's size (a controller may read it)
+ANNOUNCEMENTS: tuple[Variable, ...] = (
+    Variable("meal", "g", "carbohydrate announced", role="meal"),
 )
 
 
@@ -114,7 +121,7 @@ OUTPUTS: tuple[Variable, ...] = (
 def uva_rhs(t, x, u, m, p, dx) -> None:  # noqa: ANN001
     """dx/dt of one subject: ``T1DPatient.model`` of simglucose 0.2.11, term by term."""
     d = u[CHO] * 1000.0  # g/min -> mg/min
-    insulin = u[INSULIN] * 6000.0 / p[BW]  # U/min -> pmol/kg/min
+    insulin = u[INSULIN] * INSULIN_PMOL_PER_UNIT / p[BW]  # U/min -> pmol/kg/min
     qsto = x[0] + x[1]
     dbar = m[QSTO_LAST] + m[FOOD] * 1000.0  # mg
     kmax = p[KMAX]
@@ -154,6 +161,14 @@ def uva_rhs(t, x, u, m, p, dx) -> None:  # noqa: ANN001
     dx[12] = g if x[12] >= 0.0 else 0.0
 
 
+@njit(OUTPUT_SIGNATURE, cache=True)
+def uva_output(x, p, y) -> None:  # noqa: ANN001
+    """The outputs of one subject, as :meth:`UVAPadova.observe` computes them."""
+    y[0] = x[3] / p[VG]
+    y[1] = x[12] / p[VG]
+    y[2] = p[F] * p[KABS] / p[BW] * x[2]
+
+
 @njit(MEMORY_SIGNATURE, cache=True)
 def uva_memory(t, dt, x, u, m, p) -> None:  # noqa: ANN001
     """The peer's meal bookkeeping (``T1DPatient.step``) at the start of an input step."""
@@ -180,8 +195,18 @@ class UVAPadova(Model):
     outputs = OUTPUTS
     memory = MEMORY
     sensed_output = "G_sc"
+    sensor_label = "CGM [mg/dL]"
+    announcements = ANNOUNCEMENTS
     rhs_kernel = staticmethod(uva_rhs)
     memory_kernel = staticmethod(uva_memory)
+    output_kernel = staticmethod(uva_output)
+
+    def adapt_controller(self, controller: Any, *, pump: Any = None) -> Any:
+        """A glucose controller (glucose and meal in, basal and bolus out) and its insulin pump
+        as a loop controller (:class:`~medtwin.models.glucose.loop.InsulinLoop`)."""
+        from medtwin.models.glucose.loop import InsulinLoop
+
+        return InsulinLoop(controller, pump)
 
     def initial_state(self, p: np.ndarray) -> np.ndarray:
         """The subjects' initial states, from the ``<state>_0`` parameters."""
