@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medtwin.core import codes
+
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-HR, RR = "8867-4", "9279-1"
+HR, RR = codes.HEART_RATE, codes.RESPIRATORY_RATE
 WATCH = """([pid, text]) => new Promise(resolve => {
   const seen = () => { const el = document.querySelector(`[data-patient="${pid}"]`);
                        return el !== null && el.innerText.includes(text); };
@@ -87,6 +89,7 @@ def serve(db: str, port: int, broker: str | None, ready: mp.Queue, n_cards: int)
     from medtwin.live.ingest import Ingester
     from medtwin.live.sync import MonitorLoop
     from medtwin.security.crypto import load_keyring
+    from medtwin.service import mount_dashboard
     from medtwin.store.event_store import EventStore
 
     keyring = load_keyring()
@@ -98,7 +101,8 @@ def serve(db: str, port: int, broker: str | None, ready: mp.Queue, n_cards: int)
     monitor = MonitorLoop(store, broker=broker).start()
     ingester = Ingester(store, broker=broker, client_id="bench-ui-ingester",
                         on_stored=monitor.on_stored).start()
-    app = create_app(Settings.from_env(db=db), store, keyring, dashboard=True)
+    app = create_app(Settings.from_env(db=db), store, keyring)
+    mount_dashboard(app)
 
     @ui.page("/bench-bare")
     def bare() -> None:  # the reference: as many cards of static text, no data access

@@ -9,7 +9,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from medtwin.api.app import create_app
-from medtwin.api.twin_service import (
+from medtwin.core.errors import NotFoundError, ValidationError
+from medtwin.core.records import Patient
+from medtwin.interop.fhir.read import parse_fhir
+from medtwin.interop.fhir.synthetic import generate_patients
+from medtwin.security.crypto import KeyRing
+from medtwin.store.event_store import EventStore
+from medtwin.twin.service import (
     GlucosePlan,
     Regimen,
     TwinNotReadyError,
@@ -17,12 +23,6 @@ from medtwin.api.twin_service import (
     dose_view,
     glucose_view,
 )
-from medtwin.core.errors import NotFoundError, ValidationError
-from medtwin.core.records import Patient
-from medtwin.interop.fhir.read import parse_fhir
-from medtwin.interop.fhir.synthetic import generate_patients
-from medtwin.security.crypto import KeyRing
-from medtwin.store.event_store import EventStore
 
 from .conftest import fast_settings, login
 

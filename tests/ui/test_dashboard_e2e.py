@@ -116,6 +116,7 @@ def test_clinician_flow_in_a_real_browser(demo, tmp_path):
 
 # --- the patient's own twins, roles, screens, keyboard, time zones ---------------------------
 T1D, VANCO = "46635009", "128045006"  # SNOMED CT: type 1 diabetes, vancomycin-treated infection
+HYPERTENSION = "38341003"  # SNOMED CT: a cardiac diagnosis (the demo's stable patients)
 WAIT = 60_000  # ms: generous, the machine is shared
 TRACES = """sel => { const gd = document.querySelector(sel);
   if (!gd || !gd.data) return null;
@@ -315,6 +316,29 @@ def test_vancomycin_dose_change_shows_its_predicted_course(world, open_context, 
     assert double[:40] == pytest.approx(mine[:40])  # the same fitted history
     assert max(double) > 1.5 * max(mine)  # twice the dose: a far higher predicted course
     page.screenshot(path=str(tmp_path / "vancomycin-what-if.png"), full_page=True)
+
+
+def test_cardio_what_if_is_drawn_next_to_the_current_course(world, open_context, tmp_path):
+    """A patient with a cardiac diagnosis has the cardio panel: the personalised twin's
+    forecast band, and the default what-if (heart failure with reduced EF) next to it."""
+    doc = next(d for d in ("dr.north", "dr.south")
+               if any(HYPERTENSION in world.kinds[p] for p in world.team[d]))
+    page = open_context()
+    _sign_in(page, world, doc)
+    page.goto(f"{world.base}/ui/patient/{world.of(doc, HYPERTENSION)}")
+    _wait_trace(page, ".cardio-plot", "MAP current")
+    expect(page.locator("[data-cardio-status]")).to_contain_text("Personalised to the readings")
+    now = _traces(page, ".cardio-plot")
+    assert all(60 < m < 160 for m in now["MAP current"])
+    assert all(lo <= m + 1e-6 for lo, m in zip(now["MAP current 90% band"], now["MAP current"],
+                                                strict=True))
+    page.get_by_role("button", name="Predict", exact=True).click()
+    _wait_trace(page, ".cardio-plot", "CO what-if")
+    alt = _traces(page, ".cardio-plot")
+    assert alt["CO what-if"][-1] < alt["CO current"][-1] - 0.3  # the failing ventricle
+    assert alt["HR what-if"][-1] > alt["HR current"][-1]  # and the reflex's tachycardia
+    expect(page.locator("[data-cardio-result]")).to_contain_text("What-if hfref")
+    page.screenshot(path=str(tmp_path / "cardio-what-if.png"), full_page=True)
 
 
 def test_a_researcher_sees_no_identifying_data_on_any_page(world, open_context):

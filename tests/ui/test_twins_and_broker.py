@@ -10,7 +10,6 @@ from starlette.requests import Request
 
 from medtwin.api.deps import build_services
 from medtwin.api.settings import Settings
-from medtwin.api.twin_service import GLUCOSE_RESOURCE, TwinNotReadyError, glucose_view
 from medtwin.core.errors import ValidationError
 from medtwin.core.records import Patient
 from medtwin.interop.fhir.read import parse_fhir
@@ -23,6 +22,7 @@ from medtwin.live.sync import MonitorLoop
 from medtwin.security.crypto import KeyRing
 from medtwin.store.alerts import AlertStore
 from medtwin.store.event_store import EventStore
+from medtwin.twin.service import GLUCOSE_RESOURCE, TwinNotReadyError, glucose_view
 from medtwin.ui import access, session, twins
 
 

@@ -15,16 +15,7 @@ import pandas as pd
 from starlette.requests import Request
 
 from medtwin.api.deps import Services
-from medtwin.api.twin_service import (
-    DOSE_RESOURCE,
-    GLUCOSE_RESOURCE,
-    GlucosePlan,
-    GlucoseView,
-    Regimen,
-    current_regimen,
-    dose_view,
-    glucose_view,
-)
+from medtwin.core import codes
 from medtwin.core.errors import MedtwinError, NotFoundError
 from medtwin.interop.codes import to_canonical
 from medtwin.monitor.news2 import News2, Risk, news2
@@ -34,12 +25,23 @@ from medtwin.security.roles import Principal, Role
 from medtwin.store.alerts import Alert, AlertStore
 from medtwin.store.latest import latest_per_code
 from medtwin.store.snapshots import last_sync_times
+from medtwin.twin.service import (
+    DOSE_RESOURCE,
+    GLUCOSE_RESOURCE,
+    GlucosePlan,
+    GlucoseView,
+    Regimen,
+    current_regimen,
+    dose_view,
+    glucose_view,
+)
 from medtwin.twin.vancomycin import PKView
 
-CGM, GLUCOSE_LAB = "99504-3", "2339-0"
-CHART_CODES = {"8867-4": ("Heart rate", "/min"), "9279-1": ("Respiratory rate", "/min"),
-               "59408-5": ("SpO2", "%"), "8480-6": ("Systolic BP", "mmHg"),
-               "8310-5": ("Temperature", "°C"), CGM: ("CGM glucose", "mg/dL"),
+CGM, GLUCOSE_LAB = codes.GLUCOSE_INTERSTITIAL, codes.GLUCOSE_BLOOD
+CHART_CODES = {codes.HEART_RATE: ("Heart rate", "/min"),
+               codes.RESPIRATORY_RATE: ("Respiratory rate", "/min"),
+               codes.SPO2_PULSE_OXIMETRY: ("SpO2", "%"), codes.SYSTOLIC_BP: ("Systolic BP", "mmHg"),
+               codes.BODY_TEMPERATURE: ("Temperature", "°C"), CGM: ("CGM glucose", "mg/dL"),
                GLUCOSE_LAB: ("Blood glucose", "mg/dL")}
 RISK_ORDER = {Risk.HIGH: 3, Risk.MEDIUM: 2, Risk.LOW_MEDIUM: 1, Risk.LOW: 0}
 SHOWN_VITALS = (("pulse", "HR", "/min"), ("respiration_rate", "RR", "/min"),
@@ -193,11 +195,13 @@ def patient_data(svc: Services, request: Request | None, who: Principal, patient
         raise UiDeniedError(f"no patient {patient_id!r}") from None
     if len(frame):
         frame = frame[frame["time"] >= frame["time"].max() - timedelta(hours=hours)]
-    bp = svc.store.timeline(patient_id, kinds=["observation"], codes=["85354-9", "55284-4"])
-    sbp = [(o.time, c.value) for o in bp for c in o.components if c.code == "8480-6"]
+    bp = svc.store.timeline(patient_id, kinds=["observation"],
+                            codes=[codes.BP_PANEL, codes.BP_PANEL_OLD])
+    sbp = [(o.time, c.value) for o in bp for c in o.components if c.code == codes.SYSTOLIC_BP]
     if sbp:
         extra = pd.DataFrame({"time": pd.to_datetime([t for t, _ in sbp], utc=True),
-                              "code": "8480-6", "value": [v for _, v in sbp], "unit": "mmHg"})
+                              "code": codes.SYSTOLIC_BP, "value": [v for _, v in sbp],
+                              "unit": "mmHg"})
         extra = extra[extra["time"] >= frame["time"].min()] if len(frame) else extra
         frame = pd.concat([frame[["time", "code", "value", "unit"]], extra], ignore_index=True)
     if audit:

@@ -8,11 +8,15 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from medtwin.api.twin_service import GlucoseView
+from medtwin.core import codes
+from medtwin.twin.cardio_service import UNITS, CardioView
+from medtwin.twin.service import GlucoseView
 from medtwin.ui.access import CGM, CHART_CODES, GLUCOSE_LAB
 
-VITAL_CODES = ("8867-4", "9279-1", "59408-5", "8480-6", "8310-5")
+VITAL_CODES = (codes.HEART_RATE, codes.RESPIRATORY_RATE, codes.SPO2_PULSE_OXIMETRY,
+               codes.SYSTOLIC_BP, codes.BODY_TEMPERATURE)
 _LAYOUT = {"margin": {"l": 50, "r": 10, "t": 40, "b": 40}, "height": 360,
            "legend": {"orientation": "h", "y": -0.3, "yanchor": "top"},
            "template": "plotly_white"}
@@ -150,4 +154,37 @@ def what_if_figure(view: GlucoseView | None, history: pd.DataFrame,
                                      line={"color": WHAT_IF_COLOUR}, legendgroup="what-if"))
     fig.update_layout(title="Predicted glucose [mg/dL]: current plan vs what-if",
                       yaxis_title="mg/dL", xaxis=_time_axis(zone), **_LAYOUT)
+    return fig
+
+
+CARDIO_CHARTED = ("MAP", "CO", "HR")  # one row each in the cardio panel's figure
+
+
+def cardio_figure(view: CardioView, outputs: Sequence[str] = CARDIO_CHARTED) -> go.Figure:
+    """The cardio twin's forecast (mean over posterior draws and its 90% band) of each of
+    ``outputs`` over the seconds ahead, and the what-if's next to it when there is one."""
+    fig = make_subplots(rows=len(outputs), cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    runs = [("current", view.forecast, PLAN_COLOUR, "dash")]
+    if view.what_if_forecast is not None and view.scenario is not None:
+        runs.append(("what-if", view.what_if_forecast, WHAT_IF_COLOUR, "solid"))
+    for row, name in enumerate(outputs, 1):
+        for tag, frame, colour, dash in runs:
+            part = frame[frame["output"] == name]
+            x = _values(part["seconds"])
+            group = f"{name} {tag}"
+            fig.add_trace(go.Scatter(x=x, y=_values(part["p95"]), line={"width": 0},
+                                     showlegend=False, hoverinfo="skip", legendgroup=group,
+                                     name=f"{name} {tag} upper"), row=row, col=1)
+            fig.add_trace(go.Scatter(x=x, y=_values(part["p05"]), fill="tonexty",
+                                     line={"width": 0}, name=f"{name} {tag} 90% band",
+                                     legendgroup=group, fillcolor=_rgba(colour, 0.18)),
+                          row=row, col=1)
+            fig.add_trace(go.Scatter(x=x, y=_values(part["mean"]), name=f"{name} {tag}",
+                                     line={"color": colour, "dash": dash}, legendgroup=group),
+                          row=row, col=1)
+        fig.update_yaxes(title_text=f"{name} [{UNITS[name]}]", row=row, col=1)
+    fig.update_xaxes(title_text="seconds after the twin's time", row=len(outputs), col=1)
+    what = f" vs what-if: {view.scenario.name}" if view.scenario is not None else ""
+    fig.update_layout(title=f"Cardio twin forecast (90% band): current{what}",
+                      **{**_LAYOUT, "height": 180 + 170 * len(outputs)})
     return fig

@@ -3,8 +3,9 @@
 Each page checks the session first (no session: redirect to sign-in) and reads through
 :mod:`medtwin.ui.access`, which applies the service's policy and audit. The patient page shows
 the patient's own twins (the glucose twin's forecast and what-if, the vancomycin twin's
-recommendation and dose what-if) through the service functions the API's ``/twins`` routes
-use. A role lands where it may look (:func:`home_of`); times are in the browser's zone.
+recommendation and dose what-if, the cardio twin of a patient with a cardiac diagnosis)
+through the service functions the API's ``/twins`` routes use. A role lands where it may
+look (:func:`home_of`); times are in the browser's zone.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from nicegui import run, ui
 from nicegui.client import ClientConnectionTimeout
 from starlette.requests import Request
 
-from medtwin.api.twin_service import GlucoseView, TwinNotReadyError
 from medtwin.core.errors import MedtwinError
 from medtwin.security.roles import Principal, Role
+from medtwin.twin.service import GlucoseView, TwinNotReadyError
+from medtwin.twin.vancomycin import REGIMEN_MAX_DOSE
 from medtwin.ui import access, charts, session, twins
+from medtwin.ui.cardio import CardioPanel, cardiac_diagnoses
 from medtwin.ui.layout import (
     UiContext,
     ask_zone,
@@ -199,7 +202,8 @@ def register(ctx: UiContext) -> None:
                 alert_list.refresh()
 
         ui.timer(ctx.refresh_seconds * 5, refresh_alerts_if_changed)
-        if kind not in ("t1d", "vancomycin"):
+        diagnoses = cardiac_diagnoses(ctx.svc.store, patient_id)
+        if kind not in ("t1d", "vancomycin") and not diagnoses:
             return None
         try:  # the page is sent first; the twins are computed while the user looks at it
             await ui.context.client.connected(timeout=60)
@@ -209,6 +213,9 @@ def register(ctx: UiContext) -> None:
             await _GlucosePanel(ctx, request, who, patient_id, chart, zone).build()
         if kind == "vancomycin":
             await _PKPanel(ctx, request, who, patient_id, zone).build()
+        if diagnoses:
+            await CardioPanel(ctx.svc, request, who, patient_id, diagnoses, zone,
+                              lambda: _live_session(ctx, request)).build()
         return None
 
     @ui.page("/admin", title="medtwin · admin")
@@ -487,7 +494,7 @@ class _PKPanel:
                                                      view.recommendation.interval,
                                                      view.recommendation.duration)
         with ui.row().classes("items-end gap-3 flex-wrap"):
-            self.dose = ui.number("Dose [mg]", value=start.dose, min=250, max=6000,
+            self.dose = ui.number("Dose [mg]", value=start.dose, min=250, max=REGIMEN_MAX_DOSE,
                                   step=250).classes("w-32")
             self.every = ui.select({6.0: "6 h", 8.0: "8 h", 12.0: "12 h", 24.0: "24 h",
                                     36.0: "36 h", 48.0: "48 h"},

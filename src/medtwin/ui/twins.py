@@ -1,5 +1,5 @@
 """The twins behind the patient page: which twin a patient has, and the what-if panels' inputs
-as the service's plans (:mod:`medtwin.api.twin_service`, which the API's twins routes use too).
+as the service's plans (:mod:`medtwin.twin.service`, which the API's twins routes use too).
 
 Pure functions over the store's records and the panels' values (no UI code), so they are
 tested without a browser.
@@ -13,11 +13,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from medtwin.api.twin_service import GlucosePlan, Regimen
 from medtwin.core.errors import ValidationError
 from medtwin.core.records import Condition
 from medtwin.store.event_store import EventStore
-from medtwin.twin.vancomycin import PKView, pk_view
+from medtwin.twin.service import GlucosePlan, Regimen
+from medtwin.twin.vancomycin import (
+    REGIMEN_INTERVAL,
+    REGIMEN_MAX_DOSE,
+    REGIMEN_MIN_INFUSION,
+    PKView,
+    pk_view,
+)
 
 __all__ = ["PKView", "PlanRow", "glucose_plan", "patient_kind", "pk_view", "regimen"]
 
@@ -83,6 +89,6 @@ def glucose_plan(rows: Iterable[PlanRow], basal: float | None, twin_time: dateti
 
 def regimen(dose: float | None, interval: float | None, infusion: float | None) -> Regimen:
     """The vancomycin what-if panel's inputs as a regimen (errors name the input)."""
-    return Regimen(_number(dose, "dose [mg]", 1, 6000),
-                   _number(interval, "interval [h]", 1, 72),
-                   _number(infusion, "infusion [h]", 0.25, 72))
+    return Regimen(_number(dose, "dose [mg]", 1, REGIMEN_MAX_DOSE),
+                   _number(interval, "interval [h]", *REGIMEN_INTERVAL),
+                   _number(infusion, "infusion [h]", REGIMEN_MIN_INFUSION, REGIMEN_INTERVAL[1]))

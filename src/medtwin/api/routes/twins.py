@@ -1,18 +1,16 @@
-"""Twins: the glucose twin's state, forecast and what-if; the vancomycin dose recommendation.
+"""Twins: the glucose twin's state, forecast and what-if; the vancomycin dose recommendation;
+the cardio twin (its routes in :mod:`medtwin.api.routes.cardio`, served under this router).
 
 Reads of a patient's twin are reads of their data: checked per patient and audited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 from fastapi import APIRouter, Query, Request
 
 from medtwin.api.deps import Caller, Svc, audited, guard
-from medtwin.api.problems import ApiError
-from medtwin.api.routes import PATIENT_ERRORS
+from medtwin.api.routes import PATIENT_ERRORS, cardio
+from medtwin.api.routes.twin_common import twin_view
 from medtwin.api.schemas import (
     DoseOut,
     ForecastPoint,
@@ -21,22 +19,19 @@ from medtwin.api.schemas import (
     PlannedIn,
     TwinSummary,
 )
-from medtwin.api.twin_service import (
+from medtwin.security.policy import Action, not_found
+from medtwin.store.snapshots import latest_snapshot
+from medtwin.twin import cardio_service
+from medtwin.twin.dosing import Target
+from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, MODEL_VERSION
+from medtwin.twin.service import (
     DOSE_RESOURCE,
     GLUCOSE_RESOURCE,
     GlucosePlan,
-    TwinNotReadyError,
     dose_view,
     glucose_view,
 )
-from medtwin.core.errors import MedtwinError, NotFoundError
-from medtwin.security.policy import Action, not_found
-from medtwin.store.snapshots import latest_snapshot
-from medtwin.twin.dosing import Target
-from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, MODEL_VERSION
 from medtwin.twin.vancomycin import PK_MODEL, VANCO_LEVEL
-
-T = TypeVar("T")
 
 router = APIRouter(prefix="/twins", tags=["twins"], responses=PATIENT_ERRORS)
 
@@ -51,6 +46,7 @@ def list_twins(request: Request, svc: Svc, who: Caller, patient_id: Id) -> list[
     codes = set(svc.store.timeline_frame(patient_id, kinds=["observation"])["code"])
     doses = svc.store.counts(patient_id).get("intervention", 0) > 0
     snap = latest_snapshot(svc.store, patient_id, model=MODEL_NAME)
+    heart = latest_snapshot(svc.store, patient_id, model=cardio_service.MODEL_NAME)
     audited(request, svc, who, grant, "twins")
     return [
         TwinSummary(kind="glucose", model=f"{MODEL_NAME} {MODEL_VERSION}",
@@ -60,6 +56,12 @@ def list_twins(request: Request, svc: Svc, who: Caller, patient_id: Id) -> list[
                     last_time=snap.twin_time if snap else None),
         TwinSummary(kind="vancomycin", model=PK_MODEL, ready=VANCO_LEVEL in codes and doses,
                     path=f"/twins/{patient_id}/dose"),
+        TwinSummary(kind="cardio", model=f"{cardio_service.MODEL_NAME} "
+                    f"{cardio_service.MODEL_VERSION}",
+                    ready=bool(codes & set(cardio_service.CARDIO_CODES)),
+                    path=f"/twins/{patient_id}/cardio",
+                    last_version=heart.version if heart else None,
+                    last_time=heart.twin_time if heart else None),
     ]
 
 
@@ -68,29 +70,9 @@ def _points(frame: object) -> list[ForecastPoint]:
             for r in frame.itertuples()]  # type: ignore[attr-defined]
 
 
-def _twin_view(request: Request, svc: Svc, who: Caller, patient_id: str, resource: str,
-               build: Callable[[], T]) -> T:
-    """Check access, build a twin's view, audit the outcome, map errors to statuses (404 an
-    unknown patient, 409 a twin without enough data yet, 422 other bad input)."""
-    grant = guard(request, svc, who, patient_id, Action.READ, resource)
-    try:
-        view = build()
-    except NotFoundError:
-        audited(request, svc, who, grant, resource, "not-found")
-        raise not_found(patient_id) from None
-    except TwinNotReadyError as exc:
-        audited(request, svc, who, grant, resource, "not-ready")
-        raise ApiError(409, str(exc)) from None
-    except MedtwinError as exc:
-        audited(request, svc, who, grant, resource, "invalid")
-        raise ApiError(422, str(exc)) from None
-    audited(request, svc, who, grant, resource)
-    return view
-
-
 def _glucose(request: Request, svc: Svc, who: Caller, patient_id: str, horizon: int,
              plan: GlucosePlan | None) -> GlucoseTwinOut:
-    view = _twin_view(request, svc, who, patient_id, GLUCOSE_RESOURCE, lambda: glucose_view(
+    view = twin_view(request, svc, who, patient_id, GLUCOSE_RESOURCE, lambda: glucose_view(
         svc.store, patient_id, horizon=horizon, plan=plan))
     return GlucoseTwinOut(
         patient_id=patient_id, twin_time=view.twin_time, glucose=view.glucose,
@@ -122,10 +104,13 @@ def dose(request: Request, svc: Svc, who: Caller, patient_id: Id,
                              description="auc24=LOW:HIGH, cmin=LOW:HIGH or cmax=LOW:HIGH")
          ) -> DoseOut:
     """Personalise vancomycin (Goti 2018) to the stored doses and levels; recommend a regimen."""
-    view = _twin_view(request, svc, who, patient_id, DOSE_RESOURCE, lambda: dose_view(
+    view = twin_view(request, svc, who, patient_id, DOSE_RESOURCE, lambda: dose_view(
         svc.store, patient_id, target=Target.parse(target)))
     rec = view.recommendation
     return DoseOut(patient_id=patient_id, model=view.model, dose_mg=rec.dose,
                    interval_h=rec.interval, infusion_h=rec.duration, target=target,
                    probability=rec.probability, median=rec.median,
                    interval_90=rec.interval_90, parameters=view.parameters, text=rec.text())
+
+
+router.include_router(cardio.router)

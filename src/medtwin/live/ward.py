@@ -1,6 +1,7 @@
 """The live half of ``medtwin demo``: broker, simulated bedside devices, ingester, monitor.
 
-Everything runs in this process: an :class:`EmbeddedBroker` (or a given broker URL), a
+A private Mosquitto (or, without it, the embedded broker; :class:`DemoBroker` says which)
+or a given broker URL, a
 publisher thread standing in for the ward's monitors and CGMs, the :class:`Ingester` that
 stores each reading, and the :class:`MonitorLoop` that scores NEWS2 and raises alerts.
 """
@@ -16,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from medtwin.live.broker import EmbeddedBroker
+from medtwin.core.codes import CGM_GLUCOSE
+from medtwin.live.demo_broker import DemoBroker
 from medtwin.live.ingest import Ingester
 from medtwin.live.publish import DevicePublisher
 from medtwin.live.streams import Reading, simulated_ward
@@ -25,7 +27,7 @@ from medtwin.store.event_store import EventStore
 
 log = logging.getLogger(__name__)
 
-CGM_CODE = "99504-3"
+CGM_CODE = CGM_GLUCOSE
 
 
 def cgm_walk(patient: str, *, seed: int, target: float = 150.0,
@@ -68,9 +70,11 @@ class LiveWard:
     def start(self) -> LiveWard:
         """Start the broker (unless a URL was given), monitor, ingester and devices."""
         self._broker = None
+        self.broker_notice = ""
         if self.broker_url is None:
-            self._broker = EmbeddedBroker()
+            self._broker = DemoBroker()
             self.broker_url = self._broker.start()
+            self.broker_notice = self._broker.notice
         self._stop = threading.Event()
         self.monitor = MonitorLoop(self.store, broker=self.broker_url,
                                    hooks=list(self.hooks)).start()

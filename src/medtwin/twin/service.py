@@ -18,15 +18,22 @@ import pandas as pd
 
 from medtwin.core.errors import MedtwinError, NotFoundError, ValidationError
 from medtwin.core.records import Intervention, InterventionKind
+from medtwin.models.glucose.constants import HYPO_THRESHOLD, TARGET_RANGE
 from medtwin.store.event_store import EventStore
 from medtwin.twin.dosing import DoseConstraints, Target
 from medtwin.twin.glucose import MODEL_NAME, MODEL_VERSION, GlucoseTwin
 from medtwin.twin.glucose_sync import GlucoseSync
-from medtwin.twin.vancomycin import PKView, pk_view
+from medtwin.twin.vancomycin import (
+    REGIMEN_INTERVAL,
+    REGIMEN_MAX_DOSE,
+    REGIMEN_MIN_INFUSION,
+    PKView,
+    pk_view,
+)
 
 GLUCOSE_RESOURCE = "glucose-twin"
 DOSE_RESOURCE = "dose"
-HYPO_THRESHOLD, HYPO_HORIZON = 70.0, 30  # mg/dL, min: as the monitor's predicted-low rule
+HYPO_HORIZON = 30  # min: as the monitor's predicted-low rule
 MAX_BASAL = 10.0  # U/h
 
 
@@ -71,8 +78,9 @@ class Outlook:
     def of(cls, forecast: pd.DataFrame, hypo: float) -> Outlook:
         """The outlook of a forecast frame (time, minutes, mean, p05, p95)."""
         m = forecast["mean"].to_numpy(float)
+        low, high = TARGET_RANGE
         return cls(float(m.max()), float(m.min()),
-                   float(((m >= 70) & (m <= 180)).mean() * 100), float(hypo))
+                   float(((m >= low) & (m <= high)).mean() * 100), float(hypo))
 
 
 @dataclass(frozen=True)
@@ -157,14 +165,16 @@ class Regimen:
     infusion: float
 
     def __post_init__(self) -> None:
-        if not (0 < self.dose <= 6000):
-            raise ValidationError(f"dose must be in (0, 6000] mg, got {self.dose!r}",
-                                  where="regimen.dose")
-        if not (1 <= self.interval <= 72):
-            raise ValidationError(f"interval must be 1-72 h, got {self.interval!r}",
+        lo, hi = REGIMEN_INTERVAL
+        if not (0 < self.dose <= REGIMEN_MAX_DOSE):
+            raise ValidationError(f"dose must be in (0, {REGIMEN_MAX_DOSE:g}] mg, got "
+                                  f"{self.dose!r}", where="regimen.dose")
+        if not (lo <= self.interval <= hi):
+            raise ValidationError(f"interval must be {lo:g}-{hi:g} h, got {self.interval!r}",
                                   where="regimen.interval")
-        if not (0.25 <= self.infusion <= self.interval):
-            raise ValidationError(f"infusion must last 0.25 h up to the interval "
+        if not (REGIMEN_MIN_INFUSION <= self.infusion <= self.interval):
+            raise ValidationError(f"infusion must last {REGIMEN_MIN_INFUSION:g} h up to the "
+                                  f"interval "
                                   f"({self.interval:g} h), got {self.infusion!r}",
                                   where="regimen.infusion")
 
