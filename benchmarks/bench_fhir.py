@@ -27,6 +27,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from medtwin.core import codes
 from medtwin.interop.fhir.repository import FhirRepository
 from medtwin.interop.fhir.search import resource_write
 from medtwin.interop.fhir.validate import model_class
@@ -34,13 +35,12 @@ from medtwin.interop.importer import import_paths, warm_up
 from medtwin.security.crypto import KeyRing
 from medtwin.store.event_store import EventStore
 
-CODES = ["8867-4", "8310-5", "9279-1", "59408-5", "8480-6", "2339-0", "29463-7", "8302-2",
-         "39156-5", "72514-3"]
-UNITS = {"8867-4": "/min", "8310-5": "Cel", "9279-1": "/min", "59408-5": "%",
-         "8480-6": "mm[Hg]", "2339-0": "mg/dL", "29463-7": "kg", "8302-2": "cm",
-         "39156-5": "kg/m2", "72514-3": "{score}"}
-VALUES = {"8867-4": 72, "8310-5": 37, "9279-1": 16, "59408-5": 97, "8480-6": 120,
-          "2339-0": 110, "29463-7": 70, "8302-2": 170, "39156-5": 24, "72514-3": 2}
+CODES = [codes.HEART_RATE, codes.BODY_TEMPERATURE, codes.RESPIRATORY_RATE,
+         codes.SPO2_PULSE_OXIMETRY, codes.SYSTOLIC_BP, codes.GLUCOSE_BLOOD, codes.BODY_WEIGHT,
+         codes.BODY_HEIGHT, codes.BMI, codes.PAIN_SCORE]
+UNITS = dict(zip(CODES, ["/min", "Cel", "/min", "%", "mm[Hg]", "mg/dL", "kg", "cm", "kg/m2",
+                         "{score}"], strict=True))
+VALUES = dict(zip(CODES, [72, 37, 16, 97, 120, 110, 70, 170, 24, 2], strict=True))
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 

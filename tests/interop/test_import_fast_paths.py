@@ -206,17 +206,20 @@ def test_an_in_memory_store_is_written_in_the_calling_thread(tmp_path):
         assert summary.stored > 0 and sum(store.counts().values()) == summary.stored
 
 
-def test_the_import_command_parses_in_workers(tmp_path):
+def test_the_import_command_parses_in_workers(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
     from medtwin.cli import app
+    from medtwin.security.crypto import create_key_file
 
+    monkeypatch.setenv("MEDTWIN_KEY_FILE", str(tmp_path / "keys.json"))  # identities sealed
+    create_key_file(tmp_path / "keys.json")
     paths = write_bundles(generate_patients(4, seed=4, days=1), tmp_path / "in")
     db = str(tmp_path / "s.sqlite")
     out = CliRunner().invoke(app, ["import", str(tmp_path / "in"), "--db", db, "-j", "2",
                                    "--json"])
     assert out.exit_code == 0, out.output
-    report = json.loads(out.output)
+    report = json.loads(out.stdout)
     assert report["files"] == len(paths) and report["stored"] > 0
     with EventStore.open(db) as store:
         assert len(store.patients()) == 4

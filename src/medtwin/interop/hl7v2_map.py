@@ -26,7 +26,7 @@ from typing import Any
 import hl7
 
 from medtwin.core.errors import UnitError, ValidationError
-from medtwin.core.records import LOINC, SNOMED, Observation, Patient
+from medtwin.core.records import LOINC, SNOMED, UCUM, Observation, Patient
 from medtwin.interop.hl7v2 import (
     DATA_TYPE,
     REQUIRED_MISSING,
@@ -52,7 +52,7 @@ RESULT_STATUS = {"F": "final", "C": "corrected", "P": "preliminary", "R": "preli
                  "S": "preliminary", "I": "registered", "U": "final", "X": "cancelled",
                  "D": "entered-in-error", "W": "entered-in-error", "": "final"}
 CODING_SYSTEMS = {"LN": LOINC, "SCT": SNOMED, "SNM": SNOMED, "I10": "http://hl7.org/fhir/sid/icd-10",
-                  "UCUM": "http://unitsofmeasure.org"}
+                  "UCUM": UCUM}
 _CODING_SYSTEM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,19}")
 NUMERIC, TEXT, CODED = {"NM", "SN"}, {"ST", "TX", "FT", "DT", "DTM", "TS", "TM"}, \
     {"CE", "CWE", "CNE"}

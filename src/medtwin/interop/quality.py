@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from medtwin.core import codes
 from medtwin.core.errors import UnitError, ValidationError
 from medtwin.core.records import Component, Observation
 from medtwin.interop.codes import spec, to_canonical
@@ -34,27 +35,27 @@ FUTURE_DATED = "future-dated"
 # Physiologically possible values per LOINC code, in the code's stored unit: outside them a
 # value is a data error (a wrong unit, a sensor fault), not a measurement to score.
 PLAUSIBLE: dict[str, tuple[float, float]] = {
-    "8867-4": (10.0, 300.0),     # heart rate /min
-    "9279-1": (0.0, 80.0),       # respiratory rate /min
-    "59408-5": (30.0, 100.0),    # SpO2 by pulse oximetry %
-    "2708-6": (30.0, 100.0),     # SaO2 %
-    "8310-5": (25.0, 45.0),      # body temperature Cel
-    "8331-1": (25.0, 45.0),      # oral temperature Cel
-    "8480-6": (30.0, 300.0),     # systolic BP mm[Hg]
-    "8462-4": (10.0, 250.0),     # diastolic BP mm[Hg]
-    "8478-0": (15.0, 280.0),     # mean BP mm[Hg]
-    "29463-7": (0.2, 700.0),     # body weight kg
-    "8302-2": (20.0, 280.0),     # body height cm
-    "39156-5": (5.0, 250.0),     # BMI kg/m2
-    "3151-8": (0.0, 80.0),       # inhaled O2 flow L/min
-    "3150-0": (21.0, 100.0),     # FiO2 %
-    "2339-0": (5.0, 3000.0),     # glucose mg/dL (blood, serum, capillary, interstitial)
-    "2345-7": (5.0, 3000.0),
-    "15074-8": (5.0, 3000.0),
-    "14749-6": (5.0, 3000.0),
-    "41653-7": (5.0, 3000.0),
-    "99504-3": (5.0, 3000.0),
-    "4548-4": (2.0, 25.0),       # HbA1c %
+    codes.HEART_RATE: (10.0, 300.0),        # heart rate /min
+    codes.RESPIRATORY_RATE: (0.0, 80.0),    # respiratory rate /min
+    codes.SPO2_PULSE_OXIMETRY: (30.0, 100.0),  # SpO2 by pulse oximetry %
+    codes.SAO2: (30.0, 100.0),              # SaO2 %
+    codes.BODY_TEMPERATURE: (25.0, 45.0),   # body temperature Cel
+    codes.ORAL_TEMPERATURE: (25.0, 45.0),   # oral temperature Cel
+    codes.SYSTOLIC_BP: (30.0, 300.0),       # systolic BP mm[Hg]
+    codes.DIASTOLIC_BP: (10.0, 250.0),      # diastolic BP mm[Hg]
+    codes.MEAN_BP: (15.0, 280.0),           # mean BP mm[Hg]
+    codes.BODY_WEIGHT: (0.2, 700.0),        # body weight kg
+    codes.BODY_HEIGHT: (20.0, 280.0),       # body height cm
+    codes.BMI: (5.0, 250.0),                # BMI kg/m2
+    codes.O2_FLOW: (0.0, 80.0),             # inhaled O2 flow L/min
+    codes.FIO2: (21.0, 100.0),              # FiO2 %
+    codes.GLUCOSE_BLOOD: (5.0, 3000.0),     # glucose mg/dL (blood, serum, capillary, interstitial)
+    codes.GLUCOSE_PLASMA: (5.0, 3000.0),
+    codes.GLUCOSE_BLOOD_MOLAR: (5.0, 3000.0),
+    codes.GLUCOSE_PLASMA_MOLAR: (5.0, 3000.0),
+    codes.GLUCOSE_CAPILLARY: (5.0, 3000.0),
+    codes.GLUCOSE_INTERSTITIAL: (5.0, 3000.0),
+    codes.HBA1C: (2.0, 25.0),               # HbA1c %
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from medtwin.core.errors import UnitError, ValidationError
 from medtwin.core.records import (
     LOINC,
+    UCUM,
     ClinicalRecord,
     Component,
     Condition,
@@ -170,7 +171,7 @@ def _quantity(q: dict[str, Any], code: str, where: str) -> tuple[float | None, s
     spec = codes.spec(code)
     if spec is not None and unit not in (None, spec.unit):
         system = q.get("system")
-        if system not in (None, "http://unitsofmeasure.org"):
+        if system not in (None, UCUM):
             raise ValidationError(f"unit {unit!r} is not UCUM (system {system}); medtwin needs "
                                   f"{spec.unit!r} for LOINC {code}", where=where)
     return codes.to_canonical(code, value, unit, where=f"{where}.code")

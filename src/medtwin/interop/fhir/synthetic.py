@@ -20,7 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from medtwin.core import codes
 from medtwin.core.errors import ValidationError
+from medtwin.core.records import LOINC, RXNORM, SNOMED, UCUM
+from medtwin.interop.codes import GLUCOSE_MOLAR_MASS  # mmol/L = mg/dL * 10 / molar mass
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +31,8 @@ KINDS: tuple[str, ...] = ("stable", "deteriorating", "t1d", "vancomycin")
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 MRN_SYSTEM = "urn:medtwin:mrn"
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
-GLUCOSE_MOLAR_MASS = 180.156  # g/mol: mmol/L = mg/dL * 10 / molar mass
 POUND_KG = 0.45359237  # kg in one avoirdupois pound (exact, by definition)
 
 _UUID_NAMESPACE = uuid.UUID("6f1c3a52-3d0e-5b7e-9a61-6d6564747769")
@@ -51,7 +49,7 @@ ACVPU = {
 }
 INSULIN = ("1652639", "insulin lispro 100 UNT/ML Injectable Solution")
 VANCOMYCIN = ("375983", "vancomycin Injectable Solution")
-CGM_GLUCOSE = ("99504-3", "Glucose [Mass/volume] in Interstitial fluid")
+CGM_GLUCOSE = (codes.GLUCOSE_INTERSTITIAL, "Glucose [Mass/volume] in Interstitial fluid")
 ROUTE_IV = ("47625008", "Intravenous route")
 ROUTE_SC = ("34206005", "Subcutaneous route")
 
@@ -290,42 +288,47 @@ def _vital_signs(b: _Builder, rng: np.random.Generator, kind: str, temp_unit: st
     o2 = np.where(spo2 < 91, 4.0, np.where(spo2 < 94, 2.0, 0.0))
     for i, h in enumerate(hours):
         t = b.start + timedelta(minutes=int(round(h * 60)))
-        b.obs(t, ("8867-4", "Heart rate"), valueQuantity=_qty(int(round(v["hr"][i])), "/min"))
-        b.obs(t, ("9279-1", "Respiratory rate"),
+        b.obs(t, (codes.HEART_RATE, "Heart rate"),
+              valueQuantity=_qty(int(round(v["hr"][i])), "/min"))
+        b.obs(t, (codes.RESPIRATORY_RATE, "Respiratory rate"),
               valueQuantity=_qty(int(round(v["rr"][i])), "/min"))
-        b.obs(t, ("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
+        b.obs(t, (codes.SPO2_PULSE_OXIMETRY,
+                  "Oxygen saturation in Arterial blood by Pulse oximetry"),
               valueQuantity=_qty(int(spo2[i]), "%"))
         temp = float(v["temp"][i]) * 9 / 5 + 32 if temp_unit == "[degF]" else float(v["temp"][i])
-        b.obs(t, ("8310-5", "Body temperature"), valueQuantity=_qty(round(temp, 1), temp_unit))
-        b.obs(t, ("85354-9", "Blood pressure panel with all children optional"), component=[
-            {"code": _concept(LOINC, "8480-6", "Systolic blood pressure"),
+        b.obs(t, (codes.BODY_TEMPERATURE, "Body temperature"),
+              valueQuantity=_qty(round(temp, 1), temp_unit))
+        b.obs(t, (codes.BP_PANEL, "Blood pressure panel with all children optional"), component=[
+            {"code": _concept(LOINC, codes.SYSTOLIC_BP, "Systolic blood pressure"),
              "valueQuantity": _qty(int(round(v["sbp"][i])), "mm[Hg]")},
-            {"code": _concept(LOINC, "8462-4", "Diastolic blood pressure"),
+            {"code": _concept(LOINC, codes.DIASTOLIC_BP, "Diastolic blood pressure"),
              "valueQuantity": _qty(int(round(v["dbp"][i])), "mm[Hg]")}])
         state = "confused" if kind == "deteriorating" and frac[i] > 0.85 else "alert"
-        b.obs(t, ("67775-7", "Level of responsiveness"),
+        b.obs(t, (codes.RESPONSIVENESS, "Level of responsiveness"),
               valueCodeableConcept=_concept(SNOMED, *ACVPU[state]))
-        b.obs(t, ("3151-8", "Inhaled oxygen flow rate"), valueQuantity=_qty(o2[i].item(), "L/min"))
+        b.obs(t, (codes.O2_FLOW, "Inhaled oxygen flow rate"),
+              valueQuantity=_qty(o2[i].item(), "L/min"))
 
 
 def _body_size(b: _Builder, rng: np.random.Generator, weight: float, height: float,
                weight_unit: str) -> None:
     """Height on admission, weight on admission and each morning."""
-    b.obs(b.start + timedelta(minutes=30), ("8302-2", "Body height"),
+    b.obs(b.start + timedelta(minutes=30), (codes.BODY_HEIGHT, "Body height"),
           valueQuantity=_qty(round(height, 1), "cm"))
     for day in range(b.days):
         kg = weight + float(rng.normal(0, 0.4))
         value = kg / POUND_KG if weight_unit == "[lb_av]" else kg
         when = b.start + timedelta(days=day, hours=0.5 if day == 0 else 6)
-        b.obs(when, ("29463-7", "Body weight"), valueQuantity=_qty(round(value, 1), weight_unit))
+        b.obs(when, (codes.BODY_WEIGHT, "Body weight"),
+              valueQuantity=_qty(round(value, 1), weight_unit))
 
 
 def _glucose_obs(b: _Builder, t: datetime, mg_dl: float, unit: str) -> None:
     if unit == "mmol/L":
-        b.obs(t, ("15074-8", "Glucose [Moles/volume] in Blood"), "laboratory",
+        b.obs(t, (codes.GLUCOSE_BLOOD_MOLAR, "Glucose [Moles/volume] in Blood"), "laboratory",
               valueQuantity=_qty(round(mg_dl * 10 / GLUCOSE_MOLAR_MASS, 1), "mmol/L"))
     else:
-        b.obs(t, ("2339-0", "Glucose [Mass/volume] in Blood"), "laboratory",
+        b.obs(t, (codes.GLUCOSE_BLOOD, "Glucose [Mass/volume] in Blood"), "laboratory",
               valueQuantity=_qty(int(round(mg_dl)), "mg/dL"))
 
 
@@ -467,9 +470,10 @@ def _vancomycin(b: _Builder, rng: np.random.Generator, weight: float, gender: st
                 conc += dose / hours_infused / cl * frac * np.exp(-k * max(0.0, dt - hours_infused))
         measured = round(float(conc * rng.lognormal(0, 0.08)), 1)
         b.obs(b.start + timedelta(hours=t_level),
-              ("4092-3", "Vancomycin [Mass/volume] in Serum or Plasma --trough"), "laboratory",
+              (codes.VANCOMYCIN_TROUGH, "Vancomycin [Mass/volume] in Serum or Plasma --trough"),
+              "laboratory",
               valueQuantity=_qty(measured, unit))
     for day in range(b.days):
         b.obs(b.start + timedelta(days=day, hours=6, minutes=15),
-              ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"), "laboratory",
+              (codes.CREATININE_SERUM, "Creatinine [Mass/volume] in Serum or Plasma"), "laboratory",
               valueQuantity=_qty(round(scr * float(rng.normal(1, 0.04)), 2), "mg/dL"))

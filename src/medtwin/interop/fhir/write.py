@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from medtwin.core.records import (
+    SNOMED,
+    UCUM,
     ClinicalRecord,
     Component,
     Condition,
@@ -32,7 +34,6 @@ from medtwin.interop.fhir.validate import validate_bundle_shell, validate_resour
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _NS = uuid.UUID("6f0c5d0e-9a43-4c5e-9a3e-6d6d1f1b7a10")
-UCUM = "http://unitsofmeasure.org"
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -204,7 +205,7 @@ class _Writer:
             out["effectiveDateTime"] = _iso(r.time)
         dosage: dict[str, Any] = {"dose": _quantity(r.amount, r.unit)}
         if r.route:
-            dosage["route"] = _concept(r.route, "http://snomed.info/sct", None)
+            dosage["route"] = _concept(r.route, SNOMED, None)
         out["dosage"] = dosage
         return out
 
