@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from medtwin.core.codes import HEART_RATE
+
 PASSWORD = "benchmark password"
 N_OBS = 1000
 
@@ -45,7 +47,7 @@ def _prepare(db: Path, keyfile: Path) -> str:
     with EventStore.open(db, keyring=load_key_file(keyfile)) as store:
         store.append([Patient(id="bench", source_id="Patient/bench",
                               identity={"name": [{"family": "Bench"}]})],
-                     [Observation(subject="bench", code="8867-4", value=60 + i % 40,
+                     [Observation(subject="bench", code=HEART_RATE, value=60 + i % 40,
                                   unit="/min", time=t0 + timedelta(minutes=i),
                                   source_id=f"Observation/b{i}") for i in range(N_OBS)])
         d = Directory(store.engine, PasswordHasher(time_cost=1, memory_kib=1024))
@@ -141,17 +143,18 @@ def _run_mode(secure: bool, args: argparse.Namespace, tmp: Path) -> dict[str, di
         t0 = datetime(2025, 1, 1, tzinfo=UTC)
 
         def body(i: int) -> dict:
-            return {"code": "8867-4", "value": 70, "unit": "/min",
+            return {"code": HEART_RATE, "value": 70, "unit": "/min",
                     "time": (t0 + timedelta(seconds=i + (0 if secure else 10**6))).isoformat()}
 
         out = {
-            "timeline read": asyncio.run(_load(base, "GET", "/patients/bench/timeline?code=8867-4",
+            "timeline read": asyncio.run(_load(base, "GET",
+                                               f"/patients/bench/timeline?code={HEART_RATE}",
                                                headers, args.requests, args.clients)),
             "observation write": asyncio.run(_load(base, "POST", "/patients/bench/observations",
                                                    dev, args.requests, args.clients, body)),
         }
         out["timeline read"]["p99_single"] = asyncio.run(_sequential(
-            base, "/patients/bench/timeline?code=8867-4", headers, 100))
+            base, f"/patients/bench/timeline?code={HEART_RATE}", headers, 100))
         return out
     finally:
         proc.terminate()

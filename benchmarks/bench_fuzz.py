@@ -39,6 +39,7 @@ def _world(db: Path, stack: ExitStack) -> tuple[Any, dict[str, dict[str, str]]]:
 
     from medtwin.api.app import create_app
     from medtwin.api.settings import Settings
+    from medtwin.core.codes import HEART_RATE
     from medtwin.core.records import Consent, Observation, Patient
     from medtwin.security.crypto import KeyRing
     from medtwin.store.alerts import AlertStore
@@ -49,7 +50,7 @@ def _world(db: Path, stack: ExitStack) -> tuple[Any, dict[str, dict[str, str]]]:
     pts = [Patient(id=pid, source_id=f"Patient/{pid}", gender="female", birth_year=1960,
                    identity={"name": [{"family": fam, "given": ["Ada"]}]})
            for pid, fam in (("p1", "Lovelace"), ("p2", "Byron"))]
-    recs = [Observation(subject=pid, code="8867-4", time=T0 + timedelta(minutes=i),
+    recs = [Observation(subject=pid, code=HEART_RATE, time=T0 + timedelta(minutes=i),
                         value=60.0 + i, unit="/min", source_id=f"Observation/{pid}-{i}")
             for pid in ("p1", "p2") for i in range(20)]
     recs.append(Consent(subject="p1", source_id="Consent/c1", status="active",

@@ -34,6 +34,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import psutil
 
+from medtwin.core.codes import HEART_RATE, SPO2_PULSE_OXIMETRY
 from medtwin.core.records import Patient
 from medtwin.live.ingest import Ingester
 from medtwin.live.sync import MonitorLoop
@@ -76,7 +77,7 @@ def publisher(port: int, n: int, patients: int, tag: str, rate: float = 0.0) -> 
             if delay > 0:
                 time.sleep(delay)
         p = i % patients
-        body = json.dumps({"code": "8867-4", "value": 60 + i % 40, "unit": "/min",
+        body = json.dumps({"code": HEART_RATE, "value": 60 + i % 40, "unit": "/min",
                            "time": (T0 + timedelta(seconds=i)).isoformat(),
                            "id": f"{tag}-{i}"})
         last = c.publish(f"medtwin/bench/p{p}/dev/hr", body, qos=1)
@@ -173,7 +174,7 @@ def paced_publisher(port: int, patients: int, seconds: float, out: mp.Queue) -> 
             if delay > 0:
                 time.sleep(delay)
             spo2 = 80 if s == critical_at[p] else 97
-            body = json.dumps({"code": "59408-5", "value": spo2, "unit": "%",
+            body = json.dumps({"code": SPO2_PULSE_OXIMETRY, "value": spo2, "unit": "%",
                                "time": (now + timedelta(seconds=s + p / patients)).isoformat(),
                                "id": f"{tag}-{p}-{s}"})
             if spo2 == 80:

@@ -39,6 +39,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"deselected {n} tests: {NEEDS_REFERENCE}", yellow=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _configured_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The test run is a configured installation: unless the caller set one, a key file of
+    its own (``MEDTWIN_KEY_FILE``, inherited by the commands tests start), never the user's
+    default key file. Tests of a missing key unset it themselves."""
+    if os.environ.get("MEDTWIN_KEY") or os.environ.get("MEDTWIN_KEY_FILE"):
+        yield
+        return
+    from medtwin.security.crypto import create_key_file
+
+    path = tmp_path_factory.mktemp("keys") / "keys.json"
+    create_key_file(path)
+    os.environ["MEDTWIN_KEY_FILE"] = str(path)
+    try:
+        yield
+    finally:
+        os.environ.pop("MEDTWIN_KEY_FILE", None)
+
+
 @pytest.fixture(scope="session")
 def reference() -> Path:
     """``../shared/reference`` beside the checkout; a missing folder fails (CI) — elsewhere

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medtwin.core import codes
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import Observation
 from medtwin.interop.fhir.synthetic import generate_patients, write_bundles
@@ -30,11 +31,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CGM = "99504-3"
+CGM = codes.GLUCOSE_INTERSTITIAL
 CGM_EVERY_TICKS = 30  # a CGM reading per minute of the demo (the twin's grid step)
-_SHOWN = {"8867-4": "HR", "9279-1": "RR", "59408-5": "SpO2", "8310-5": "Temp",
-          "85354-9": "BP", "55284-4": "BP", "99504-3": "CGM", "2339-0": "Glucose",
-          "15074-8": "Glucose", "4092-3": "Vanco trough"}
+_SHOWN = {codes.HEART_RATE: "HR", codes.RESPIRATORY_RATE: "RR",
+          codes.SPO2_PULSE_OXIMETRY: "SpO2", codes.BODY_TEMPERATURE: "Temp",
+          codes.BP_PANEL: "BP", codes.BP_PANEL_OLD: "BP", codes.GLUCOSE_INTERSTITIAL: "CGM",
+          codes.GLUCOSE_BLOOD: "Glucose", codes.GLUCOSE_BLOOD_MOLAR: "Glucose",
+          codes.VANCOMYCIN_TROUGH: "Vanco trough"}
 
 
 def default_demo_path() -> Path:
@@ -42,10 +45,47 @@ def default_demo_path() -> Path:
     return default_db_path().with_name("medtwin-demo.sqlite")
 
 
-def _fresh(db: str | None) -> str:
+def _contents(db: str) -> str:
+    """What an existing store holds, e.g. ``"105 patients"`` ("" when it holds no patient
+    or is no medtwin store); read without migrating it."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from medtwin.store.engine import make_engine
+    from medtwin.store.migrate import current
+
+    engine = make_engine(db, create=False)
+    try:
+        with engine.connect() as conn:
+            if current(conn) is None:
+                return ""
+            n = int(conn.execute(text("SELECT count(*) FROM patients")).scalar() or 0)
+    except SQLAlchemyError:
+        return ""
+    finally:
+        engine.dispose()
+    return f"{n} patient(s)" if n else ""
+
+
+def _fresh(db: str | None, force: bool = False) -> str:
+    """The demo's store, emptied: its own default file is replaced on every run; a file
+    named by ``db`` that exists is replaced only with ``force``; a server database that
+    holds patients is never touched (the demo only appends to an empty one)."""
     if db is not None and "://" in db:
-        return db  # a server database: the demo only appends, it never drops a user's data
+        held = _contents(db)
+        if held:
+            from medtwin.store.engine import describe, make_engine
+
+            raise MedtwinError(f"the store at {describe(make_engine(db, create=False))} "
+                               f"already holds {held}: the demo never wipes a server "
+                               "database; give it an empty database or schema")
+        return db
     path = Path(db) if db else default_demo_path()
+    if db is not None and path.exists() and not force:
+        held = _contents(str(path)) if path.is_file() else ""
+        raise MedtwinError(f"{path} already exists{f' and holds {held}' if held else ''}: "
+                           "the demo replaces its store; give --force to replace it, or "
+                           "--db with a new path")
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return str(path)
@@ -54,7 +94,7 @@ def _fresh(db: str | None) -> str:
 def _fmt(obs: Observation) -> str:
     if obs.components:
         parts = {c.code: c for c in obs.components}
-        sys_, dia = parts.get("8480-6"), parts.get("8462-4")
+        sys_, dia = parts.get(codes.SYSTOLIC_BP), parts.get(codes.DIASTOLIC_BP)
         if sys_ and dia and sys_.value is not None and dia.value is not None:
             return f"{sys_.value:.0f}/{dia.value:.0f} {sys_.unit}"
     return f"{round(obs.value, 1):g} {obs.unit}" if obs.value is not None else str(obs.value_text)
@@ -70,11 +110,12 @@ def demo_kinds(n: int) -> list[str]:
 
 
 def run_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0,
-             start: datetime | None = None, keyring: object | None = None) -> str:
+             start: datetime | None = None, keyring: object | None = None,
+             force: bool = False) -> str:
     """Generate, import and summarise; return the summary text. ``start`` begins the
     patients' two-day stay (default: the generator's fixed date); the mix of patients is
-    :func:`demo_kinds`."""
-    target = _fresh(db)
+    :func:`demo_kinds`. An existing ``db`` is replaced only with ``force``."""
+    target = _fresh(db, force)
     bundles = generate_patients(n_patients, seed=seed, start=start,
                                 kinds=demo_kinds(n_patients))
     with tempfile.TemporaryDirectory(prefix="medtwin-demo-") as tmp, \
@@ -158,7 +199,7 @@ def _add_users(store: EventStore, settings: object, kinds: dict[str, str]) -> li
 
 def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port: int = 8000,
               duration: float | None = None, broker: str | None = None,
-              echo: Callable[[str], None] = log.info) -> None:
+              echo: Callable[[str], None] = log.info, force: bool = False) -> None:
     """Build the demo store, then run devices, broker, ingestion, monitoring and the service
     with its dashboard on 127.0.0.1:``port`` until Ctrl-C (or ``duration`` seconds)."""
     import uvicorn
@@ -166,9 +207,10 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
     from medtwin.api.app import create_app
     from medtwin.api.settings import Settings
     from medtwin.live.sync import GlucoseHook
+    from medtwin.live.ward import LiveWard
     from medtwin.security.crypto import KeyRing
+    from medtwin.service import mount_dashboard
     from medtwin.twin.glucose_sync import GlucoseSync
-    from medtwin.ui.live_ward import LiveWard
     from medtwin.ui.twins import patient_kind
 
     if not port_free(port):
@@ -178,7 +220,8 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
     # It is kept beside a file store so that the store can be read after the demo ends.
     keyring = KeyRing.generate()
     start = (datetime.now(UTC) - timedelta(days=2)).replace(second=0, microsecond=0)
-    echo(run_demo(db, n_patients=n_patients, seed=seed, start=start, keyring=keyring))
+    echo(run_demo(db, n_patients=n_patients, seed=seed, start=start, keyring=keyring,
+                  force=force))
     settings = Settings.from_env(db=db or str(default_demo_path()))
     target = _fresh_target(db)
     key_file = _save_demo_key(keyring, target)
@@ -198,11 +241,14 @@ def live_demo(db: str | None = None, *, n_patients: int = 6, seed: int = 0, port
                         broker_url=broker, hooks=[GlucoseHook(GlucoseSync(store))],
                         cgm_every=CGM_EVERY_TICKS, cgm_start=_last_cgm(store, cgm)).start()
         try:
-            app = create_app(settings, store, keyring, dashboard=True)
+            app = create_app(settings, store, keyring)
+            mount_dashboard(app)  # the edge mounts the dashboard (api does not import ui)
             server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                    log_level="warning", server_header=False,
                                                    proxy_headers=False))
             echo(_banner(port, ward.broker_url or "", logins, duration))
+            if ward.broker_notice:  # which broker runs; the embedded one's limits
+                echo(ward.broker_notice)
             if duration is not None:
                 timer = threading.Timer(duration, lambda: setattr(server, "should_exit", True))
                 timer.daemon = True

@@ -20,7 +20,10 @@ T0 = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 
 
 def fast_settings(**kw) -> Settings:
-    """Development settings with cheap argon2 so tests stay quick."""
+    """Development settings with cheap argon2 (and jobs on a Dask cluster of threads) so
+    tests stay quick."""
+    kw.setdefault("jobs_local_processes", False)
+    kw.setdefault("jobs_local_workers", 1)
     return Settings(argon2_memory_kib=256, argon2_time_cost=1, ws_poll_seconds=0.05, **kw)
 
 

@@ -101,6 +101,6 @@ def test_keys_generate_is_explicit_private_and_never_overwrites(home, monkeypatc
     assert load_key_file(other).current != ring.current
     db = str(tmp / "w.sqlite")  # the default key file is now found and used
     report = runner.invoke(app, ["import", *map(str, first), "--db", db, "--json"])
-    assert report.exit_code == 0 and json.loads(report.output)["patients_added"] == 1
+    assert report.exit_code == 0 and json.loads(report.stdout)["patients_added"] == 1
     with EventStore.open(db) as s:
         assert sealed_key_ids(s.engine) == {ring.current}

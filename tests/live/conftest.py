@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from tests.live.pki import Pki
 
 
 def _free_port() -> int:
@@ -97,3 +99,60 @@ def publisher(broker: Broker) -> Iterator[Publisher]:
 def new_publisher(broker: Broker) -> Iterator[type[Publisher]]:
     """The Publisher class, for a test that needs another publisher after a restart."""
     yield Publisher
+
+
+class SecureBroker(Broker):
+    """A Mosquitto with TLS only: one listener for username/password, one that takes the
+    client certificate's CN as the username; no anonymous access; a password file and ACL
+    (the files ``medtwin key broker-config`` writes, in ``auth``)."""
+
+    def __init__(self, folder: Path, pki: Pki, auth: Path) -> None:
+        super().__init__(folder)
+        self.cert_port = _free_port()
+        server_crt, server_key = pki.issue("server", "127.0.0.1", server=True)
+        tls = f"cafile {pki.ca}\ncertfile {server_crt}\nkeyfile {server_key}\n" \
+              "tls_version tlsv1.2\n"
+        self.conf.write_text(
+            "per_listener_settings false\nallow_anonymous false\n"
+            f"password_file {auth / 'passwd'}\nacl_file {auth / 'acl'}\n"
+            "persistence false\nuser root\n"
+            f"listener {self.port} 127.0.0.1\n{tls}"
+            f"listener {self.cert_port} 127.0.0.1\n{tls}"
+            "require_certificate true\nuse_identity_as_username true\n")
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.port}"
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto rereads the password file and the ACL."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def secure_broker_factory(tmp_path: Path, pki: Pki) -> Iterator[type]:
+    """Start a TLS Mosquitto on the broker files in ``auth`` (written by the test first)."""
+    if shutil.which("mosquitto") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the mosquitto broker is required in CI (.ci/run installs it)")
+        pytest.skip("the mosquitto broker is not installed (apt-get install mosquitto)")
+    started: list[SecureBroker] = []
+
+    def start(auth: Path) -> SecureBroker:
+        folder = tmp_path / f"mosquitto-{len(started)}"
+        folder.mkdir()
+        b = SecureBroker(folder, pki, auth)
+        b.start()
+        started.append(b)
+        return b
+
+    yield start  # type: ignore[misc]
+    for b in started:
+        b.stop()

@@ -15,13 +15,15 @@ from starlette.requests import HTTPConnection
 from medtwin.api.limits import LoginThrottle, MemoryLoginThrottle
 from medtwin.api.problems import ApiError
 from medtwin.api.settings import Settings
+from medtwin.api.shared_limits import DbLoginThrottle
 from medtwin.core.errors import NotFoundError
 from medtwin.core.records import Patient
 from medtwin.security.audit import AuditEntry, AuditLog
 from medtwin.security.audit_anchor import anchor_sink
 from medtwin.security.audit_failures import FailureAggregator, path_class
+from medtwin.security.audit_failures_db import DbFailureAggregator
 from medtwin.security.consent import has_research_consent
-from medtwin.security.crypto import KeyRing
+from medtwin.security.crypto import KeyRing, WatchedKeyRing
 from medtwin.security.deid import Deidentifier
 from medtwin.security.directory import KEY_PREFIX, Directory
 from medtwin.security.oidc import OidcVerifier
@@ -47,7 +49,7 @@ class Services:
 
     settings: Settings
     store: EventStore
-    keyring: KeyRing
+    keyring: KeyRing | WatchedKeyRing
     directory: Directory
     audit: AuditLog
     policy: AccessPolicy
@@ -55,7 +57,7 @@ class Services:
     limiter: LoginThrottle
     sessions: SessionStore
     extras: dict[str, object] = field(default_factory=dict)
-    failures: FailureAggregator | None = None  # anonymous failures, audited per window
+    failures: FailureAggregator | DbFailureAggregator | None = None  # audited per window
     oidc: OidcVerifier | None = None  # an external OpenID Connect provider's tokens
 
     def deidentifier(self) -> Deidentifier:
@@ -106,8 +108,11 @@ class Services:
         self.audit.close()
 
 
-def build_services(settings: Settings, store: EventStore, keyring: KeyRing) -> Services:
-    """Wire the services over one open store."""
+def build_services(settings: Settings, store: EventStore,
+                   keyring: KeyRing | WatchedKeyRing) -> Services:
+    """Wire the services over one open store. On PostgreSQL the login limits and the
+    anonymous-failure windows live in the database, so that every worker shares them; on
+    SQLite (one process) they live in memory."""
     hasher = PasswordHasher(time_cost=settings.argon2_time_cost,
                             memory_kib=settings.argon2_memory_kib)
     directory = Directory(store.engine, hasher)
@@ -117,11 +122,18 @@ def build_services(settings: Settings, store: EventStore, keyring: KeyRing) -> S
                                  key_file=keyring.file),
                      anchor_every=settings.audit_anchor_every,
                      anchor_seconds=settings.audit_anchor_seconds)
+    shared = store.engine.dialect.name == "postgresql"
+    limiter: LoginThrottle = (
+        DbLoginThrottle(store.engine, settings.login_attempts, settings.login_window_seconds,
+                        max_delay=settings.login_max_delay_seconds) if shared else
+        MemoryLoginThrottle(settings.login_attempts, settings.login_window_seconds,
+                            max_delay=settings.login_max_delay_seconds))
+    window = settings.audit_failure_window_seconds
     return Services(
         settings=settings, store=store, keyring=keyring, directory=directory,
         audit=audit,
-        failures=FailureAggregator(audit.append_many,
-                                   window=settings.audit_failure_window_seconds),
+        failures=(DbFailureAggregator(store.engine, audit.append_many, window=window)
+                  if shared else FailureAggregator(audit.append_many, window=window)),
         policy=ScopedAccessPolicy(directory, lambda pid: has_research_consent(store, pid)),
         oidc=OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks,
                           user_claim=settings.oidc_user_claim,
@@ -129,9 +141,9 @@ def build_services(settings: Settings, store: EventStore, keyring: KeyRing) -> S
         if settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks else None,
         tokens=TokenIssuer(settings.token_secret,
                            access_ttl=timedelta(minutes=settings.access_ttl_minutes),
-                           refresh_ttl=timedelta(hours=settings.refresh_ttl_hours)),
-        limiter=MemoryLoginThrottle(settings.login_attempts, settings.login_window_seconds,
-                                    max_delay=settings.login_max_delay_seconds),
+                           refresh_ttl=timedelta(hours=settings.refresh_ttl_hours),
+                           keys=keyring),
+        limiter=limiter,
         sessions=SessionStore(store.engine, timedelta(hours=settings.refresh_ttl_hours)),
     )
 

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from medtwin.core.records import LOINC
+
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,100}$")]
 Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 Code = Annotated[str, StringConstraints(min_length=1, max_length=100,
@@ -164,7 +166,7 @@ class ObservationIn(_In):
     time: AwareDatetime
     value: float = Field(allow_inf_nan=False)
     unit: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    system: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "http://loinc.org"
+    system: Annotated[str, StringConstraints(min_length=1, max_length=200)] = LOINC
     display: Annotated[str, StringConstraints(max_length=200)] | None = None
     source_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-./_:]{1,150}$")] | None \
         = None
@@ -240,9 +242,11 @@ class TrialJobOut(BaseModel):
     """A trial job's state."""
 
     id: str
-    status: Literal["queued", "running", "done", "failed"]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
     error: str | None = None
     submitted_by: str
+    progress: float = Field(0.0, description="0..1")
+    message: str | None = None
 
 
 class TrialResultOut(BaseModel):
@@ -335,7 +339,7 @@ class DoseOut(BaseModel):
 class TwinSummary(BaseModel):
     """One twin a patient has: what it is, whether it can run, what it last believed."""
 
-    kind: Literal["glucose", "vancomycin"]
+    kind: Literal["glucose", "vancomycin", "cardio"]
     model: str
     ready: bool = Field(description="the patient has the data this twin needs")
     path: str = Field(description="where to ask it")

@@ -40,6 +40,16 @@ class Settings(BaseModel):
     ws_poll_seconds: float = Field(1.0, gt=0, le=60)
     trial_max_subjects: int = Field(30, ge=1)
     trial_max_days: float = Field(7.0, gt=0)
+    ops_max_reps: int = Field(200, ge=2, description="Most replications of one ops job.")
+    jobs_run: bool = Field(True, description="This worker runs queued jobs (False: it only "
+                           "queues them, for API-only replicas).")
+    jobs_local_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster "
+                                    "started for jobs when no scheduler is set.")
+    jobs_local_processes: bool = Field(True, description="Local cluster workers as processes "
+                                       "(False: threads, for tests).")
+    jobs_stale_seconds: float = Field(30.0, gt=0, description="A running job whose worker "
+                                      "has not renewed its lease for this long is taken up "
+                                      "again (or failed after 3 tries).")
     audit_anchor_file: str | None = Field(None, description="Append-only file of audit "
                                           "anchors (default: next to the key file).")
     audit_anchor_every: int = Field(1000, ge=1, description="Anchor every N audit entries.")
@@ -60,6 +70,21 @@ class Settings(BaseModel):
                                                     "endpoint, published for SMART apps.")
     oidc_token_endpoint: str | None = Field(None, description="Its token endpoint (with the "
                                             "authorization endpoint).")
+    mqtt_username: str | None = Field(None, description="MQTT broker username (a device's "
+                                      "is printed by `medtwin key add`).")
+    mqtt_password: SecretStr | None = Field(None, description="MQTT broker password (a "
+                                            "device's is its API key); never put it in a URL.")
+    mqtt_ca_file: str | None = Field(None, description="CA certificate(s) that sign the "
+                                     "broker's TLS certificate (mqtts://).")
+    mqtt_cert_file: str | None = Field(None, description="Client certificate for mqtts://.")
+    mqtt_key_file: str | None = Field(None, description="Its private key.")
+    mqtt_broker_dir: str | None = Field(None, description="Folder of the Mosquitto password "
+                                        "and ACL files that `medtwin key add` keeps current.")
+    mqtt_url: str | None = Field(None, description="The MQTT broker the service depends on "
+                                 "(mqtt[s]://host:port); /health/ready checks it answers.")
+    scheduler: str | None = Field(None, description="Dask scheduler address of the service's "
+                                  "jobs (tcp://host:8786; none: a local cluster); "
+                                  "/health/ready checks it answers.")
     key_explicit: bool = Field(False, description="An encryption key was configured.")
     security_enabled: bool = Field(True, description="Benchmarks only: False turns auth and "
                                    "audit off; refused in production.")

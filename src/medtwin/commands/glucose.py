@@ -32,10 +32,12 @@ def _plot_trace(df: object, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from medtwin.models.glucose.constants import TARGET_RANGE
+
     fig, ax = plt.subplots(3, 1, sharex=True, figsize=(10, 7))
     ax[0].plot(df["time"], df["BG"], label="BG")
     ax[0].plot(df["time"], df["CGM"], label="CGM", alpha=0.7)
-    ax[0].axhspan(70, 180, color="green", alpha=0.08)
+    ax[0].axhspan(*TARGET_RANGE, color="green", alpha=0.08)
     ax[0].set_ylabel("glucose [mg/dL]")
     ax[0].legend()
     ax[1].plot(df["time"], df["CHO"])
@@ -111,8 +113,11 @@ def trial_glucose_cmd(
     from medtwin.trials.protocol import FixedMeals, RandomMeals
     from medtwin.trials.runner import Trial, load_cohort, run_trial
 
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        import distributed  # noqa: F401  (its import sets its loggers to INFO; quiet them after)
+    if scheduler != "serial" and not logging.getLogger().isEnabledFor(logging.INFO):
+        from medtwin.extras import require  # Dask: the trials extra
+
+        require("distributed", "a trial on Dask (--scheduler serial needs none)")
+        # (its import sets its loggers to INFO; quiet them after)
 
         logging.getLogger("distributed").setLevel(logging.WARNING)
     try:

@@ -47,7 +47,7 @@ def listen_cmd(
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         fail(ValueError(f"--tz {tz!r} is not a time zone name (e.g. UTC, Europe/Berlin)"))
-    with open_store(db, need_key=True) as store:
+    with open_store(db, need_key=True, create=True) as store:
         handler = Hl7Handler(store, tz=zone, processing_ids=tuple(processing_id))
         listener = MllpListener(handler.handle, host=host, port=port,
                                 frame_timeout=frame_timeout, max_messages=max_messages,

@@ -16,6 +16,7 @@ from medtwin.commands._common import open_store
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import Patient
 from medtwin.interop.quality import FUTURE_TOLERANCE
+from medtwin.live.connection import BrokerSpec, broker_spec
 from medtwin.live.ingest import Ingester
 from medtwin.live.publish import DevicePublisher, paced
 from medtwin.live.streams import (
@@ -31,10 +32,38 @@ from medtwin.twin.glucose_sync import GlucoseSync
 app = typer.Typer(add_completion=False)
 log = logging.getLogger(__name__)
 
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+BROKER_HELP = ("MQTT broker URL: mqtt://HOST[:1883] or mqtts://HOST[:8883] (TLS); default "
+               f"MEDTWIN_MQTT_URL, else {DEFAULT_BROKER}. Put no password in it: use "
+               "MEDTWIN_MQTT_PASSWORD.")
+USER_HELP = "Broker username (default MEDTWIN_MQTT_USERNAME); password: MEDTWIN_MQTT_PASSWORD."
+CA_HELP = "CA certificate file for mqtts:// (default MEDTWIN_MQTT_CA_FILE, else system CAs)."
+CERT_HELP = "Client certificate for mqtts:// (default MEDTWIN_MQTT_CERT_FILE)."
+KEY_HELP = "Its private key (default MEDTWIN_MQTT_KEY_FILE)."
+
+
+def broker_from(url: str | None, username: str | None, ca: Path | None, cert: Path | None,
+                key: Path | None) -> BrokerSpec:
+    """The broker to connect to: options first, then the settings (MEDTWIN_MQTT_*)."""
+    from medtwin.api.settings import Settings
+
+    s = Settings.from_env()
+    return broker_spec(url or s.mqtt_url or DEFAULT_BROKER, username=username or s.mqtt_username,
+                       password=s.mqtt_password.get_secret_value() if s.mqtt_password else None,
+                       ca_file=ca or s.mqtt_ca_file, cert_file=cert or s.mqtt_cert_file,
+                       key_file=key or s.mqtt_key_file)
+
 
 @app.command("live")
 def live_cmd(
-    broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker", help="MQTT broker URL."),
+    broker: str | None = typer.Option(None, "--broker", help=BROKER_HELP),
+    username: str | None = typer.Option(None, "--mqtt-username", help=USER_HELP),
+    ca: Path | None = typer.Option(None, "--mqtt-ca", help=CA_HELP),
+    cert: Path | None = typer.Option(None, "--mqtt-cert", help=CERT_HELP),
+    key: Path | None = typer.Option(None, "--mqtt-key", help=KEY_HELP),
+    require_keys: bool = typer.Option(False, "--require-device-keys", help="Dead-letter "
+                                      "readings of devices without a device key (medtwin key "
+                                      "add); keyed devices are always held to their patient."),
     db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
     prefix: str = typer.Option("medtwin", "--prefix", help="Topic prefix."),
     client_id: str = typer.Option("medtwin-ingester", "--client-id",
@@ -55,14 +84,15 @@ def live_cmd(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        with open_store(db) as store:
+        spec = broker_from(broker, username, ca, cert, key)
+        with open_store(db, need_key=True, create=True) as store:  # writes need the key
             hooks = [GlucoseHook(GlucoseSync(store))] if glucose_twin else []
-            monitor = MonitorLoop(store, broker=broker, prefix=prefix, hooks=hooks).start()
-            ingester = Ingester(store, broker=broker, prefix=prefix, client_id=client_id,
+            monitor = MonitorLoop(store, broker=spec, prefix=prefix, hooks=hooks).start()
+            ingester = Ingester(store, broker=spec, prefix=prefix, client_id=client_id,
                                 group=group, on_stored=monitor.on_stored,
-                                on_gap=monitor.on_gap,
+                                on_gap=monitor.on_gap, require_device_keys=require_keys,
                                 future_tolerance=timedelta(seconds=clock_skew)).start()
-            typer.echo(f"ingesting {ingester.topic} from {broker} into {store!r}", err=True)
+            typer.echo(f"ingesting {ingester.topic} from {spec.url} into {store!r}", err=True)
             try:
                 while not stop.wait(report_every):
                     log.info("%s", ingester.stats)
@@ -88,8 +118,16 @@ def stream_cmd(
                                        "minute numerics, or an ECG (heart rate by R peaks)."),
     speed: float = typer.Option(60.0, "--speed", help="Replay speed (x real time)."),
     patient: str = typer.Option("replay-0001", "--patient", help="Patient id for a replay."),
-    broker: str = typer.Option("mqtt://127.0.0.1:1883", "--broker", help="MQTT broker URL."),
+    broker: str | None = typer.Option(None, "--broker", help=BROKER_HELP),
+    username: str | None = typer.Option(None, "--mqtt-username", help=USER_HELP + " A "
+                                        "device's username is mtk_<key id>, its password the "
+                                        "API key."),
+    ca: Path | None = typer.Option(None, "--mqtt-ca", help=CA_HELP),
+    cert: Path | None = typer.Option(None, "--mqtt-cert", help=CERT_HELP),
+    key: Path | None = typer.Option(None, "--mqtt-key", help=KEY_HELP),
     site: str = typer.Option("ward1", "--site"),
+    device: str = typer.Option("monitor", "--device", help="Device id in the topics (the one "
+                               "its device key is bound to)."),
     seed: int = typer.Option(0, "--seed", min=0),
     register: bool = typer.Option(False, "--register", help="Add the patients to --db first "
                                   "(the ingester refuses readings of unknown patients)."),
@@ -98,6 +136,7 @@ def stream_cmd(
     """Publish live readings of simulated patients, or replay a recorded signal."""
     start = datetime.now(UTC).replace(microsecond=0)
     try:
+        spec = broker_from(broker, username, ca, cert, key)
         if replay is not None:
             frame = numerics_frame(replay) if _is_numerics(replay) else ecg_heart_rate(replay)
             start -= frame["offset"].max().to_pytimedelta()  # ends now: never future-dated
@@ -114,14 +153,14 @@ def stream_cmd(
             ids = [f"sim-{p:04d}" for p in range(patients)]
             tick_rate = rate
         if register:
-            with open_store(db) as store:
+            with open_store(db, need_key=True, create=True) as store:
                 store.append([Patient(id=i, source_id=f"Patient/{i}") for i in ids])
-        with DevicePublisher(broker=broker, site=site) as pub:
+        with DevicePublisher(broker=spec, site=site, device=device) as pub:
             total = paced(batches, pub, rate=tick_rate)
     except MedtwinError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"published {total} readings for {len(ids)} patient(s) to {broker}")
+    typer.echo(f"published {total} readings for {len(ids)} patient(s) to {spec.url}")
 
 
 def _is_numerics(record: Path) -> bool:

@@ -49,10 +49,12 @@ def run_cmd(
     out: Path | None = typer.Option(None, "--out", help="KPIs per replication (CSV)."),
     summary_out: Path | None = typer.Option(None, "--summary", help="KPI summary (CSV)."),
     report: Path | None = typer.Option(None, "--report", help="Self-contained HTML report."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Parallel processes."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Dask workers."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address "
+                                         "(tcp://host:8786); default with -j > 1: a local "
+                                         "cluster of that many workers."),
 ) -> None:
     """Run replications and print KPIs with 95% confidence intervals."""
-    from medtwin.ops.report import write_report
     from medtwin.ops.runner import run_replications
     from medtwin.ops.scenarios import compare as compare_scenarios
     from medtwin.ops.scenarios import load_scenario
@@ -62,7 +64,7 @@ def run_cmd(
         scenarios = [load_scenario(p) for p in scenario]
         if compare and scenarios:
             diff = compare_scenarios(base, scenarios, reps or base.replications, seed,
-                                     workers=workers)
+                                     workers=workers, scheduler=scheduler)
             typer.echo(diff.round(4).to_string(index=False))
             if out:
                 diff.to_csv(out, index=False)
@@ -70,7 +72,8 @@ def run_cmd(
         m = base
         for sc in scenarios:
             m = sc.apply(m)
-        res = run_replications(m, reps, seed, workers=workers, progress=True)
+        res = run_replications(m, reps, seed, workers=workers, progress=True,
+                               scheduler=scheduler)
     except (MedtwinError, OSError) as exc:
         _fail(exc)
     s = res.summary()
@@ -79,6 +82,8 @@ def run_cmd(
     if summary_out:
         s.to_csv(summary_out)
     if report:
+        from medtwin.ops.report import write_report  # plotly: the plot extra
+
         write_report(res, report)
     shown = s[s.index.str.startswith(("arrivals", "throughput", "lwbs", "time_in_system",
                                       "p_within", "wait:", "util:"))]
@@ -136,7 +141,10 @@ def optimise_cmd(
     seed: int = typer.Option(0, "--seed", min=0),
     confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.9999),
     out: Path | None = typer.Option(None, "--out", help="Trade-off table (CSV)."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Dask workers."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address "
+                                         "(tcp://host:8786); default with -j > 1: a local "
+                                         "cluster of that many workers."),
 ) -> None:
     """Find the cheapest resource mix meeting a service target (with its confidence)."""
     from medtwin.ops.optimise import optimise
@@ -144,7 +152,7 @@ def optimise_cmd(
     m = _model(model)
     try:
         table = optimise(m, target, _parse_vary(vary) or None, reps=reps, seed=seed,
-                         confidence=confidence, workers=workers)
+                         confidence=confidence, workers=workers, scheduler=scheduler)
     except MedtwinError as exc:
         _fail(exc)
     if out:
@@ -172,7 +180,10 @@ def forecast_cmd(
                                      "(default: the model's census.encounter_class)."),
     activity: str | None = typer.Option(None, "--activity", help="Census activity."),
     out: Path | None = typer.Option(None, "--out", help="Hourly forecast (CSV)."),
-    workers: int = typer.Option(1, "--workers", "-j", min=1),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Dask workers."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address "
+                                         "(tcp://host:8786); default with -j > 1: a local "
+                                         "cluster of that many workers."),
 ) -> None:
     """Forecast occupancy and waits hour by hour from the current census in the store."""
     from medtwin.ops.forecast import census_from_store, forecast
@@ -183,7 +194,7 @@ def forecast_cmd(
         with EventStore.open(db, create=False) as store:
             census = census_from_store(store, m, klass=klass)
         fc = forecast(m, census, hours=hours, reps=reps, seed=seed, activity=activity,
-                      workers=workers, progress=sys.stderr.isatty())
+                      workers=workers, progress=sys.stderr.isatty(), scheduler=scheduler)
     except (MedtwinError, OSError) as exc:
         _fail(exc)
     if out:

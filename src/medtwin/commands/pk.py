@@ -67,6 +67,10 @@ def fit_cmd(
     omega: str = typer.Option("diagonal", help="Omega structure: diagonal or full."),
     out: Path | None = typer.Option(None, "--out", help="Write the fitted model as YAML."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="Dask workers for the "
+                                "objective evaluations (same estimates as serial)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Dask scheduler address "
+                                         "(tcp://host:8786)."),
 ) -> None:
     """Population fit (FOCE-I): typical values, Omega, residual error, SEs, etas."""
     from medtwin.twin.pk_population import fit_population
@@ -74,7 +78,8 @@ def fit_cmd(
     try:
         m, table = _load(model, data)
         fit = fit_population(m, table, omega_structure=omega,
-                             estimate=estimate.split(",") if estimate else None)
+                             estimate=estimate.split(",") if estimate else None,
+                             workers=workers, scheduler=scheduler)
     except MedtwinError as exc:
         _fail(exc)
     fe, re_ = fit.fixed_effects(), fit.random_effects()

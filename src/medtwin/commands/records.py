@@ -27,9 +27,12 @@ def import_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Import FHIR R4 bundles or resources; print read / stored / duplicates / rejected."""
-    store = open_store(db)
-    try:
+    try:  # the files first: a mistyped path creates no store
         files = list(iter_fhir_files(paths))
+    except (MedtwinError, FileNotFoundError) as exc:
+        fail(exc)
+    store = open_store(db, create=True)
+    try:
         jobs = workers or auto_workers(files)
         warm_up(unit_registry=False)  # the model classes, before forking and freezing:
         gc.freeze()  # what is loaded now lives to the end: keep the GC from rescanning it
@@ -170,6 +173,8 @@ def demo_cmd(
                                           "demo after this many seconds (default: Ctrl-C)."),
     broker: str | None = typer.Option(None, "--broker", help="Use this MQTT broker "
                                       "(mqtt://HOST:PORT) instead of the embedded one."),
+    force: bool = typer.Option(False, "--force", help="Replace the SQLite file given with "
+                               "--db when it exists (its data is lost)."),
 ) -> None:
     """Create a fresh store with synthetic patients; in a terminal, then run it all live."""
     import sys
@@ -180,9 +185,9 @@ def demo_cmd(
     try:
         if live:
             live_demo(db, n_patients=patients, seed=seed, port=port, duration=duration,
-                      broker=broker, echo=typer.echo)
+                      broker=broker, echo=typer.echo, force=force)
             return
-        report = run_demo(db, n_patients=patients, seed=seed)
+        report = run_demo(db, n_patients=patients, seed=seed, force=force)
     except MedtwinError as exc:
         fail(exc)
     except KeyboardInterrupt:

@@ -20,12 +20,11 @@ from medtwin.security.crypto import (
     create_key_file,
     load_key_file,
 )
-from medtwin.security.directory import Directory
-from medtwin.security.passwords import PasswordHasher
 from medtwin.store.event_store import EventStore
 
 if TYPE_CHECKING:
     from medtwin.api.settings import Settings
+    from medtwin.security.directory import Directory
 
 DB_HELP = "Store URL or SQLite path (default: medtwin.sqlite in the user data directory)."
 
@@ -41,10 +40,11 @@ def _fail(exc: Exception | str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def open_secure_store(db: str | None) -> EventStore:
+def open_secure_store(db: str | None, *, create: bool = False) -> EventStore:
     """The store with the configured key ring (the edge where keys are loaded); refused
-    without a key, or when the store's identities are sealed with a key the ring lacks."""
-    return open_store(db, need_key=True)
+    without a key, or when the store's identities are sealed with a key the ring lacks.
+    ``create``: a command that writes makes a missing store (and says so)."""
+    return open_store(db, need_key=True, create=create)
 
 
 def _settings() -> Settings:
@@ -57,6 +57,9 @@ def _settings() -> Settings:
 
 
 def _directory(store: EventStore) -> Directory:
+    from medtwin.security.directory import Directory  # argon2, zxcvbn: the server extra
+    from medtwin.security.passwords import PasswordHasher
+
     s = _settings()
     return Directory(store.engine, PasswordHasher(time_cost=s.argon2_time_cost,
                                                   memory_kib=s.argon2_memory_kib))
@@ -103,7 +106,7 @@ def user_add(
     """Add a user; the password is asked for (or read from MEDTWIN_PASSWORD)."""
     password = os.environ.get("MEDTWIN_PASSWORD") or typer.prompt(
         "password", hide_input=True, confirmation_prompt=True)
-    with open_secure_store(db) as store:
+    with open_secure_store(db, create=True) as store:
         d = _directory(store)
         try:
             user = d.add_user(username, role, password, patient_id=patient)
@@ -170,18 +173,112 @@ def user_team(team: str = typer.Argument(..., help="Care team name."),
 
 
 # --- device keys -------------------------------------------------------------------------------
+BROKER_DIR_HELP = ("Folder of the Mosquitto password and ACL files to keep current "
+                   "(default: MEDTWIN_MQTT_BROKER_DIR; none: no broker files).")
+PREFIX_HELP = "Topic prefix the ingester reads (medtwin live --prefix)."
+INGESTER_HELP = ("Broker username of the ingester (default: MEDTWIN_MQTT_USERNAME, else "
+                 "medtwin-ingester); its password is MEDTWIN_MQTT_PASSWORD, else generated.")
+
+
+def _broker_files(store: EventStore, folder: Path, *, prefix: str, ingester: str | None,
+                  new_keys: dict[str, str] | None = None) -> None:
+    """Rewrite the broker's password and ACL files from the store's device keys."""
+    from medtwin.live.acl import RELOAD_HINT, device_accounts, write_broker_files
+
+    s = _settings()
+    secret = s.mqtt_password.get_secret_value() if s.mqtt_password else None
+    user = ingester or s.mqtt_username or "medtwin-ingester"
+    try:
+        files = write_broker_files(folder.expanduser(), device_accounts(store.engine),
+                                   prefix=prefix, ingester=user, ingester_password=secret,
+                                   new_keys=new_keys)
+    except (MedtwinError, OSError) as exc:
+        _fail(exc)
+    _audit(store, "update", "broker-credentials",
+           detail=f"{files.devices} device accounts, {files.removed} removed")
+    typer.echo(f"wrote {files.folder}/passwd and acl ({files.devices} device account(s), "
+               f"{files.removed} removed) and an example mosquitto.conf; {RELOAD_HINT}",
+               err=True)
+    if files.skipped:
+        typer.echo(f"warning: {files.skipped} key(s) left out: their device or patient id "
+                   "cannot be used in an MQTT topic", err=True)
+    if files.missing:
+        typer.echo(f"warning: {files.missing} key(s) have no broker password: they were "
+                   "issued before a broker folder was set; issue new ones with `medtwin key "
+                   "add --broker-dir ...` and revoke the old", err=True)
+    if files.ingester_password:
+        typer.echo(f"new broker password of the ingester {user!r} (shown once; set "
+                   f"MEDTWIN_MQTT_PASSWORD to it): {files.ingester_password}", err=True)
+
+
 @key_app.command("add")
 def key_add(device: str = typer.Option(..., "--device", help="Device id."),
             patient: str = typer.Option(..., "--patient", help="The patient it reports for."),
-            db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
-    """Issue a device API key bound to one patient; it is printed once, keep it safe."""
-    with open_secure_store(db) as store:
+            db: str | None = typer.Option(None, "--db", help=DB_HELP),
+            broker_dir: Path | None = typer.Option(None, "--broker-dir", help=BROKER_DIR_HELP),
+            prefix: str = typer.Option("medtwin", "--prefix", help=PREFIX_HELP),
+            ingester_user: str | None = typer.Option(None, "--ingester-user",
+                                                     help=INGESTER_HELP)) -> None:
+    """Issue a device API key bound to one patient; it is printed once, keep it safe. It is
+    also the device's MQTT password (username ``mtk_<key id>``), allowed by the broker's ACL
+    to publish only this patient's and device's topics."""
+    from medtwin.live.acl import device_username
+
+    folder = broker_dir or (Path(s) if (s := _settings().mqtt_broker_dir) else None)
+    with open_secure_store(db, create=True) as store:
         try:
             key = _directory(store).add_device_key(device, patient)
         except MedtwinError as exc:
             _fail(exc)
         _audit(store, "create", f"device-key:{device}", patient_id=patient)
-    typer.echo(key)
+        user = device_username(key)
+        typer.echo(key)
+        typer.echo(f"MQTT: username {user}, password the key above; it may publish only "
+                   f"{prefix}/<site>/{patient}/{device}/<metric>", err=True)
+        if folder is not None:
+            _broker_files(store, folder, prefix=prefix, ingester=ingester_user,
+                          new_keys={user: key})
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str = typer.Argument(..., help="The key id (mtk_<id> or <id>)."),
+               db: str | None = typer.Option(None, "--db", help=DB_HELP),
+               broker_dir: Path | None = typer.Option(None, "--broker-dir",
+                                                      help=BROKER_DIR_HELP),
+               prefix: str = typer.Option("medtwin", "--prefix", help=PREFIX_HELP),
+               ingester_user: str | None = typer.Option(None, "--ingester-user",
+                                                        help=INGESTER_HELP)) -> None:
+    """Revoke a device key at once (the API refuses it; the broker after its files are
+    rewritten and reloaded, done here when a broker folder is configured)."""
+    kid = key_id.removeprefix("mtk_")
+    folder = broker_dir or (Path(s) if (s := _settings().mqtt_broker_dir) else None)
+    with open_secure_store(db) as store:
+        try:
+            _directory(store).revoke_device_key(kid)
+        except MedtwinError as exc:
+            _fail(exc)
+        _audit(store, "revoke", f"device-key:{kid}")
+        typer.echo(f"revoked device key {kid}")
+        if folder is not None:
+            _broker_files(store, folder, prefix=prefix, ingester=ingester_user)
+
+
+@key_app.command("broker-config")
+def key_broker_config(out: Path | None = typer.Option(None, "--out", help="Folder to write "
+                                                      "passwd, acl and mosquitto.conf into "
+                                                      "(default: MEDTWIN_MQTT_BROKER_DIR)."),
+                      db: str | None = typer.Option(None, "--db", help=DB_HELP),
+                      prefix: str = typer.Option("medtwin", "--prefix", help=PREFIX_HELP),
+                      ingester_user: str | None = typer.Option(None, "--ingester-user",
+                                                               help=INGESTER_HELP)) -> None:
+    """Write Mosquitto's password file and ACL from the device keys: each device publishes
+    only its own patient's and device's topics, the ingester reads them all. Keys issued
+    earlier keep their entries; revoked keys lose theirs."""
+    folder = out or (Path(s) if (s := _settings().mqtt_broker_dir) else None)
+    if folder is None:
+        _fail("give --out DIR (or set MEDTWIN_MQTT_BROKER_DIR)")
+    with open_secure_store(db) as store:
+        _broker_files(store, folder, prefix=prefix, ingester=ingester_user)
 
 
 # --- audit ---------------------------------------------------------------------------------
@@ -288,13 +385,31 @@ def keys_rotate(db: str | None = typer.Option(None, "--db", help=DB_HELP),
 @serve_app.callback(invoke_without_command=True)
 def serve(db: str | None = typer.Option(None, "--db", help=DB_HELP),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-          port: int = typer.Option(8000, "--port", min=1, max=65535)) -> None:
-    """Run the HTTP service (settings from MEDTWIN_* variables; see the docs)."""
+          port: int = typer.Option(8000, "--port", min=1, max=65535),
+          workers: int = typer.Option(1, "--workers", min=1, max=64, help="Worker processes "
+                                      "(more than one needs a PostgreSQL store)."),
+          proxy_headers: bool = typer.Option(False, "--proxy-headers", help="Believe "
+                                             "X-Forwarded-For/-Proto from the proxies in "
+                                             "MEDTWIN_TRUSTED_PROXIES (and only from them)."),
+          root_path: str = typer.Option("", "--root-path", help="The path prefix a proxy "
+                                        "serves the service under (e.g. /medtwin)."),
+          dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard",
+                                         help="Serve the web dashboard under /ui."),
+          json_logs: bool = typer.Option(True, "--json-logs/--plain-logs",
+                                         help="Structured JSON log lines with request ids.")
+          ) -> None:
+    """Run the HTTP service (settings from MEDTWIN_* variables; see the docs): N worker
+    processes of the app factory ``medtwin.service:create_app``."""
+    import secrets
+    import shutil
+    import tempfile
+
     import uvicorn
 
-    from medtwin.api.app import create_app
+    from medtwin.api.request_log import json_logging
     from medtwin.api.settings import Settings
     from medtwin.security.crypto import key_configured
+    from medtwin.service import ENV_DASHBOARD, ENV_METRICS_DIR
 
     try:
         settings = Settings.from_env(db=db)
@@ -302,11 +417,35 @@ def serve(db: str | None = typer.Option(None, "--db", help=DB_HELP),
             _fail("production mode needs MEDTWIN_KEY or MEDTWIN_KEY_FILE")
     except MedtwinError as exc:
         _fail(exc)
-    store = open_secure_store(settings.db)
+    if workers > 1 and not (settings.db or "").startswith("postgresql"):
+        _fail(f"--workers {workers} needs a PostgreSQL store (--db postgresql://... or "
+              "MEDTWIN_DB): workers share sessions and login limits through it, and a SQLite "
+              "file is a single-process store; run one worker on SQLite")
+    if proxy_headers and not settings.trusted_proxies:
+        _fail("--proxy-headers needs MEDTWIN_TRUSTED_PROXIES (the proxies whose "
+              "X-Forwarded-* headers are believed, e.g. 10.0.0.5 or 10.0.0.0/8)")
+    if root_path and not root_path.startswith("/"):
+        _fail(f"--root-path must start with '/', got {root_path!r}")
+    # opened once before the workers: keys checked, migrations applied by one process
+    open_secure_store(settings.db, create=True).close()
+    if db:
+        os.environ["MEDTWIN_DB"] = db
+    if settings.secret_generated:  # one secret for every worker of this run
+        typer.echo("warning: no MEDTWIN_SECRET: a random one was made; tokens end with this "
+                   "run", err=True)
+        os.environ["MEDTWIN_SECRET"] = secrets.token_urlsafe(48)
+    os.environ[ENV_DASHBOARD] = "1" if dashboard else "0"
+    metrics_dir = None
+    if workers > 1:  # prometheus_client adds up the workers' metrics from this directory
+        metrics_dir = tempfile.mkdtemp(prefix="medtwin-metrics-")
+        os.environ[ENV_METRICS_DIR] = metrics_dir
     try:
-        app = create_app(settings, store, store.keyring,  # type: ignore[arg-type]
-                         dashboard=True)
-        uvicorn.run(app, host=host, port=port, log_level="info", server_header=False,
-                    proxy_headers=False)  # the app trusts only MEDTWIN_TRUSTED_PROXIES
+        uvicorn.run("medtwin.service:create_app", factory=True, host=host, port=port,
+                    workers=workers, root_path=root_path, server_header=False,
+                    proxy_headers=proxy_headers,
+                    forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
+                    access_log=False,  # medtwin.access logs route templates, never raw paths
+                    log_config=json_logging() if json_logs else uvicorn.config.LOGGING_CONFIG)
     finally:
-        store.close()
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

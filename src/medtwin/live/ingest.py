@@ -32,7 +32,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -42,6 +41,8 @@ from medtwin.core.errors import MedtwinError, NotFoundError, StoreError, Validat
 from medtwin.core.records import Observation
 from medtwin.interop.fhir.write import record_writes
 from medtwin.interop.quality import FUTURE_DATED, FUTURE_TOLERANCE, admit
+from medtwin.live.bindings import DeviceBindings
+from medtwin.live.connection import BrokerSpec, as_spec, refusal
 from medtwin.live.payload import parse_reading, parse_topic
 from medtwin.store.engine import ping
 from medtwin.store.event_store import EventStore
@@ -67,6 +68,7 @@ class IngestStats:
     failed_batches: int = 0
     poison: int = 0
     sessions_lost: int = 0
+    unbound: int = 0  # readings on a topic their device's key is not bound to
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +109,10 @@ class _Msg:
     payload: bytes
 
 
-def broker_address(url: str) -> tuple[str, int]:
-    """``mqtt://host:port`` (or ``host:port``) to (host, port)."""
-    parsed = urlparse(url if "://" in url else f"mqtt://{url}")
-    if parsed.scheme not in {"mqtt", "tcp"} or not parsed.hostname:
-        raise ValidationError(f"broker URL {url!r} is not mqtt://HOST[:PORT]", where="--broker")
-    return parsed.hostname, parsed.port or 1883
+def broker_address(url: str | BrokerSpec) -> tuple[str, int]:
+    """``mqtt[s]://host:port`` (or ``host:port``) to (host, port)."""
+    spec = as_spec(url)
+    return spec.host, spec.port
 
 
 @dataclass
@@ -121,10 +121,13 @@ class Ingester:
 
     ``on_stored`` receives each written batch (the sync loop's hook). ``group`` turns the
     subscription into ``$share/<group>/...`` so that several ingesters split the stream.
+    ``broker`` is a URL or a :class:`~medtwin.live.connection.BrokerSpec` (TLS, credentials).
+    A reading whose device has a key bound to another patient is dead-lettered;
+    ``require_device_keys`` also refuses devices that have no key.
     """
 
     store: EventStore
-    broker: str = "mqtt://127.0.0.1:1883"
+    broker: str | BrokerSpec = field(default="mqtt://127.0.0.1:1883", repr=False)  # secrets
     prefix: str = "medtwin"
     client_id: str = "medtwin-ingester"
     group: str | None = None
@@ -135,8 +138,12 @@ class Ingester:
     on_gap: Callable[[IngestGap], None] | None = None
     stats: IngestStats = field(default_factory=IngestStats)
     future_tolerance: timedelta = FUTURE_TOLERANCE  # clock skew allowed before quarantine
+    require_device_keys: bool = False
 
     def __post_init__(self) -> None:
+        self.spec = as_spec(self.broker)
+        self._refused: str | None = None
+        self._bindings: DeviceBindings | None = None
         self._queue: queue.Queue[_Msg] = queue.Queue()
         self._stop = threading.Event()
         self._connected = threading.Event()
@@ -154,6 +161,7 @@ class Ingester:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._client.reconnect_delay_set(min_delay=0.2, max_delay=5)
+        self.spec.apply(self._client)
 
     @property
     def topic(self) -> str:
@@ -165,7 +173,8 @@ class Ingester:
     def _on_connect(self, client: mqtt.Client, _u: object, flags: object, reason: object,
                     _p: object) -> None:
         if getattr(reason, "is_failure", False):
-            log.warning("broker refused the connection: %s", reason)
+            self._refused = refusal(reason)
+            log.warning("broker %s refused the connection: %s", self.spec.url, self._refused)
             return
         now = datetime.now(UTC)
         if self._had_session and not getattr(flags, "session_present", True):
@@ -182,7 +191,7 @@ class Ingester:
             return
         self._had_session = True
         self._connected.set()  # only now is every new message routed to us
-        log.info("connected to %s, subscribed to %s", self.broker, self.topic)
+        log.info("connected to %s, subscribed to %s", self.spec.url, self.topic)
 
     def _on_disconnect(self, _c: object, _u: object, _f: object, reason: object,
                        _p: object) -> None:
@@ -213,24 +222,32 @@ class Ingester:
     # --- life cycle -------------------------------------------------------------------------
     def start(self, *, wait: float = 10.0) -> Ingester:
         """Connect (persistent session), subscribe and start writing; returns self."""
-        host, port = broker_address(self.broker)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 24 * 3600  # the broker keeps unacknowledged messages
         props.ReceiveMaximum = self.receive_maximum
         self._known = set(self.store.patients()["id"])
+        self._bindings = DeviceBindings(self.store.engine,
+                                        require_key=self.require_device_keys).load()
         self._writer = threading.Thread(target=self._write_loop, name="medtwin-ingest-writer",
                                         daemon=True)
         self._writer.start()
         try:
-            self._client.connect(host, port, keepalive=30, clean_start=False, properties=props)
-        except OSError as exc:
+            self._client.connect(self.spec.host, self.spec.port, keepalive=30,
+                                 clean_start=False, properties=props)
+        except OSError as exc:  # ssl.SSLError included: a bad certificate or a plain port
             self._stop.set()
-            raise MedtwinError(f"cannot reach the MQTT broker at {self.broker}: {exc}; is it "
-                               "running? (--broker mqtt://HOST:PORT)") from exc
+            raise MedtwinError(f"cannot reach the MQTT broker at {self.spec.url}: {exc}; is it "
+                               "running, and is it TLS (mqtts://) or plain (mqtt://)?") from exc
         self._client.loop_start()
-        if not self._connected.wait(wait):
-            self.stop()
-            raise MedtwinError(f"the MQTT broker at {self.broker} did not accept the session")
+        end = time.monotonic() + wait
+        while not self._connected.wait(0.05) and time.monotonic() < end:
+            if self._refused:
+                break
+        if not self._connected.is_set():
+            why = self._refused or "no answer to CONNECT (a plain client on a TLS port?)"
+            self.stop(drain=0)
+            raise MedtwinError(f"the MQTT broker at {self.spec.url} did not accept the "
+                               f"session: {why}")
         return self
 
     def stop(self, *, drain: float = 10.0) -> None:
@@ -305,6 +322,11 @@ class Ingester:
                 bad.append((m.topic, str(exc), m.payload.decode("utf-8", "replace")))
                 continue
             topic = parse_topic(m.topic, self.prefix)
+            why = self._bindings.refusal(topic.device, obs.subject) if self._bindings else None
+            if why is not None:
+                self.stats.unbound += 1
+                bad.append((m.topic, why, m.payload.decode("utf-8", "replace")))
+                continue
             flags = [admitted.quality] if admitted.quality else []
             if self._seen(obs.source_id):  # a retry: the store skips it; quarantine stays
                 good.append(Flagged(obs, tuple(flags), topic.site, topic.device))

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from medtwin.core import codes
 from medtwin.core.errors import ValidationError
 from medtwin.core.records import Observation
 from medtwin.interop.codes import to_canonical
@@ -22,9 +23,10 @@ from medtwin.interop.fhir.issues import FhirImportError
 from medtwin.interop.fhir.read import parse_fhir, parse_fhir_datetime
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-METRIC_CODES = {"hr": "8867-4", "pulse": "8867-4", "rr": "9279-1", "spo2": "59408-5",
-                "temp": "8310-5", "sbp": "8480-6", "dbp": "8462-4", "glucose": "2339-0",
-                "cgm": "99504-3", "o2flow": "3151-8"}
+METRIC_CODES = {"hr": codes.HEART_RATE, "pulse": codes.HEART_RATE, "rr": codes.RESPIRATORY_RATE,
+                "spo2": codes.SPO2_PULSE_OXIMETRY, "temp": codes.BODY_TEMPERATURE,
+                "sbp": codes.SYSTOLIC_BP, "dbp": codes.DIASTOLIC_BP, "glucose": codes.GLUCOSE_BLOOD,
+                "cgm": codes.GLUCOSE_INTERSTITIAL, "o2flow": codes.O2_FLOW}
 
 
 @dataclass(frozen=True, slots=True)

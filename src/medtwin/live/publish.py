@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 
 from medtwin.core.errors import MedtwinError
-from medtwin.live.ingest import broker_address, topic_for
+from medtwin.live.connection import BrokerSpec, as_spec, refusal
+from medtwin.live.ingest import topic_for
 from medtwin.live.streams import Reading
 
 log = logging.getLogger(__name__)
@@ -19,9 +20,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DevicePublisher:
-    """A QoS 1 publisher standing in for a site's devices."""
+    """A QoS 1 publisher standing in for a site's devices. ``broker`` is a URL or a
+    :class:`~medtwin.live.connection.BrokerSpec` (TLS, a device's username and API key)."""
 
-    broker: str = "mqtt://127.0.0.1:1883"
+    broker: str | BrokerSpec = field(default="mqtt://127.0.0.1:1883", repr=False)  # secrets
     prefix: str = "medtwin"
     site: str = "ward1"
     device: str = "monitor"
@@ -30,20 +32,42 @@ class DevicePublisher:
     sent: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        self.spec = as_spec(self.broker)
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                    protocol=mqtt.MQTTv5)
+        self.spec.apply(self._client)
+        self._answer: list[object] = []
+        self._answered = threading.Event()
+        self._client.on_connect = self._on_connect
         self._client.max_inflight_messages_set(self.inflight)
         self._client.max_queued_messages_set(0)
         self._acked = threading.Semaphore(0)
         self._client.on_publish = lambda *_: self._acked.release()
 
+    def _on_connect(self, _c: object, _u: object, _f: object, reason: object,
+                    _p: object) -> None:
+        self._answer.append(reason)
+        self._answered.set()
+
     def __enter__(self) -> DevicePublisher:
-        host, port = broker_address(self.broker)
+        return self.open()
+
+    def open(self, wait: float = 10.0) -> DevicePublisher:
+        """Connect and wait for the broker's CONNACK; a refusal is a :class:`MedtwinError`."""
         try:
-            self._client.connect(host, port)
-        except OSError as exc:
-            raise MedtwinError(f"cannot reach the MQTT broker at {self.broker}: {exc}") from exc
+            self._client.connect(self.spec.host, self.spec.port)
+        except OSError as exc:  # ssl.SSLError included
+            raise MedtwinError(f"cannot reach the MQTT broker at {self.spec.url}: {exc}") from exc
         self._client.loop_start()
+        answered = self._answered.wait(wait)
+        reason = self._answer[0] if self._answer else None
+        if not answered or getattr(reason, "is_failure", False):
+            self._client.disconnect()
+            self._client.loop_stop()
+            why = refusal(reason) if answered else "no answer to CONNECT (plain client on a " \
+                "TLS port?)"
+            raise MedtwinError(f"the MQTT broker at {self.spec.url} refused the device "
+                               f"connection: {why}")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medtwin.core import codes
 from medtwin.core.errors import NotFoundError, ValidationError
 
 
@@ -40,11 +41,11 @@ class Reading:
 
 # metric: (LOINC, unit, baseline mean, between-patient sd, within-patient sd, sepsis target)
 VITALS = {
-    "hr": ("8867-4", "/min", 78.0, 8.0, 2.0, 125.0),
-    "rr": ("9279-1", "/min", 16.0, 1.5, 0.8, 27.0),
-    "spo2": ("59408-5", "%", 97.0, 1.0, 0.5, 88.0),
-    "sbp": ("8480-6", "mm[Hg]", 125.0, 10.0, 3.0, 90.0),
-    "temp": ("8310-5", "Cel", 36.9, 0.3, 0.05, 39.3),
+    "hr": (codes.HEART_RATE, "/min", 78.0, 8.0, 2.0, 125.0),
+    "rr": (codes.RESPIRATORY_RATE, "/min", 16.0, 1.5, 0.8, 27.0),
+    "spo2": (codes.SPO2_PULSE_OXIMETRY, "%", 97.0, 1.0, 0.5, 88.0),
+    "sbp": (codes.SYSTOLIC_BP, "mm[Hg]", 125.0, 10.0, 3.0, 90.0),
+    "temp": (codes.BODY_TEMPERATURE, "Cel", 36.9, 0.3, 0.05, 39.3),
 }
 
 
@@ -90,9 +91,11 @@ def _record(path: str | Path) -> tuple[str, Path]:
 
 
 # WFDB numerics signal name -> (metric, LOINC, UCUM unit)
-NUMERICS = {"HR": ("hr", "8867-4", "/min"), "RESP": ("rr", "9279-1", "/min"),
-            "SpO2": ("spo2", "59408-5", "%"), "ABPSys": ("sbp", "8480-6", "mm[Hg]"),
-            "NBPSys": ("nbp_sys", "8480-6", "mm[Hg]")}
+NUMERICS = {"HR": ("hr", codes.HEART_RATE, "/min"),
+            "RESP": ("rr", codes.RESPIRATORY_RATE, "/min"),
+            "SpO2": ("spo2", codes.SPO2_PULSE_OXIMETRY, "%"),
+            "ABPSys": ("sbp", codes.SYSTOLIC_BP, "mm[Hg]"),
+            "NBPSys": ("nbp_sys", codes.SYSTOLIC_BP, "mm[Hg]")}
 
 
 def numerics_frame(path: str | Path) -> pd.DataFrame:
@@ -147,7 +150,7 @@ def replay_readings(frame: pd.DataFrame, *, patient: str, start: datetime,
                     source: str) -> list[Reading]:
     """Turn a numerics frame (or an ECG heart-rate frame) into timed readings."""
     if "metric" not in frame:
-        frame = frame.assign(metric="hr", code="8867-4", unit="/min").rename(
+        frame = frame.assign(metric="hr", code=codes.HEART_RATE, unit="/min").rename(
             columns={"hr": "value"})
     return [Reading(patient=patient, metric=r.metric, time=start + r.offset, code=r.code,
                     value=round(float(r.value), 2), unit=r.unit, id=f"{source}-{r.metric}-{i}")

@@ -28,7 +28,9 @@ from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
-from medtwin.live.ingest import Flagged, IngestGap, broker_address
+from medtwin.core.errors import MedtwinError
+from medtwin.live.connection import BrokerSpec, as_spec
+from medtwin.live.ingest import Flagged, IngestGap
 from medtwin.monitor.news2 import news2
 from medtwin.monitor.rules import GLUCOSE_CODES as GLUCOSE_RULE_CODES
 from medtwin.monitor.rules import Finding, evaluate, glucose_findings
@@ -111,7 +113,7 @@ class MonitorLoop:
     """
 
     store: EventStore
-    broker: str | None = "mqtt://127.0.0.1:1883"
+    broker: str | BrokerSpec | None = field(default="mqtt://127.0.0.1:1883", repr=False)
     prefix: str = "medtwin"
     trend_window: timedelta = timedelta(hours=6)
     vitals_window: timedelta | None = None  # None: each item's own window (STALE_AFTER)
@@ -136,10 +138,15 @@ class MonitorLoop:
     def start(self) -> MonitorLoop:
         """Connect the alert publisher (when a broker is given) and start the worker."""
         if self.broker:
-            host, port = broker_address(self.broker)
+            spec = as_spec(self.broker)
             self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
             self._client.max_inflight_messages_set(1000)
-            self._client.connect(host, port)
+            spec.apply(self._client)
+            try:
+                self._client.connect(spec.host, spec.port)
+            except OSError as exc:  # ssl.SSLError included
+                raise MedtwinError(f"cannot reach the MQTT broker at {spec.url}: {exc}"
+                                   ) from exc
             self._client.loop_start()
         self._thread = threading.Thread(target=self._run, name="medtwin-monitor", daemon=True)
         self._thread.start()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,9 @@ from medtwin.ops.loader import with_changes
 from medtwin.ops.runner import run_replications
 from medtwin.ops.schema import Model
 from medtwin.ops.streams import stream_rng
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 @dataclass
@@ -66,7 +69,8 @@ def _census_class(model: Model, activity: str) -> str:
 
 def forecast(model: Model, census: Census, *, hours: float = 48, reps: int = 50,
              seed: int = 0, activity: str | None = None, workers: int = 1,
-             progress: bool = False) -> pd.DataFrame:
+             progress: bool = False, scheduler: str | None = None,
+             client: Client | None = None) -> pd.DataFrame:
     """Hour-by-hour forecast of occupancy, queue and wait at the census activity's resource."""
     activity = activity or model.census.get("activity")
     if activity is None or activity not in model.activities:
@@ -88,7 +92,8 @@ def forecast(model: Model, census: Census, *, hours: float = 48, reps: int = 50,
                      for r, a in zip(rem, census.elapsed, strict=True))
 
     res = run_replications(run_model, reps, seed, workers=workers, progress=progress,
-                           clock_offset_h=offset, initial=initial)
+                           clock_offset_h=offset, initial=initial, scheduler=scheduler,
+                           client=client)
     h = res.hourly
     h = h.assign(hour_ahead=np.rint(h["time"] / uph).astype(int))
     cols = {"occupancy": f"in_service:{act.resource}", "queue": f"queue:{act.resource}",

@@ -14,16 +14,22 @@ import itertools
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from medtwin.core.cluster import dask_client
 from medtwin.core.errors import ValidationError
 from medtwin.ops.loader import with_changes
 from medtwin.ops.runner import run_replications
 from medtwin.ops.schema import Model
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 _TARGET = re.compile(r"^\s*([\w:.\-]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
@@ -82,10 +88,21 @@ def default_ranges(model: Model) -> dict[str, tuple[int, int]]:
 
 def optimise(model: Model, target: str | Target, ranges: dict[str, tuple[int, int]] | None =
              None, *, reps: int = 10, seed: int = 0, confidence: float = 0.95,
-             extra: int = 3, max_candidates: int = 400, workers: int = 1) -> pd.DataFrame:
+             extra: int = 3, max_candidates: int = 400, workers: int = 1,
+             scheduler: str | None = None, client: Client | None = None,
+             on_progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Evaluate candidates cheapest first; return the trade-off table (cheapest meeting the
     target flagged ``best``). Columns: counts, cost per day, KPI mean and 95% CI, confidence,
-    meets, status (evaluated / skipped-dominated)."""
+    meets, status (evaluated / skipped-dominated).
+
+    A candidate's replications run on Dask when ``workers`` > 1, a ``scheduler`` or a
+    ``client`` is given (one cluster for the whole search); ``on_progress(done, total)``
+    counts candidates considered out of the grid."""
+    if client is None and (workers > 1 or scheduler is not None):
+        with dask_client(scheduler, n_workers=workers) as c:
+            return optimise(model, target, ranges, reps=reps, seed=seed, confidence=confidence,
+                            extra=extra, max_candidates=max_candidates, client=c,
+                            on_progress=on_progress)
     tgt = target if isinstance(target, Target) else Target.parse(target)
     ranges = ranges or default_ranges(model)
     if not ranges:
@@ -110,12 +127,14 @@ def optimise(model: Model, target: str | Target, ranges: dict[str, tuple[int, in
     cands.sort(key=lambda c: (c[0], c[1]))
     rows, failing, found, after = [], [], False, 0
     for cost, combo, m in cands:
+        if on_progress is not None:
+            on_progress(len(rows), len(cands))
         row = {**dict(zip(names, combo, strict=True)), "cost_per_day": cost}
         if any(all(a <= b for a, b in zip(combo, f, strict=True)) for f in failing):
             rows.append({**row, "status": "skipped (needs more than a failing mix)",
                          "meets": False})
             continue
-        res = run_replications(m, reps, seed, workers=workers, progress=False, hourly=False)
+        res = run_replications(m, reps, seed, progress=False, hourly=False, client=client)
         if tgt.kpi not in res.per_rep:
             raise ValidationError(f"unknown KPI '{tgt.kpi}'; the model gives "
                                   f"{sorted(c for c in res.per_rep if c != 'rep')}",
@@ -138,6 +157,8 @@ def optimise(model: Model, target: str | Target, ranges: dict[str, tuple[int, in
             after += 1
             if after > extra:
                 break
+    if on_progress is not None:
+        on_progress(len(cands), len(cands))
     table = pd.DataFrame(rows)
     table["best"] = False
     ok = table.index[table["meets"]]

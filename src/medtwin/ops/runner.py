@@ -1,4 +1,5 @@
-"""Replications: serial or in parallel processes, with a progress bar; same numbers either way.
+"""Replications: serial or on Dask (a LocalCluster or a scheduler), with a progress bar; same
+numbers either way.
 
 Replication ``r`` always uses the streams of ``(seed, r, name)``, so the result does not
 depend on which process ran it or in what order.
@@ -10,17 +11,20 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from tqdm import tqdm
 
+from medtwin.core.cluster import dask_client
 from medtwin.core.errors import ValidationError
-from medtwin.core.processes import die_with_parent
 from medtwin.ops.engine import Initial, run_replication
 from medtwin.ops.kpis import rep_hourly, rep_kpis, summarise
 from medtwin.ops.schema import Model
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +91,15 @@ def run_replications(model: Model, reps: int | None = None, seed: int = 0, *,
                      workers: int = 1, progress: bool = True, hourly: bool = True,
                      horizon: float | None = None, clock_offset_h: float | None = None,
                      initial: tuple[Initial, ...] | Callable[[int], tuple[Initial, ...]] = (),
+                     scheduler: str | None = None, client: Client | None = None,
+                     on_progress: Callable[[int, int], None] | None = None,
                      ) -> Results:
     """Run ``reps`` replications (default: the model's) and collect KPIs.
 
-    ``workers`` > 1 runs them in that many processes. ``initial`` (patients already in the
-    unit) may be a function of the replication index, to draw a fresh census per replication.
+    Serial in this process by default; on Dask when ``workers`` > 1 (a LocalCluster of that
+    many workers), a ``scheduler`` address or an open ``client`` is given. ``initial``
+    (patients already in the unit) may be a function of the replication index, to draw a fresh
+    census per replication. ``on_progress(done, total)`` is called as replications finish.
     """
     reps = model.replications if reps is None else reps
     workers = max(1, min(workers, reps, os.cpu_count() or 1))
@@ -103,18 +111,25 @@ def run_replications(model: Model, reps: int | None = None, seed: int = 0, *,
                disable=not (progress and sys.stderr.isatty()), leave=False)
     out: dict[int, Replicate] = {}
     kw = {"hourly": hourly, "horizon": horizon, "clock_offset_h": clock_offset_h}
+
+    def done(r: int, rep: Replicate) -> None:
+        out[r] = rep
+        bar.update()
+        if on_progress is not None:
+            on_progress(len(out), reps)
+
     with bar:
-        if workers == 1:
+        if workers == 1 and scheduler is None and client is None:
             for r in range(reps):
-                out[r] = one_replication(model, seed, r, initial=init_of(r), **kw)
-                bar.update()
+                done(r, one_replication(model, seed, r, initial=init_of(r), **kw))
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent,
-                                     initargs=(os.getpid(),)) as pool:
-                futs = {pool.submit(one_replication, model, seed, r, initial=init_of(r), **kw): r
-                        for r in range(reps)}
+            from distributed import as_completed
+
+            with dask_client(scheduler, n_workers=workers, client=client) as c:
+                [m] = c.scatter([model], broadcast=True)
+                futs = {c.submit(one_replication, m, seed, r, initial=init_of(r), pure=False,
+                                 **kw): r for r in range(reps)}
                 for f in as_completed(futs):
-                    out[futs[f]] = f.result()
-                    bar.update()
+                    done(futs[f], f.result())
     log.info("ran %d replications of %s", reps, model.name)
     return gather_replications(model, seed, [out[r] for r in range(reps)])

@@ -16,17 +16,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from medtwin.core.cluster import dask_client
 from medtwin.ops.context import Where, mapping, number, unknown_keys
 from medtwin.ops.loader import with_changes
 from medtwin.ops.runner import Results, run_replications
 from medtwin.ops.schema import Model
 from medtwin.ops.yamlio import load_yaml, plain
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 @dataclass(frozen=True)
@@ -57,12 +61,19 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def compare(base: Model, scenarios: list[Scenario], reps: int = 20, seed: int = 0,
-            kpis: list[str] | None = None, workers: int = 1) -> pd.DataFrame:
-    """Each scenario's KPIs minus the base's, paired by replication (common random numbers)."""
-    runs: dict[str, Results] = {"base": run_replications(base, reps, seed, workers=workers,
+            kpis: list[str] | None = None, workers: int = 1, scheduler: str | None = None,
+            client: Client | None = None) -> pd.DataFrame:
+    """Each scenario's KPIs minus the base's, paired by replication (common random numbers).
+
+    On Dask (one cluster for every run) when ``workers`` > 1, a ``scheduler`` or a
+    ``client`` is given."""
+    if client is None and (workers > 1 or scheduler is not None):
+        with dask_client(scheduler, n_workers=workers) as c:
+            return compare(base, scenarios, reps, seed, kpis, client=c)
+    runs: dict[str, Results] = {"base": run_replications(base, reps, seed, client=client,
                                                          progress=False, hourly=False)}
     for sc in scenarios:
-        runs[sc.name] = run_replications(sc.apply(base), reps, seed, workers=workers,
+        runs[sc.name] = run_replications(sc.apply(base), reps, seed, client=client,
                                          progress=False, hourly=False)
     b = runs["base"].per_rep.set_index("rep")
     cols = kpis or [c for c in b.columns if c.startswith(("wait:", "util:", "p_within",

@@ -16,13 +16,16 @@ so the audit trail written under it can still be verified.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ ENV_KEY = "MEDTWIN_KEY"
 ENV_KEY_FILE = "MEDTWIN_KEY_FILE"
 GENERATE_HINT = "create one with `medtwin keys generate` (or set MEDTWIN_KEY_FILE)"
 _AUDIT_INFO = b"medtwin-audit-chain-1"
+_TOKEN_INFO = b"medtwin-token-root-1"
 
 
 class KeyRingError(MedtwinError):
@@ -70,6 +74,19 @@ def derive_audit_key(key: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_AUDIT_INFO).derive(key)
 
 
+def derive_token_root(key: bytes) -> bytes:
+    """The root of the token-signing keys of key ``key`` (HKDF-SHA256, one-way); the
+    service mixes in its secret (:meth:`KeyRing.token_key`)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_TOKEN_INFO).derive(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _aead(key: bytes) -> AESGCM:
+    """The AES-GCM cipher of ``key``, built once (building one costs more than sealing a
+    small value: stores seal and open one value per row)."""
+    return AESGCM(key)
+
+
 def key_id(key: bytes) -> str:
     """A short public name of a key (a hash prefix; reveals nothing of the key)."""
     return hashlib.sha256(b"medtwin-key-id\x00" + key).hexdigest()[:12]
@@ -84,6 +101,7 @@ class KeyRing:
     current: str
     pseudonym_secret: bytes
     retired_audit_keys: Mapping[str, bytes] = field(default_factory=dict)
+    retired_token_roots: Mapping[str, bytes] = field(default_factory=dict)
     source: str = field(default="the key ring", compare=False)
     file: Path | None = field(default=None, compare=False)  # the key file it was read from
 
@@ -117,12 +135,25 @@ class KeyRing:
         """Every key id whose audit entries this ring can verify."""
         return set(self.keys) | set(self.retired_audit_keys)
 
+    # --- token signing keys -----------------------------------------------------------------
+    def token_key(self, kid: str, secret: bytes) -> bytes | None:
+        """The key that signs the service's tokens under key id ``kid`` (None when neither the
+        ring nor its retired token roots hold it): a rotation of the ring rotates the token
+        keys, and a dropped key's tokens still verify until they expire."""
+        if kid in self.keys:
+            root = derive_token_root(self.keys[kid])
+        elif kid in self.retired_token_roots:
+            root = self.retired_token_roots[kid]
+        else:
+            return None
+        return hmac.new(root, secret, hashlib.sha256).digest()
+
     # --- sealing ----------------------------------------------------------------------------
     def encrypt(self, plaintext: bytes, *, context: str) -> str:
         """Seal ``plaintext`` under the current key; ``context`` (e.g. the patient id) is bound
         as associated data, so a ciphertext moved to another row no longer opens."""
         nonce = secrets.token_bytes(12)
-        ct = AESGCM(self.keys[self.current]).encrypt(nonce, plaintext, context.encode())
+        ct = _aead(self.keys[self.current]).encrypt(nonce, plaintext, context.encode())
         return f"{PREFIX}:{self.current}:{_b64(nonce + ct)}"
 
     def decrypt(self, token: str, *, context: str) -> bytes:
@@ -139,7 +170,7 @@ class KeyRing:
                             "ring; restore the key file that holds it")
         raw = _unb64(body)
         try:
-            return AESGCM(key).decrypt(raw[:12], raw[12:], context.encode())
+            return _aead(key).decrypt(raw[:12], raw[12:], context.encode())
         except InvalidTag:
             raise KeyRingError("the encrypted value does not open: it was changed or moved "
                             "(authentication failed)") from None
@@ -164,10 +195,13 @@ class KeyRing:
     def without_old_keys(self) -> KeyRing:
         """The ring reduced to its current key (after every value was re-encrypted); the
         audit keys derived from the dropped keys stay, so the audit trail still verifies."""
-        retired = {**self.retired_audit_keys, **{
-            kid: derive_audit_key(k) for kid, k in self.keys.items() if kid != self.current}}
+        dropped = {kid: k for kid, k in self.keys.items() if kid != self.current}
+        retired = {**self.retired_audit_keys,
+                   **{kid: derive_audit_key(k) for kid, k in dropped.items()}}
+        roots = {**self.retired_token_roots,
+                 **{kid: derive_token_root(k) for kid, k in dropped.items()}}
         return replace(self, keys={self.current: self.keys[self.current]},
-                       retired_audit_keys=retired)
+                       retired_audit_keys=retired, retired_token_roots=roots)
 
     # --- files ------------------------------------------------------------------------------
     def to_json(self) -> str:
@@ -178,6 +212,9 @@ class KeyRing:
         if self.retired_audit_keys:
             data["retired_audit_keys"] = {k: _b64(v) for k, v in
                                           self.retired_audit_keys.items()}
+        if self.retired_token_roots:
+            data["retired_token_roots"] = {k: _b64(v) for k, v in
+                                           self.retired_token_roots.items()}
         return json.dumps(data, indent=2)
 
     @classmethod
@@ -188,6 +225,7 @@ class KeyRing:
             return cls({k: _unb64(v) for k, v in data["keys"].items()}, data["current"],
                        _unb64(data["pseudonym_secret"]),
                        {k: _unb64(v) for k, v in data.get("retired_audit_keys", {}).items()},
+                       {k: _unb64(v) for k, v in data.get("retired_token_roots", {}).items()},
                        source=where)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise KeyRingError(f"{where} is not a medtwin key file: {exc}") from None
@@ -287,3 +325,91 @@ def key_configured(env: Mapping[str, str] | None = None) -> bool:
     """Whether a key was given explicitly (production refuses the implicit default file)."""
     env = os.environ if env is None else env
     return bool(env.get(ENV_KEY) or env.get(ENV_KEY_FILE))
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class WatchedKeyRing:
+    """The key ring of a key file, reloaded when the file changes, so that a running service
+    follows ``medtwin keys rotate`` without a restart.
+
+    The file's identity (inode, mtime, size) is checked at most every ``check_seconds``; a
+    value sealed under a key id the ring does not hold makes it re-read the file at once (a
+    rotation another process has just committed). A file that cannot be read or parsed
+    keeps the ring in use (and is logged): a half-written or mistyped file never takes the
+    keys away from a running service. Everything else is the current :class:`KeyRing`'s."""
+
+    def __init__(self, path: Path, *, check_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.check_seconds = check_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stamp = _stamp(path)
+        self._ring = load_key_file(path)
+        self._checked = clock()
+
+    @property
+    def ring(self) -> KeyRing:
+        """The ring as of the key file's latest readable version."""
+        if self._clock() - self._checked >= self.check_seconds:
+            self.refresh()
+        return self._ring
+
+    def refresh(self) -> bool:
+        """Re-read the key file if it changed; True when the ring was replaced."""
+        with self._lock:
+            self._checked = self._clock()
+            try:
+                stamp = _stamp(self.path)
+                if stamp == self._stamp:
+                    return False
+                ring = load_key_file(self.path)
+            except (OSError, KeyRingError) as exc:
+                log.error("key file %s could not be reloaded (the keys in use are kept): %s",
+                          self.path, exc)
+                return False
+            old, self._ring, self._stamp = self._ring, ring, stamp
+        if ring.current != old.current or set(ring.keys) != set(old.keys):
+            log.info("key file %s reloaded: current key %s, %d key(s)", self.path,
+                     ring.current, len(ring.keys))
+        return True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ring, name)
+
+    def token_key(self, kid: str, secret: bytes) -> bytes | None:
+        """:meth:`KeyRing.token_key`, re-reading the file once for an unknown ``kid``."""
+        key = self.ring.token_key(kid, secret)
+        if key is None and self.refresh():
+            key = self._ring.token_key(kid, secret)
+        return key
+
+    def decrypt(self, token: str, *, context: str) -> bytes:
+        """:meth:`KeyRing.decrypt`, re-reading the file once when the value was sealed under
+        a key the ring does not (yet) hold."""
+        ring = self.ring
+        try:
+            kid = ring.key_of(token)
+        except IndexError:
+            kid = ""
+        if kid and kid not in ring.keys and self.refresh():
+            ring = self._ring
+        return ring.decrypt(token, context=context)
+
+    def decrypt_json(self, token: str, *, context: str) -> Any:
+        """Open a value sealed by :meth:`KeyRing.encrypt_json`."""
+        return json.loads(self.decrypt(token, context=context))
+
+
+def watch_keyring(env: Mapping[str, str] | None = None) -> KeyRing | WatchedKeyRing:
+    """The configured key ring (:func:`load_keyring`), watched for changes when it comes from
+    a key file (a ``MEDTWIN_KEY`` is fixed for the life of the process)."""
+    env = os.environ if env is None else env
+    ring = load_keyring(env)
+    if ring.file is None:
+        return ring
+    return WatchedKeyRing(ring.file)

@@ -17,12 +17,9 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from medtwin.core.records import LOINC, InterventionKind
+from medtwin.core.records import LOINC, RXNORM, SNOMED, UCUM, InterventionKind
 from medtwin.interop import codes, units
 
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 THO = "http://terminology.hl7.org/CodeSystem/"
 DATA_ABSENT = THO + "data-absent-reason"
 NULL_FLAVOR = THO + "v3-NullFlavor"

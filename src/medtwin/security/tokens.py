@@ -4,6 +4,11 @@ A token names its user, the user's token version and the sign-in session it belo
 (``sid``); the caller checks all three on every request, so disabling a user (which bumps the
 version) or ending a session (logout, refresh-token reuse) stops those tokens at once. Each
 token has its own id (``jti``): a session accepts only the latest refresh token's id.
+
+Signing keys rotate by key id (``kid`` in the JWT header): given a key ring, tokens are signed
+with the key derived from the ring's current key and the service secret, and verified with
+the key of whichever ``kid`` they name (a rotated-out key still verifies its tokens until
+they expire). Without a ring the secret itself signs (no ``kid``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 
@@ -39,16 +44,42 @@ class TokenClaims:
     scope: str | None = None  # SMART scopes granted at sign-in (None: role rules alone)
 
 
+class SigningKeys(Protocol):
+    """Where token keys come from (medtwin's ``KeyRing`` or ``WatchedKeyRing``)."""
+
+    @property
+    def current(self) -> str: ...
+
+    def token_key(self, kid: str, secret: bytes) -> bytes | None: ...
+
+
 class TokenIssuer:
-    """Issues and verifies tokens under one secret."""
+    """Issues and verifies tokens under the secret, or under keys derived from a key ring
+    and the secret (rotating by ``kid``)."""
 
     def __init__(self, secret: str, *, access_ttl: timedelta = timedelta(minutes=15),
-                 refresh_ttl: timedelta = timedelta(hours=8)) -> None:
+                 refresh_ttl: timedelta = timedelta(hours=8),
+                 keys: SigningKeys | None = None) -> None:
         if len(secret) < 32:
             raise TokenError("the token secret must have at least 32 characters")
         self._secret = secret
+        self._keys = keys
+        self._derived: dict[str, bytes | None] = {}
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+
+    def _key(self, kid: str | None) -> bytes | str | None:
+        """The key of ``kid`` (the secret for a token without one when no ring is used)."""
+        if kid is None:
+            return self._secret if self._keys is None else None
+        if self._keys is None:
+            return None
+        key = self._derived.get(kid)
+        if key is None:
+            key = self._keys.token_key(kid, self._secret.encode())
+            if key is not None:
+                self._derived[kid] = key
+        return key
 
     def issue(self, user_id: str, role: str, version: int, *, kind: str = "access",
               now: datetime | None = None, session: str | None = None,
@@ -66,12 +97,22 @@ class TokenIssuer:
             claims["sid"] = session
         if scope is not None:
             claims["scope"] = scope
-        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        if self._keys is None:
+            return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+        kid = self._keys.current
+        key = self._key(kid)
+        assert key is not None  # the current key is in the ring
+        return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
 
     def verify(self, token: str, *, kind: str = "access") -> TokenClaims:
         """The claims of a valid token of ``kind``; :class:`TokenError` otherwise."""
         try:
-            c = jwt.decode(token, self._secret, algorithms=[ALGORITHM], issuer=ISSUER,
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._key(kid if isinstance(kid, str) else None)
+            if key is None:
+                raise TokenError("invalid token: it was signed with a key this service does "
+                                 "not hold; log in again")
+            c = jwt.decode(token, key, algorithms=[ALGORITHM], issuer=ISSUER,
                            options={"require": ["exp", "iat", "sub", "typ", "ver"]})
         except jwt.ExpiredSignatureError:
             raise TokenError("the token has expired; log in or refresh") from None

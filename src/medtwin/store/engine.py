@@ -1,4 +1,4 @@
-"""Turn a ``--db`` value into a SQLAlchemy engine and bring its schema up to date."""
+"""Turn a ``--db`` value into a SQLAlchemy engine (the schema version: ``store.migrate``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from medtwin.core.errors import StoreError
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('medtwin.schema:' || %s, 0))"
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -27,12 +28,11 @@ def default_db_path() -> Path:
 
 
 def resolve_url(db: str | os.PathLike[str] | None) -> str:
-    """A SQLAlchemy URL from a path, a URL or nothing (env ``MEDTWIN_DB``, then the default)."""
+    """A SQLAlchemy URL from a path, a URL or nothing (env ``MEDTWIN_DB``, then the default).
+    Nothing is created here."""
     value = str(db) if db is not None else os.environ.get("MEDTWIN_DB") or str(default_db_path())
     if "://" not in value:
-        path = Path(value).expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path}"
+        return f"sqlite:///{Path(value).expanduser().resolve()}"
     if value.startswith(("postgresql://", "postgres://")):
         return "postgresql+psycopg://" + value.split("://", 1)[1]
     if value.startswith(("sqlite://", "postgresql+")):
@@ -41,31 +41,58 @@ def resolve_url(db: str | os.PathLike[str] | None) -> str:
                      "postgresql://HOST/DB")
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None: in memory, or not SQLite)."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return None
+    return Path(u.database)
+
+
+def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL, durable commits, foreign keys and a busy timeout on every SQLite connection."""
     cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL may wait for a lock
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")  # a write is acknowledged only once durable
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
 
 
-def make_engine(db: str | os.PathLike[str] | None, *, schema: str | None = None) -> Engine:
-    """Create the engine; for PostgreSQL, ``schema`` puts every table in that schema."""
+def make_engine(db: str | os.PathLike[str] | None, *, schema: str | None = None,
+                create: bool = True) -> Engine:
+    """Create the engine; for PostgreSQL, ``schema`` puts every table in that schema.
+
+    ``create`` makes what is missing (a SQLite file's folder, a PostgreSQL schema); without
+    it a missing SQLite file is refused with :class:`StoreNotFoundError` and nothing is made.
+    """
+    from medtwin.store.migrate import StoreNotFoundError
+
     url = resolve_url(db)
     kwargs: dict[str, Any] = {"future": True}
     if url.startswith("sqlite"):
+        path = sqlite_file(url)
+        if path is not None and create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif path is not None and not path.is_file():
+            raise StoreNotFoundError(str(path))
         engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", sqlite_pragmas)
         return engine
     if schema is not None and not _SCHEMA_NAME.match(schema):
         raise StoreError(f"invalid schema name {schema!r}: lower-case letters, digits, _")
+    from medtwin.extras import require
+
+    require("psycopg", "a PostgreSQL store")
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     if schema:
         @event.listens_for(engine, "connect")
         def _search_path(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            if create and cur.fetchone() is None:  # one creator at a time: no unique race
+                cur.execute(_SCHEMA_LOCK, (schema,))
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             cur.execute(f'SET search_path TO "{schema}"')
             cur.close()
             dbapi_conn.commit()
@@ -73,16 +100,10 @@ def make_engine(db: str | os.PathLike[str] | None, *, schema: str | None = None)
 
 
 def migrate(engine: Engine, *, schema: str | None = None) -> None:
-    """Run the Alembic migrations up to head on ``engine``."""
-    from alembic import command
-    from alembic.config import Config
+    """Run the Alembic migrations up to head on ``engine`` (under the migration lock)."""
+    from medtwin.store.migrate import upgrade
 
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        cfg.attributes["schema"] = schema
-        command.upgrade(cfg, "head")
+    upgrade(engine, schema=schema)
 
 
 def describe(engine: Engine) -> str:

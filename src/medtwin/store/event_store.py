@@ -30,7 +30,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 from sqlalchemy import Engine, and_, exists, func, insert, or_, select, update
@@ -40,9 +40,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from medtwin.core.errors import ConflictError, NotFoundError, StoreError
 from medtwin.core.records import RECORD_OF_KIND, ClinicalRecord, Patient
 from medtwin.store import schema as t
-from medtwin.store.engine import describe, make_engine, migrate
+from medtwin.store.engine import describe, make_engine
 from medtwin.store.rows import AppendResult, Batch, idempotency_key, prepare_rows
 from medtwin.store.versions import version_conflicts
+
+if TYPE_CHECKING:
+    from medtwin.store.migrate import Upgrade
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +74,30 @@ class EventStore:
     def __init__(self, engine: Engine, *, keyring: IdentityCipher | None = None) -> None:
         self.engine = engine
         self.keyring = keyring
+        self.schema_upgrade: Upgrade | None = None  # what open() did to the schema
 
     @classmethod
     def open(cls, db: str | os.PathLike[str] | None = None, *, schema: str | None = None,
              create: bool = True, keyring: IdentityCipher | None = None) -> EventStore:
-        """Open (and by default create or migrate) the store at ``db`` (path or URL);
-        ``keyring`` seals identifying fields at rest."""
-        engine = make_engine(db, schema=schema)
+        """Open the store at ``db`` (path or URL), upgrading an older schema under the
+        migration lock (``store.migrate``); ``create`` makes a missing store, else it is
+        refused (:class:`~medtwin.store.migrate.StoreNotFoundError`), as is a schema newer
+        than this medtwin. ``keyring`` seals identifying fields at rest."""
+        from medtwin.store.migrate import ensure
+
+        engine = make_engine(db, schema=schema, create=create)
         try:
-            if create:
-                migrate(engine, schema=schema)
+            done = ensure(engine, schema=schema, create=create)
         except SQLAlchemyError as exc:
             engine.dispose()
             raise StoreError(f"cannot open the store at {describe(engine)}: {exc.orig or exc}"
                              "; check the URL and that the server is running") from exc
-        return cls(engine, keyring=keyring)
+        except StoreError:
+            engine.dispose()
+            raise
+        store = cls(engine, keyring=keyring)
+        store.schema_upgrade = done
+        return store
 
     def close(self) -> None:
         """Release connections."""

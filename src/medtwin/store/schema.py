@@ -285,3 +285,65 @@ fhir_export_files = Table(
     Column("count", Integer, nullable=False),
     Column("content", Text, nullable=False),  # NDJSON, one resource a line
 )
+
+
+#: durable jobs (trials, ops, population PK fits) run on Dask; see migration 0011
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(32), nullable=False),  # trial, ops, ops-optimise, pk-population
+    Column("owner", String(64), nullable=False),  # the principal label of who submitted it
+    Column("spec", JSON, nullable=False),  # the validated request
+    Column("status", String(16), nullable=False),  # queued, running, done, failed, cancelled
+    Column("progress", Float, nullable=False, default=0.0),  # 0..1
+    Column("message", String(200)),
+    Column("result", JSON),
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("worker", String(100)),  # host:pid of the service worker holding the lease
+    Column("heartbeat_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Index("ix_jobs_status", "status", "created_at"),
+    Index("ix_jobs_owner", "owner", "created_at"),
+)
+
+
+# --- shared request limits (issue 16, migration 0012): one count for every service worker --
+login_pairs = Table(
+    "login_pairs",
+    metadata,
+    Column("account", String(320), primary_key=True),
+    Column("address", String(64), primary_key=True),
+    Column("fails", Integer, nullable=False),  # failures since the pair's last success
+    Column("last_at", Float, nullable=False),  # epoch seconds of its last attempt
+    Column("trusted_at", Float),  # when the account last signed in from this address
+)
+
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account", String(320), nullable=False),
+    Column("address", String(64), nullable=False),
+    Column("at", Float, nullable=False),  # epoch seconds
+    Column("for_account", Boolean, nullable=False),  # counts in the per-account window
+    Index("ix_login_attempts_address", "address", "at"),
+    Index("ix_login_attempts_account", "account", "at"),
+)
+
+auth_failure_windows = Table(
+    "auth_failure_windows",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("path_class", String(64), primary_key=True),
+    Column("reason", String(200), primary_key=True),
+    Column("started", Float, nullable=False),  # epoch seconds
+    Column("first_at", UTCDateTime, nullable=False),
+    Column("last_at", UTCDateTime, nullable=False),
+    Column("count", Integer, nullable=False),  # failures after the first
+)

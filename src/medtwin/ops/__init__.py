@@ -1,0 +1,1 @@
+"""ops: the hospital twin: discrete-event patient flow (SimPy), calibration, staffing, forecast."""
