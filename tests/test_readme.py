@@ -22,9 +22,13 @@ def _section(title: str) -> str:
 
 
 def test_ci_runs_the_readme_test_command():
-    test_cmd = _blocks("bash")[1].strip()
-    assert test_cmd.startswith("python -m pytest")
+    """Quick start installs everything (``[all]``); the tests install ``[dev]`` and CI runs
+    exactly README's test command after installing the same."""
+    assert 'pip install -e ".[all]" && medtwin demo' in _blocks("bash")[0]
+    install, test_cmd = _blocks("bash")[1].strip().splitlines()
+    assert install == 'pip install -e ".[dev]"' and test_cmd.startswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
+    assert '-m pip install --quiet -e ".[dev]"' in ci
     assert test_cmd in ci.splitlines()
 
 

@@ -18,7 +18,7 @@ EXTRA_OF: dict[str, str] = {
     "fastapi": "server", "starlette": "server", "uvicorn": "server", "psycopg": "server",
     "jwt": "server", "argon2": "server", "zxcvbn": "server", "multipart": "server",
     "python_multipart": "server", "swagger_ui_bundle": "server", "pycountry": "server",
-    "prometheus_client": "server", "redis": "server",
+    "prometheus_client": "server",
     "nicegui": "ui",
     "plotly": "plot", "matplotlib": "plot",
     "paho": "live", "hl7": "live", "wfdb": "live",

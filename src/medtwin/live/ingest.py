@@ -204,15 +204,16 @@ class Ingester:
         self._queue.put(_Msg(msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
 
     def _report_gap(self, gap: IngestGap) -> None:
-        """Say loudly that readings may be missing, and keep a record of it in the store."""
-        self.stats.sessions_lost += 1
-        self.gaps.append(gap)
+        """Say loudly that readings may be missing, and keep a record of it in the store
+        (written before the gap is counted: whoever sees the count finds the record)."""
         log.error("ingestion gap: %s", gap.describe())
         try:
             self.store.append(dead_letters=[(f"ingester:{self.client_id}",
                                              f"gap: {gap.describe()}", "")])
         except StoreError:
             log.exception("could not record the ingestion gap in the store")
+        self.gaps.append(gap)
+        self.stats.sessions_lost += 1
         if self.on_gap:
             try:
                 self.on_gap(gap)
