@@ -105,15 +105,19 @@ def resource_of(stored: StoredResource) -> dict[str, Any]:
 def legacy_patient(svc: Services, rid: str) -> StoredResource | None:
     """A patient stored as a typed record only (before issue 13's resource store, or by a
     path that writes records alone), shown as the Patient resource medtwin derives from it
-    (version 1 as of its last record)."""
+    (version 1, last updated when its row was recorded: the same answer on every read and
+    from every service worker)."""
     import json
-    from datetime import UTC, datetime
+
+    from sqlalchemy import select
 
     from medtwin.interop.fhir.write import to_bundle
+    from medtwin.store import schema as t
 
-    if not svc.store.has_patient(rid):
+    with svc.store.engine.connect() as conn:
+        recorded = conn.scalar(select(t.patients.c.recorded_at).where(t.patients.c.id == rid))
+    if recorded is None:
         return None
     resource = to_bundle(svc.store.patient(rid), [], validate=False)["entry"][0]["resource"]
     resource.pop("meta", None)
-    return StoredResource("Patient", rid, 1, datetime.now(UTC), False, rid,
-                          json.dumps(resource))
+    return StoredResource("Patient", rid, 1, recorded, False, rid, json.dumps(resource))
