@@ -25,6 +25,7 @@ from numba import njit
 from medtwin.core.cohort import Cohort
 from medtwin.core.controller import CONTROLLER_SIGNATURE, ControllerProgram
 from medtwin.core.errors import NotFoundError, ValidationError
+from medtwin.models.glucose.constants import INSULIN_PMOL_PER_UNIT
 from medtwin.models.glucose.loop import ControlAction, ControllerInput
 from medtwin.models.glucose.subjects import BW, CF, CR, U2SS
 
@@ -64,7 +65,7 @@ def pid_kernel(t, y, a, s, c, out) -> None:  # noqa: ANN001
 
 def basal_rate(cohort: Cohort) -> np.ndarray:
     """Each subject's steady-state basal insulin [U/min]: ``u2ss * BW / 6000`` (the peer's)."""
-    return cohort.column(U2SS) * cohort.column(BW) / 6000.0
+    return cohort.column(U2SS) * cohort.column(BW) / INSULIN_PMOL_PER_UNIT
 
 
 @dataclass

@@ -29,10 +29,11 @@ import pandas as pd
 from medtwin.core.devices import ActuatorProgram
 from medtwin.core.errors import SimulationError, ValidationError
 from medtwin.devices.catalogue import device_row, device_table
+from medtwin.models.glucose.constants import INSULIN_PMOL_PER_UNIT
 
 PUMP_FILE = "insulin_pumps.csv"
 #: simglucose's factor from U to "pmol" used inside its pump (1 U of insulin = 6000 pmol).
-U_TO_PMOL = 6000.0
+U_TO_PMOL = INSULIN_PMOL_PER_UNIT
 
 Convention = Literal["physical", "simglucose"]
 

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from medtwin.core import codes
+from medtwin.models.glucose.constants import TARGET_RANGE
 from medtwin.twin.cardio_service import UNITS, CardioView
 from medtwin.twin.service import GlucoseView
 from medtwin.ui.access import CGM, CHART_CODES, GLUCOSE_LAB
@@ -85,7 +86,8 @@ def glucose_figure(series: pd.DataFrame, zone: tzinfo = UTC,
     if not len(cgm) and not len(lab) and forecast is None and not always:
         return None
     fig = go.Figure()
-    fig.add_hrect(y0=70, y1=180, fillcolor="green", opacity=0.08, line_width=0)
+    low, high = TARGET_RANGE
+    fig.add_hrect(y0=low, y1=high, fillcolor="green", opacity=0.08, line_width=0)
     if len(cgm):
         fig.add_trace(go.Scatter(x=_local(cgm["time"], zone), y=_values(cgm["value"]),
                                  mode="lines", name="CGM [mg/dL]"))
@@ -134,7 +136,8 @@ def what_if_figure(view: GlucoseView | None, history: pd.DataFrame,
     """The glucose twin's predicted course under the current plan next to the what-if's
     (each mean with its 90% band), after the last hours of glucose readings."""
     fig = go.Figure()
-    fig.add_hrect(y0=70, y1=180, fillcolor="green", opacity=0.08, line_width=0)
+    low, high = TARGET_RANGE
+    fig.add_hrect(y0=low, y1=high, fillcolor="green", opacity=0.08, line_width=0)
     if len(history):
         fig.add_trace(go.Scatter(x=_local(history["time"], zone), y=_values(history["value"]),
                                  mode="lines", name="measured glucose",
