@@ -44,8 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "attainment."),
     "simulate": ("medtwin.cli:simulate_group()", "Simulate one virtual patient (a twin) and "
                  "write its trace."),
-    "trial": ("glucose:trial_app", "In-silico trials: cohort x meals x controller x days -> "
-              "outcomes."),
+    "trial": ("medtwin.cli:trial_group()", "In-silico trials: cohort x meals x controller x "
+              "days -> outcomes; cardio scenarios on virtual populations."),
     "pk": ("pk:app", "Pharmacokinetics: MAP personalisation, population fits, simulation."),
     "ops": ("ops:app", "Hospital operations twin: patient flow (SimPy), calibration from the "
             "store, staffing optimisation, live occupancy forecast."),
@@ -69,6 +69,15 @@ def simulate_group() -> typer.Typer:
     if not any(c.name == "cardio" for c in glucose.simulate_app.registered_commands):
         glucose.simulate_app.command("cardio")(cardio.simulate_cardio_cmd)
     return glucose.simulate_app
+
+
+def trial_group() -> typer.Typer:
+    """``medtwin trial``: glucose (commands.glucose) and cardio (commands.cardio)."""
+    from medtwin.commands import cardio, glucose
+
+    if not any(c.name == "cardio" for c in glucose.trial_app.registered_commands):
+        glucose.trial_app.command("cardio")(cardio.trial_cardio_cmd)
+    return glucose.trial_app
 
 
 def load_command(name: str) -> Any:

@@ -59,7 +59,9 @@ def create_app(settings: Settings, store: EventStore, keyring: KeyRing | Watched
     jobs = JobService(
         store.engine,
         default_kinds(trial_max_subjects=settings.trial_max_subjects,
-                      trial_max_days=settings.trial_max_days, ops_max_reps=settings.ops_max_reps),
+                      trial_max_days=settings.trial_max_days, ops_max_reps=settings.ops_max_reps,
+                      cardio_max_subjects=settings.cardio_max_subjects,
+                      cardio_max_seconds=settings.cardio_max_seconds),
         run=settings.jobs_run, scheduler=settings.scheduler,
         n_workers=settings.jobs_local_workers, processes=settings.jobs_local_processes,
         stale_after=settings.jobs_stale_seconds)

@@ -63,3 +63,22 @@ class PkPopulationJobIn(_In):
     data_csv: Annotated[str, StringConstraints(max_length=20_000_000)]
     estimate: list[_Name] | None = None
     omega: Literal["diagonal", "full"] = "diagonal"
+
+
+class CardioTrialJobIn(_In):
+    """A drug (or any) scenario of the cardiovascular twin over a seeded virtual population:
+    every parameter in ``cv`` log-normal around the resting adult with that coefficient of
+    variation (default: resistance, arterial elastance, contractility, stressed volume and
+    heart period). This server's limits on subjects and seconds apply."""
+
+    scenario: _Name = Field(description="hfref, haemorrhage, fluid-bolus, vasodilator, "
+                            "inotrope, beta-blocker or diuretic")
+    subjects: int = Field(ge=1, le=100_000, description="virtual subjects")
+    duration: float = Field(60.0, gt=0, le=86_400, allow_inf_nan=False,
+                            description="seconds compared, after the warm-up")
+    warmup: float = Field(30.0, ge=0, le=86_400, allow_inf_nan=False,
+                          description="seconds to steady state first")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    cv: dict[Annotated[str, StringConstraints(min_length=1, max_length=100)],
+             Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] | None = Field(
+        None, max_length=50, description="parameter label -> coefficient of variation")

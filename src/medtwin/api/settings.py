@@ -41,6 +41,9 @@ class Settings(BaseModel):
     trial_max_subjects: int = Field(30, ge=1)
     trial_max_days: float = Field(7.0, gt=0)
     ops_max_reps: int = Field(200, ge=2, description="Most replications of one ops job.")
+    cardio_max_subjects: int = Field(30, ge=1, description="Most subjects of one cardio trial.")
+    cardio_max_seconds: float = Field(600.0, gt=0, description="Longest simulated duration "
+                                      "(and warm-up) of one cardio trial [s].")
     jobs_run: bool = Field(True, description="This worker runs queued jobs (False: it only "
                            "queues them, for API-only replicas).")
     jobs_local_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster "

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from medtwin.core.errors import ValidationError
 from medtwin.jobs.kinds import (
     JobKind,
+    cardio_trial_kind,
     ops_kind,
     ops_optimise_kind,
     pk_population_kind,
@@ -27,10 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def default_kinds(*, trial_max_subjects: int = 30, trial_max_days: float = 7.0,
-                  ops_max_reps: int = 200) -> dict[str, JobKind]:
-    """Every kind of job the service runs, with this server's limits."""
+                  ops_max_reps: int = 200, cardio_max_subjects: int | None = None,
+                  cardio_max_seconds: float = 600.0) -> dict[str, JobKind]:
+    """Every kind of job the service runs, with this server's limits (a cardio trial's
+    subjects default to the glucose trials' ``trial_max_subjects``)."""
     kinds = [trial_kind(trial_max_subjects, trial_max_days), ops_kind(ops_max_reps),
-             ops_optimise_kind(ops_max_reps), pk_population_kind()]
+             ops_optimise_kind(ops_max_reps), pk_population_kind(),
+             cardio_trial_kind(trial_max_subjects if cardio_max_subjects is None
+                               else cardio_max_subjects, cardio_max_seconds)]
     return {k.name: k for k in kinds}
 
 

@@ -1,4 +1,5 @@
-"""Durable jobs: queue long work (ops, population PK), follow it, cancel it, fetch its result.
+"""Durable jobs: queue long work (ops, population PK, cardio trials), follow it, cancel it,
+fetch its result.
 
 Jobs live in the store and run on Dask from whichever service worker takes them up, so any
 worker answers for any job, and a restart or a dead worker loses none. A job is visible to
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from medtwin.api.deps import Caller, Services, Svc, require_role
 from medtwin.api.job_schemas import (
+    CardioTrialJobIn,
     JobOut,
     JobResultOut,
     OpsJobIn,
@@ -93,6 +95,17 @@ def submit_pk(request: Request, svc: Svc, who: Caller, body: PkPopulationJobIn) 
     """Queue a population PK fit (FOCE-I) of a de-identified event table you send."""
     require_role(request, svc, who, Role.RESEARCHER, Role.ADMIN, resource="jobs")
     return job_out(submit_job(request, svc, who, "pk-population",
+                              body.model_dump(exclude_none=True)))
+
+
+@router.post("/cardio-trial", response_model=JobOut, status_code=status.HTTP_202_ACCEPTED)
+def submit_cardio_trial(request: Request, svc: Svc, who: Caller, body: CardioTrialJobIn
+                        ) -> JobOut:
+    """Queue a trial of a cardiovascular scenario (e.g. a beta-blocker) on a seeded virtual
+    population (no patient data involved): each subject's baseline and scenario runs and
+    the scenario's effect with 95% intervals."""
+    require_role(request, svc, who, *ROLES, resource="jobs")
+    return job_out(submit_job(request, svc, who, "cardio-trial",
                               body.model_dump(exclude_none=True)))
 
 
