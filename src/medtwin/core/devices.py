@@ -249,16 +249,22 @@ class GenericSensor:
         self._last_k, self._last = k, self._reading(v, k)
         return self._last.copy()
 
-    def program(self, t0: float, dt: float, n_steps: int) -> SensorProgram:
-        """This sensor for the compiled loop (after ``reset``)."""
+    def check_step(self, dt: float) -> int:
+        """The delay in input steps of ``dt``; a delay off that grid is refused (both loops,
+        so the Python loop never rounds what the compiled loop would refuse)."""
         steps = self.delay / dt
         if abs(steps - round(steps)) > 1e-9:
             raise ValidationError(f"delay {self.delay:g} min is not a whole number of "
                                   f"{dt:g}-min input steps", where="sensor.delay")
+        return int(round(steps))
+
+    def program(self, t0: float, dt: float, n_steps: int) -> SensorProgram:
+        """This sensor for the compiled loop (after ``reset``)."""
+        steps = self.check_step(dt)
         return SensorProgram(
             sample_indices(t0, dt, n_steps, self.sample_time),
             self.noise if self.noise_sd > 0 else None,
-            self.lo, self.hi, self.quantum, int(round(steps)),
+            self.lo, self.hi, self.quantum, steps,
         )
 
 

@@ -117,6 +117,9 @@ def simulate(
     readings = np.full((n, n_steps + 1, len(bound)), np.nan)
     work = Work.new(n)
     for b in bound:
+        check_step = getattr(b.device, "check_step", None)
+        if check_step is not None:  # a delay off the input grid: refused on either loop
+            check_step(dt)
         b.device.reset(n, seed)
     for c in commands:
         if c.actuator is not None:
@@ -145,7 +148,7 @@ def simulate(
                 [LoopSensor(b.output, b.device.program(t0, dt, n_steps)) for b in bound],
                 states, readings,
             )
-            _check_compiled(work, cohort, solver, commands, badcmd, badval)
+            _check_compiled(work, cohort, solver, commands, badcmd, badval, t0, q * dt)
         else:
             _closed_loop(model, cohort, p, controller, bound, commands, solver, work, t0, dt,
                          n_steps, q, u, announced, x, m, states, readings)
@@ -437,7 +440,11 @@ def _bad_command_text(command: Command, value: float, subject: str, t: float,
 
 
 def _check_compiled(work: Work, cohort: Cohort, solver: Solver, commands: list[_BoundCommand],
-                    badcmd: np.ndarray, badval: np.ndarray) -> None:
+                    badcmd: np.ndarray, badval: np.ndarray, t0: float, period: float) -> None:
+    """Report what the Python loop would: subjects run to their own failure here, while the
+    Python loop stops the cohort at the end of the first controller period in which one
+    failed. So the earliest failure decides; for a solver failure, the subjects whose solver
+    failed within that same period are the ones reported (lowest index named, and counted)."""
     if not work.status.any():
         return
     failed = np.flatnonzero(work.status != 0)
@@ -448,7 +455,13 @@ def _check_compiled(work: Work, cohort: Cohort, solver: Solver, commands: list[_
         raise SimulationError(_bad_command_text(commands[int(badcmd[first])].command,
                                                 float(badval[first]), cohort.ids[first], t,
                                                 same.size))
-    _check(work, cohort, solver)
+    k = max(np.ceil((work.t_fail[first] - t0) / period) - 1.0, 0.0)  # its period's index
+    start = t0 + k * period
+    in_period = failed[(work.status[failed] != BAD_COMMAND) & (work.t_fail[failed] > start)
+                       & (work.t_fail[failed] <= start + period)]
+    status = np.zeros_like(work.status)
+    status[in_period] = work.status[in_period]
+    _check(Work(work.h, status, work.t_fail, work.nfev), cohort, solver)
 
 
 def _check(work: Work, cohort: Cohort, solver: Solver) -> None:
