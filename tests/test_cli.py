@@ -16,6 +16,7 @@ def test_demo_builds_a_fresh_store_each_time(tmp_path):
     first = runner.invoke(app, ["demo", "--db", str(db), "--patients", "4"])
     assert first.exit_code == 0, first.output
     assert "patients added: 4" in first.output and "HR " in first.output
+    assert "`medtwin demo --serve` runs the platform live" in first.output  # issue 17
     refused = runner.invoke(app, ["demo", "--db", str(db), "--patients", "2"])  # issue 16
     assert refused.exit_code == 2 and "--force" in refused.output
     assert "holds 4 patient(s)" in refused.output

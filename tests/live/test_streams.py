@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -99,3 +104,47 @@ def test_stream_command_publishes_the_simulated_ward(broker, tmp_path):
             ing.stop()
         assert ing.stats.stored == 5 * 20 * 5
         assert json.loads(store.patients().to_json(orient="records"))[0]["events"] == 100
+
+
+def test_stream_stamps_each_reading_when_it_is_published(broker, tmp_path):
+    """Issue 17: a simulated device stamps its readings with the time it publishes them
+    (patient time may run faster), so the ingester finds none of them future-dated."""
+    from medtwin.store.event_store import EventStore
+
+    db = str(tmp_path / "s.sqlite")
+    before = datetime.now(UTC).replace(microsecond=0)
+    with EventStore.open(db) as store:
+        ing = Ingester(store, broker=broker.url, client_id=f"stamp-{os.getpid()}").start()
+        try:
+            out = CliRunner().invoke(app, ["stream", "--patients", "2", "--steps", "10",
+                                           "--rate", "20", "--interval", "3600",
+                                           "--broker", broker.url, "--register", "--db", db])
+            assert out.exit_code == 0, out.output
+            assert ing.wait_idle(timeout=30)
+        finally:
+            ing.stop()
+        after = datetime.now(UTC)
+        assert ing.stats.stored == 2 * 10 * 5 and ing.stats.future_dated == 0, ing.stats
+        times = store.timeline_frame("sim-0000")["time"]
+        assert times.min() >= before and times.max() <= after
+
+
+def test_stream_runs_until_stopped_and_says_what_it_published(broker, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "medtwin.cli", "stream", "--patients", "2",
+                             "--rate", "10", "--broker", broker.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)  # far beyond what a fixed default of steps at this rate would last
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    published = int(re.search(r"published (\d+) readings for 2 patient", out).group(1))
+    assert published >= 2 * 5 * 10  # ten ticks at least
+    assert "until Ctrl-C" in err and "--register" in err  # how to get them stored
+
+
+def test_replay_of_a_missing_record_says_what_to_give(tmp_path):
+    out = CliRunner().invoke(app, ["stream", "--replay", str(tmp_path / "nope"),
+                                   "--broker", "mqtt://127.0.0.1:1"])
+    assert out.exit_code == 2
+    assert "no WFDB record at" in out.output and "Traceback" not in out.output

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from medtwin.commands._common import open_store
-from medtwin.core.errors import MedtwinError
+from medtwin.core.errors import MedtwinError, NotFoundError
 from medtwin.core.records import Patient
 from medtwin.interop.quality import FUTURE_TOLERANCE
 from medtwin.live.connection import BrokerSpec, broker_spec
@@ -111,7 +111,8 @@ def stream_cmd(
     patients: int = typer.Option(10, "--patients", min=1, help="Simulated patients."),
     rate: float = typer.Option(1.0, "--rate", help="Ticks per second (each tick: every vital "
                                "of every patient); 0 = as fast as possible."),
-    steps: int = typer.Option(60, "--steps", min=1, help="Ticks to publish."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Ticks to publish "
+                                     "(default: until Ctrl-C or SIGTERM)."),
     interval: float = typer.Option(60.0, "--interval", help="Patient-time seconds per tick."),
     deteriorating: float = typer.Option(0.2, "--deteriorating", help="Fraction who worsen."),
     replay: Path | None = typer.Option(None, "--replay", help="A WFDB record to replay: "
@@ -133,10 +134,17 @@ def stream_cmd(
                                   "(the ingester refuses readings of unknown patients)."),
     db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
 ) -> None:
-    """Publish live readings of simulated patients, or replay a recorded signal."""
+    """Publish live readings of simulated patients (until stopped, or --steps ticks; each
+    reading stamped when it is published), or replay a recorded signal."""
     start = datetime.now(UTC).replace(microsecond=0)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         spec = broker_from(broker, username, ca, cert, key)
+        if replay is not None and not (replay.exists() or replay.with_suffix(".hea").exists()):
+            raise NotFoundError(f"no WFDB record at {replay} (looked for {replay} and "
+                                f"{replay.with_suffix('.hea')}); give the record's path "
+                                "without extension, e.g. ../shared/reference/signals/100")
         if replay is not None:
             frame = numerics_frame(replay) if _is_numerics(replay) else ecg_heart_rate(replay)
             start -= frame["offset"].max().to_pytimedelta()  # ends now: never future-dated
@@ -155,12 +163,18 @@ def stream_cmd(
         if register:
             with open_store(db, need_key=True, create=True) as store:
                 store.append([Patient(id=i, source_id=f"Patient/{i}") for i in ids])
+        typer.echo(f"publishing readings of {len(ids)} patient(s) to {spec.url}"
+                   + ("" if replay is not None or steps else " until Ctrl-C"), err=True)
         with DevicePublisher(broker=spec, site=site, device=device) as pub:
-            total = paced(batches, pub, rate=tick_rate)
+            total = paced(batches, pub, rate=tick_rate, stop=stop, stamp_now=replay is None)
     except MedtwinError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"published {total} readings for {len(ids)} patient(s) to {spec.url}")
+    if not register:
+        typer.echo("note: the ingester stores readings only of patients in its store and "
+                   "dead-letters the others; give --register --db STORE to add these "
+                   "patients first", err=True)
 
 
 def _is_numerics(record: Path) -> bool:

@@ -194,3 +194,7 @@ def demo_cmd(
         typer.echo("stopped")
         return
     typer.echo(report)
+    if serve is None:  # not a terminal: say how to get the live platform
+        typer.echo("not a terminal, so the demo built its store and stopped; `medtwin demo "
+                   "--serve` runs the platform live: devices, broker, monitor and the "
+                   f"dashboard on http://127.0.0.1:{port}/ui/", err=True)

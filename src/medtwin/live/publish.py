@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 
@@ -95,16 +97,25 @@ class DevicePublisher:
 
 
 def paced(batches: Iterable[list[Reading]], publisher: DevicePublisher, *, rate: float,
-          stop: threading.Event | None = None) -> int:
-    """Publish one batch every 1/rate seconds (as fast as possible when rate <= 0)."""
+          stop: threading.Event | None = None, stamp_now: bool = False) -> int:
+    """Publish one batch every 1/rate seconds (as fast as possible when rate <= 0).
+
+    ``stamp_now``: each reading is stamped with the time it is published (what a real device
+    does), whatever patient time the simulation has reached."""
     total, t0 = 0, time.monotonic()
-    for k, batch in enumerate(batches):
-        if stop is not None and stop.is_set():
-            break
-        if rate > 0:
-            delay = t0 + k / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        total += publisher.publish(batch)
+    try:
+        for k, batch in enumerate(batches):
+            if stop is not None and stop.is_set():
+                break
+            if rate > 0:
+                delay = t0 + k / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if stamp_now:
+                now = datetime.now(UTC)
+                batch = [dataclasses.replace(r, time=now) for r in batch]
+            total += publisher.publish(batch)
+    except KeyboardInterrupt:  # Ctrl-C ends the stream; what was sent is still flushed
+        log.info("stream stopped after %d readings", total)
     publisher.flush()
     return total

@@ -8,6 +8,7 @@ ICU numerics, or heart rate derived from an ECG by R-peak detection (wfdb's XQRS
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,15 +50,22 @@ VITALS = {
 }
 
 
-def simulated_ward(n_patients: int, *, start: datetime, interval: timedelta, steps: int,
-                   seed: int = 0, deteriorating: float = 0.2, prefix_id: str = "sim",
-                   onset_steps: int | None = None) -> Iterator[list[Reading]]:
-    """Yield, for each of ``steps`` ticks, one reading of every vital for every patient.
+#: ticks over which deteriorating patients worsen when the run has no end
+DEFAULT_ONSET_STEPS = 60
+
+
+def simulated_ward(n_patients: int, *, start: datetime, interval: timedelta,
+                   steps: int | None, seed: int = 0, deteriorating: float = 0.2,
+                   prefix_id: str = "sim", onset_steps: int | None = None
+                   ) -> Iterator[list[Reading]]:
+    """Yield, for each of ``steps`` ticks (``None``: without end), one reading of every vital
+    for every patient.
 
     A fraction ``deteriorating`` of the patients (the first ones) drift towards sepsis over
-    ``onset_steps`` ticks (default: the whole run). Seeded and reproducible.
+    ``onset_steps`` ticks (default: the whole run, or :data:`DEFAULT_ONSET_STEPS` without
+    end). Seeded and reproducible.
     """
-    if n_patients < 1 or steps < 1:
+    if n_patients < 1 or (steps is not None and steps < 1):
         raise ValidationError("need at least one patient and one step", where="stream")
     if not 0.0 <= deteriorating <= 1.0:
         raise ValidationError("deteriorating must be a fraction in [0, 1]", where="stream")
@@ -66,10 +74,10 @@ def simulated_ward(n_patients: int, *, start: datetime, interval: timedelta, ste
     spec = np.array([VITALS[m][2:] for m in names])  # (metrics, 4)
     base = spec[:, 0] + spec[:, 1] * rng.standard_normal((n_patients, len(names)))
     worse = np.arange(n_patients) < round(deteriorating * n_patients)
-    onset = onset_steps or steps
+    onset = onset_steps or steps or DEFAULT_ONSET_STEPS
     dev = np.zeros_like(base)
     phi = 0.9
-    for k in range(steps):
+    for k in itertools.count() if steps is None else range(steps):
         frac = min(1.0, k / onset)
         mean = base + worse[:, None] * frac * (spec[:, 3] - base)
         dev = phi * dev + spec[:, 2] * np.sqrt(1 - phi**2) * rng.standard_normal(base.shape)
