@@ -57,6 +57,11 @@ def test_monitor_raises_each_rule_once_and_resolves_on_recovery(store):
     assert rules == ["news2", "news2-rising", "pulse-high", "rr-high", "sbp-low", "spo2-low"]
     news = next(a for a in seen if a.rule == "news2")
     assert news.severity == 3 and news.detail["total"] >= 7
+    said = {a.rule: a.message for a in seen}  # issue 17: as a clinician would say it
+    assert said["rr-high"] == "Respiratory rate 26 /min, at or above the alert limit of 25 /min"
+    assert said["spo2-low"] == "SpO2 89%, below the alert limit of 90%"
+    assert said["sbp-low"] == "Systolic BP 88 mmHg, at or below the alert limit of 90 mmHg"
+    assert said["pulse-high"] == "Pulse 135 /min, above the alert limit of 130 /min"
     store.append([], _vitals("p1", T0 + timedelta(hours=1), rr=16, spo2=97, hr=70, sbp=120,
                              temp=37.0, n=9))
     loop.check("p1")

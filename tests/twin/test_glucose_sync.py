@@ -29,7 +29,9 @@ def test_sync_updates_snapshots_and_predicts_a_low(store):
     store.append(records=[cgm(k, max(140.0 - 6.0 * (k - 7), 62.0)) for k in range(7, 40)])
     [f] = sync.update("p1")
     assert f.severity == 2, f.detail
-    assert f.detail["minutes_to_threshold"] is not None and "predicted below 70" in f.message
+    assert f.detail["minutes_to_threshold"] is not None
+    assert "predicted to fall below 70 mg/dL" in f.message and " UTC" in f.message
+    assert "~" not in f.message and "P =" not in f.message
     versions = snapshot_versions(store, "p1")
     assert [v for v, _ in versions] == [1, 2]
     # the belief at 06:30 is the first snapshot's, with the glucose of that time

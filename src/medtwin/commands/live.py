@@ -26,6 +26,7 @@ from medtwin.live.streams import (
     simulated_ward,
 )
 from medtwin.live.sync import GlucoseHook, MonitorLoop
+from medtwin.monitor.rules import SEVERITY_WORDS
 from medtwin.store.alerts import AlertStore
 from medtwin.twin.glucose_sync import GlucoseSync
 
@@ -214,5 +215,5 @@ def alerts_cmd(
     for a in rows:
         state = "resolved" if a.resolved else ("acked by " + a.acknowledged_by
                                                 if a.acknowledged_by else "active")
-        typer.echo(f"{a.id:5d}  sev {a.severity}  {a.patient_id}  {a.rule:12s}  {a.message}  "
-                   f"[{state}]")
+        typer.echo(f"{a.id:5d}  {SEVERITY_WORDS.get(a.severity, a.severity):9s}  "
+                   f"{a.patient_id}  {a.message}  [{state}]")

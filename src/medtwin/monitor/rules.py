@@ -32,6 +32,20 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+#: how a vital is said to a clinician: its name and unit
+VITAL_WORDS: dict[str, tuple[str, str]] = {
+    "spo2": ("SpO2", "%"), "pulse": ("Pulse", "/min"), "systolic_bp": ("Systolic BP", "mmHg"),
+    "respiration_rate": ("Respiratory rate", "/min"), "temperature": ("Temperature", "°C"),
+}
+_OP_WORDS = {"<": "below", "<=": "at or below", ">": "above", ">=": "at or above"}
+#: severity 1-3 in words (advisory, urgent, emergency)
+SEVERITY_WORDS = {1: "advisory", 2: "urgent", 3: "emergency"}
+
+
+def _amount(value: float, unit: str) -> str:
+    return f"{value:g}{unit}" if unit == "%" else f"{value:g} {unit}"
+
+
 @dataclass(frozen=True, slots=True)
 class Threshold:
     """Fire when a vital crosses a limit, e.g. SpO2 < 90."""
@@ -47,8 +61,11 @@ class Threshold:
         cmp: Callable[[float, float], bool] = {"<": operator.lt, "<=": operator.le,
                                                ">": operator.gt, ">=": operator.ge}[self.op]
         if value is not None and cmp(value, self.limit):
-            return Finding(self.rule, self.severity, f"{self.item} {value:g} {self.op} "
-                           f"{self.limit:g}", {"value": value, "limit": self.limit})
+            name, unit = VITAL_WORDS.get(self.item, (self.item.replace("_", " "), ""))
+            return Finding(self.rule, self.severity,
+                           f"{name} {_amount(value, unit)}, {_OP_WORDS[self.op]} the alert "
+                           f"limit of {_amount(self.limit, unit)}",
+                           {"value": value, "limit": self.limit, "unit": unit})
         return Finding(self.rule, 0)
 
 

@@ -114,7 +114,10 @@ class GlucoseSync:
         if flags:
             detail["flags"] = flags
         if p >= self.probability:
-            when = f" in ~{minutes:.0f} min" if minutes is not None else ""
-            return Finding(RULE, 2, f"glucose predicted below {self.threshold:g} mg/dL{when} "
-                           f"(P = {p:.2f} within {self.horizon} min)", detail)
+            when = ("" if minutes is None else " within a minute" if minutes < 1
+                    else f" in about {minutes:.0f} min")
+            return Finding(RULE, 2, f"Glucose {twin.glucose_:.0f} mg/dL at "
+                           f"{twin.time_:%H:%M} UTC, predicted to fall below "
+                           f"{self.threshold:g} mg/dL{when} (probability {p:.0%} within the "
+                           f"next {self.horizon:g} min)", detail)
         return Finding(RULE, 0, "", detail)

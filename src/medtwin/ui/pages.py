@@ -21,6 +21,7 @@ from nicegui.client import ClientConnectionTimeout
 from starlette.requests import Request
 
 from medtwin.core.errors import MedtwinError
+from medtwin.monitor.rules import SEVERITY_WORDS
 from medtwin.security.roles import Principal, Role
 from medtwin.twin.service import GlucoseView, TwinNotReadyError
 from medtwin.twin.vancomycin import REGIMEN_MAX_DOSE
@@ -158,7 +159,8 @@ def register(ctx: UiContext) -> None:
                     acked = f"acknowledged by {a.acknowledged_by}" if a.acknowledged_by else ""
                     state = ("resolved" + (f", {acked}" if acked else "") if a.resolved
                              else acked or "ACTIVE")
-                    ui.label(f"[{state}] severity {a.severity}: {a.message} "
+                    level = SEVERITY_WORDS.get(a.severity, a.severity)
+                    ui.label(f"[{state}] {level}: {a.message} "
                              f"({local_time(a.raised_at, zone)})")
                     if may_acknowledge and not a.resolved and a.acknowledged_by is None:
                         ui.button("Acknowledge",
