@@ -24,6 +24,9 @@ beat starts where ``phi`` crosses an integer. Three integrators (``int P_ao``, `
 ``int P_pa``) give exact cycle means. Time is in seconds.
 
 Input: ``fluid [mL/s]`` into the vena cava (negative: haemorrhage).
+
+Validation against Smith 2004's reported responses and Pulse's resting ranges, and why the
+steady-state responses exceed the paper's figures: ``data/README.md`` ("Validation status").
 """
 
 from __future__ import annotations
