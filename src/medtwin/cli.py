@@ -53,7 +53,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "key": ("security:key_app", "Device API keys."),
     "audit": ("security:audit_app", "The audit trail."),
     "keys": ("security:keys_app", "Encryption keys of identifying fields."),
-    "serve": ("security:serve_app", "Run the HTTP service."),
+    "serve": ("security:serve", "Run the HTTP service."),
     "hl7": ("hl7:app", "HL7 v2 over MLLP: ADT (admissions, transfers, discharges) and ORU "
             "(results) from an EHR or a lab system."),
     "db": ("db:app", "The store's schema: create or upgrade it, show its version and the "

@@ -83,7 +83,8 @@ def simulate_glucose_cmd(
         f"{df['insulin'].sum():.1f} U, CHO {df['CHO'].sum():.0f} g -> {out}"
     )
 
-trial_app = typer.Typer(help="In-silico trials: cohort x meals x controller x days -> outcomes.",
+trial_app = typer.Typer(help="In-silico trials: cohort x meals x controller x days -> "
+                        "outcomes; cardio scenarios on virtual populations.",
                         no_args_is_help=True)
 
 

@@ -135,8 +135,10 @@ def stream_cmd(
                                   "(the ingester refuses readings of unknown patients)."),
     db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
 ) -> None:
-    """Publish live readings of simulated patients (until stopped, or --steps ticks; each
-    reading stamped when it is published), or replay a recorded signal."""
+    """Publish live readings of simulated patients, or replay a recorded signal.
+
+    The simulated ward publishes until stopped (or --steps ticks); each reading is stamped
+    when it is published."""
     start = datetime.now(UTC).replace(microsecond=0)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -398,8 +398,10 @@ def serve(db: str | None = typer.Option(None, "--db", help=DB_HELP),
           json_logs: bool = typer.Option(True, "--json-logs/--plain-logs",
                                          help="Structured JSON log lines with request ids.")
           ) -> None:
-    """Run the HTTP service (settings from MEDTWIN_* variables; see the docs): N worker
-    processes of the app factory ``medtwin.service:create_app``."""
+    """Run the HTTP service.
+
+    Settings come from MEDTWIN_* variables; --workers N runs N processes of the app factory
+    medtwin.service:create_app."""
     import secrets
     import shutil
     import tempfile
