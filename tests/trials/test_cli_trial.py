@@ -36,3 +36,19 @@ def test_trial_glucose_bad_input_is_a_clear_error(tmp_path):
     res = runner.invoke(app, ["trial", "glucose", "--seed", "-1", "--scheduler", "serial",
                               "--out", str(tmp_path / "m.csv")])
     assert res.exit_code == 2 and "seed" in res.output
+
+
+def test_trial_glucose_takes_a_list_of_subjects_and_never_overwrites_silently(tmp_path):
+    """Issue 17: the help's 'adult#001,adult#002' works; an existing --out needs --force."""
+    out = tmp_path / "m.csv"
+    args = ["trial", "glucose", "--subjects", "adult#001, adult#003", "--controller",
+            "basal-bolus", "--days", "0.1", "--scheduler", "serial", "--out", str(out)]
+    runner = CliRunner()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert list(pd.read_csv(out, index_col="subject").index) == ["adult#001", "adult#003"]
+    out.write_text("mine")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--force" in res.output and out.read_text() == "mine"
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    assert out.read_text() != "mine"

@@ -91,7 +91,8 @@ trial_app = typer.Typer(help="In-silico trials: cohort x meals x controller x da
 @trial_app.command("glucose")
 def trial_glucose_cmd(
     cohort: str = typer.Option("uva-padova", help="Cohort name."),
-    subjects: str | None = typer.Option(None, help="Subject ids or a pattern, e.g. 'adult#*'."),
+    subjects: str | None = typer.Option(None, help="Subject ids (comma-separated) or a "
+                                        "pattern, e.g. 'adult#001,adult#002' or 'adult#*'."),
     controller: str = typer.Option("pid", help="Controller name (basal-bolus, pid)."),
     days: float = typer.Option(14.0, help="Days to simulate."),
     seed: int = typer.Option(0, help="Trial seed (meals and sensor noise), >= 0."),
@@ -109,8 +110,13 @@ def trial_glucose_cmd(
     ),
     chunk_size: int | None = typer.Option(None, help="Subjects per chunk."),
     progress: bool = typer.Option(True, help="Progress bar (only on a terminal)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
 ) -> None:
     """Run a glucose in-silico trial and write the outcome table (and a report)."""
+    if out.exists() and not force:
+        typer.echo(f"error: {out} exists; give another --out, or --force to replace it",
+                   err=True)
+        raise typer.Exit(2)
     from medtwin.trials.protocol import FixedMeals, RandomMeals
     from medtwin.trials.runner import Trial, load_cohort, run_trial
 

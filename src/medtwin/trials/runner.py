@@ -94,6 +94,8 @@ def load_cohort(name: str, subjects: str | Sequence[str] | None = None) -> Cohor
     key = str(name).lower()
     if key not in COHORTS:
         raise NotFoundError(f"unknown cohort {name!r}; known cohorts: {', '.join(sorted(COHORTS))}")
+    if isinstance(subjects, str) and "," in subjects:  # "adult#001, adult#002": a list
+        subjects = [s.strip() for s in subjects.split(",") if s.strip()]
     return COHORTS[key](subjects)
 
 
