@@ -153,6 +153,23 @@ class ResourceWrite:
     index: tuple[IndexRow, ...] = ()
     if_match: int | None = None
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # as plain fields and index rows as plain tuples (an importer's workers send
+        # thousands a second): pickle's default for a slotted dataclass and a NamedTuple
+        # runs Python code per object (about 30 µs a resource, both ways)
+        return _resource_write, (self.resource_type, self.id, self.content,
+                                 self.content_hash, self.patient_id,
+                                 tuple(map(tuple, self.index)), self.if_match)
+
+
+def _resource_write(resource_type: str, id: str, content: str | None, content_hash: str,
+                    patient_id: str | None, index: tuple[tuple[Any, ...], ...],
+                    if_match: int | None) -> ResourceWrite:
+    """A :class:`ResourceWrite` again from what its ``__reduce__`` gave."""
+    new = tuple.__new__
+    return ResourceWrite(resource_type, id, content, content_hash, patient_id,
+                         tuple([new(IndexRow, r) for r in index]), if_match)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredResource:

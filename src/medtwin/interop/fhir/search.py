@@ -38,6 +38,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from medtwin.core.errors import ValidationError
@@ -303,13 +304,18 @@ def index_rows(resource: dict[str, Any]) -> list[IndexRow]:
     type, but ``patient``, which is the compartment column); values that do not parse are
     left out (the resource is still stored)."""
     out: list[IndexRow] = []
-    for p in PARAMS.get(resource.get("resourceType", ""), ()):
-        if p.name == "patient" and p.target == "Patient":
-            continue
-        for path in p.paths:
-            for key, value in _walk(resource, path.split(".")):
+    for p, parts in _index_plan(resource.get("resourceType", "")):
+        if parts[0] in resource or parts[0].endswith("[x]"):  # most paths are absent
+            for key, value in _walk(resource, parts):
                 out.extend(_rows(p, key, value))
     return list(dict.fromkeys(out))
+
+
+@lru_cache(maxsize=128)
+def _index_plan(resource_type: str) -> tuple[tuple[SearchParam, list[str]], ...]:
+    """(parameter, path split) of each path :func:`index_rows` reads for a type, in order."""
+    return tuple((p, path.split(".")) for p in PARAMS.get(resource_type, ())
+                 if not (p.name == "patient" and p.target == "Patient") for path in p.paths)
 
 
 def compartment_of(resource: dict[str, Any]) -> str | None:
