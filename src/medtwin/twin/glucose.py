@@ -218,12 +218,13 @@ class GlucoseTwin:
     def _advance_with_basal(self, ens: gf.Ensemble, k0: int, u: np.ndarray,
                             rng: np.random.Generator | None,
                             bank: gb.Bank | None = None) -> np.ndarray:
-        # the basal differs between members only for a population prior (which has no bank)
         if np.ptp(self._basal) == 0.0:
             uu = u.copy()
             uu[..., INSULIN] += self._basal[0]
-            return gf.advance(ens, float(k0), uu, rng, bank)
-        return _advance_member_basal(ens, float(k0), u, self._basal, rng)
+        else:  # each member its own basal: a population prior (which has no bank)
+            uu = np.repeat(u[:, None], self._basal.size, axis=1)
+            uu[..., INSULIN] += self._basal[None, :, None]
+        return gf.advance(ens, float(k0), uu, rng, bank)
 
     # --- fitted attributes ----------------------------------------------------------------
     @property
@@ -425,24 +426,6 @@ def _steady_basal(p: np.ndarray) -> np.ndarray:
     P = gf._P
     return (p[:, P["Isc1_0"]] * (p[:, P["ka1"]] + p[:, P["kd"]]) * p[:, P["BW"]]
             / INSULIN_PMOL_PER_UNIT)
-
-
-def _advance_member_basal(ens: gf.Ensemble, t0: float, u: np.ndarray, basal: np.ndarray,
-                          rng: np.random.Generator | None) -> np.ndarray:
-    """:func:`gf.advance` with a per-member basal: members run as patients of their own."""
-    B, N = ens.shape
-    flat = gf.Ensemble(ens.base.reshape(N, 1, -1), ens.x.reshape(N, 1, -1),
-                       ens.m.reshape(N, 1, -1), ens.theta.reshape(N, 1, -1),
-                       ens.bias.reshape(N, 1), ens.flux.reshape(N, 1), ens.settings, ens.solver)
-    uu = np.repeat(u, N, axis=0)
-    uu[..., INSULIN] += basal[:, None]
-    if rng is not None and ens.settings.meal_sd > 0 and np.any(u[..., 0] > 0):
-        uu[..., 0] *= np.exp(ens.settings.meal_sd * rng.standard_normal((N, 1)))
-    g = gf.advance(flat, t0, uu, None)
-    ens.x, ens.m = flat.x.reshape(B, N, -1), flat.m.reshape(B, N, -1)
-    if rng is not None:
-        gf._model_error(ens, float(u.shape[1]), rng)
-    return g.reshape(B, N, -1)
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:

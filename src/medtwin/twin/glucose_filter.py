@@ -38,7 +38,12 @@ The one adapted parameter that regression learns poorly is learned instead by th
 bank of :mod:`medtwin.twin.glucose_bank`.
 
 Arrays are shaped ``(B, N, ...)``: ``B`` patients (one for a twin; 30 in the benchmark) times
-``N`` members; the engine sees ``B * N`` subjects.
+``N`` members; the engine sees ``B * N`` subjects. The numerics are core/estimate's, generic
+over models (:mod:`medtwin.core.estimate.ensemble`, :func:`~medtwin.core.estimate.enkf.
+eakf_update`): this module is their configuration for UVA/Padova and a CGM (which parameters
+are multiplied, the OU flux and sensor error, the walk, the per-variable reading error, the
+bounds, the predicted reading ``Gs / Vg + bias``), plus the glucose-specific initial ensemble,
+meal-size error and flux splitting.
 """
 
 from __future__ import annotations
@@ -49,9 +54,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medtwin.core.errors import SimulationError, ValidationError
-from medtwin.core.estimate.enkf import eakf_increments, observation_moments, regression_gain
-from medtwin.core.solvers import RK4, Solver, Work
+from medtwin.core.errors import ValidationError
+from medtwin.core.estimate.enkf import eakf_update
+from medtwin.core.estimate.ensemble import (
+    OrnsteinUhlenbeck,
+    RandomWalk,
+    crossing_probability,
+    multiplied,
+    propagate_batch,
+)
+from medtwin.core.solvers import RK4, Solver
 from medtwin.models.glucose.uva_padova import STATES, UVAPadova
 
 if TYPE_CHECKING:
@@ -64,6 +76,8 @@ QSTO1, QSTO2, QGUT, GP, GT, GS = 0, 1, 2, 3, 4, 12
 #: model states a glucose reading updates (the insulin subsystem follows the recorded insulin)
 UPDATED_STATES = (QSTO1, QSTO2, QGUT, GP, GT, GS)
 _UPDATED = np.array(UPDATED_STATES)
+#: lower bounds of the updated states after a reading (plasma glucose stays positive)
+_LOWER = np.where(_UPDATED == GP, 1e-3, 0.0)
 ADAPTABLE = ("Vmx", "kp3", "Vm0", "kp1")
 
 
@@ -150,6 +164,21 @@ class FilterSettings:
         return cls(**{"bank": None, **d, "adapt": tuple(d["adapt"])})
 
     @property
+    def flux_process(self) -> OrnsteinUhlenbeck:
+        """The unexplained glucose flux [mg/kg/min], an OU process in minutes."""
+        return OrnsteinUhlenbeck(self.flux_sd, self.flux_tau)
+
+    @property
+    def sensor_process(self) -> OrnsteinUhlenbeck:
+        """The ensemble's CGM error state [mg/dL], an OU process in minutes."""
+        return OrnsteinUhlenbeck(self.sensor_sd, self.sensor_tau)
+
+    @property
+    def parameter_walk(self) -> RandomWalk:
+        """The random walk of the log multipliers (sd per square root of an hour)."""
+        return RandomWalk(self.walk_sd_per_sqrt_h, per=60.0)
+
+    @property
     def sensor_variance(self) -> float:
         """Stationary variance of the sensor model's AR(1) value, ``pacf^2 / (1 - pacf^2)``."""
         return self.sensor_pacf ** 2 / (1.0 - self.sensor_pacf ** 2)
@@ -186,10 +215,7 @@ class Ensemble:
 
     def params(self) -> np.ndarray:
         """Effective parameters ``(B * N, n_par)`` with the multipliers applied."""
-        p = self.base.copy()
-        for j, name in enumerate(self.settings.adapt):
-            p[..., _P[name]] *= np.exp(self.theta[..., j])
-        return np.ascontiguousarray(p.reshape(-1, p.shape[-1]))
+        return multiplied(self.base, self.theta, [_P[n] for n in self.settings.adapt])
 
     def glucose(self) -> np.ndarray:
         """True subcutaneous glucose [mg/dL] ``(B, N)``: what a perfect CGM would read."""
@@ -203,22 +229,22 @@ def new_ensemble(base: np.ndarray, settings: FilterSettings, first_reading: np.n
     s = settings
     x = MODEL.initial_state(base.reshape(B * N, -1)).reshape(B, N, -1).copy()
     m = MODEL.initial_memory(base.reshape(B * N, -1)).reshape(B, N, -1).copy()
-    bias = rng.standard_normal((B, N)) * s.sensor_sd
+    bias = s.sensor_process.draw((B, N), rng)
     g_target = np.maximum(first_reading[:, None] - bias, 20.0)
     g_target *= np.exp(s.initial_glucose_sd * rng.standard_normal((B, N)))
-    g_ss = x[..., GP] / base[..., VG]
-    f = g_target / g_ss
+    f = g_target / (x[..., GP] / base[..., VG])
     for i in (GP, GT):
         x[..., i] *= f
     x[..., GS] = x[..., GP]
     theta = rng.standard_normal((B, N, len(s.adapt))) * s.prior_sd
-    flux = rng.standard_normal((B, N)) * s.flux_sd
+    flux = s.flux_process.draw((B, N), rng)
     return Ensemble(base.copy(), x, m, theta, bias, flux, s, RK4(s.substeps))
 
 
 def advance(ens: Ensemble, t0: float, u: np.ndarray, rng: np.random.Generator | None,
             bank: Bank | None = None) -> np.ndarray:
-    """Propagate every member over ``k = u.shape[1]`` 1-min steps of inputs ``u`` ``(B, k, 2)``.
+    """Propagate every member over ``k`` 1-min steps of inputs ``u`` ``(B, k, 2)`` (or per
+    member ``(B, N, k, 2)``, e.g. each member's own basal; then without a bank).
 
     With ``rng``, the model error is drawn too (meal size per member, then at the end the
     flux, the multipliers' walk and the CGM error's AR(1) step); without, the members move
@@ -227,14 +253,15 @@ def advance(ens: Ensemble, t0: float, u: np.ndarray, rng: np.random.Generator | 
     mean). Returns the members' subcutaneous glucose path ``(B, N, k)`` [mg/dL].
     """
     B, N = ens.shape
-    k = u.shape[1]
+    k = u.shape[-2]
     s = ens.settings
+    if u.ndim == 4 and bank is not None:
+        raise ValidationError("per-member inputs cannot move a bank's candidates", where="u")
     if k == 0:
         return np.empty((B, N, 0))
-    M = N
+    p, x, m = ens.params().reshape(B, N, -1), ens.x, ens.m
     if bank is not None:
         c = bank.cand
-        M += c.shape[1]
         if bank.params_ is None or c.theta.shape[2] > 1:
             # the adapted parameters the bank does not learn follow the members' mean
             mean = ens.theta.mean(axis=1, keepdims=True)
@@ -242,46 +269,28 @@ def advance(ens: Ensemble, t0: float, u: np.ndarray, rng: np.random.Generator | 
             c.theta[..., :j] = mean[..., :j]
             c.theta[..., j + 1:] = mean[..., j + 1:]
             bank.params_ = c.params().reshape(B, c.shape[1], -1)
-    uu = np.repeat(u[:, None, :, :], M, axis=1)  # (B, M, k, 2)
+        p = np.concatenate([p, bank.params_], axis=1)
+        x, m = np.concatenate([x, c.x], axis=1), np.concatenate([m, c.m], axis=1)
+    uu = np.repeat(u[:, None, :, :], x.shape[1], axis=1) if u.ndim == 3 else u.copy()
     if rng is not None and s.meal_sd > 0 and np.any(u[..., 0] > 0):
         uu[:, :N, :, 0] *= np.exp(s.meal_sd * rng.standard_normal((B, N, 1)))
-    if bank is None:
-        p, x, m = ens.params(), ens.x.reshape(B * N, -1), ens.m.reshape(B * N, -1)
-    else:
-        p = np.concatenate([ens.params().reshape(B, N, -1), bank.params_], axis=1)
-        p = p.reshape(B * M, -1)
-        x = np.concatenate([ens.x, bank.cand.x], axis=1).reshape(B * M, -1)
-        m = np.concatenate([ens.m, bank.cand.m], axis=1).reshape(B * M, -1)
-    x, m = np.ascontiguousarray(x), np.ascontiguousarray(m)
-    work = Work.new(B * M)
-    out = ens.solver.advance(MODEL, t0, 1.0, x, np.ascontiguousarray(uu.reshape(B * M, k, 2)),
-                             m, p, work)
-    if work.status.any():
-        raise SimulationError(f"the glucose ensemble failed to integrate at t={t0:g} min "
-                              f"({int((work.status != 0).sum())} members)")
-    x = x.reshape(B, M, -1)
-    m = m.reshape(B, M, -1)
+    x, m, path = propagate_batch(MODEL, ens.solver, t0, 1.0, x, m, p, uu,
+                                 what="glucose ensemble")
     if bank is not None:
         bank.cand.x, bank.cand.m = x[:, N:], m[:, N:]
-        x, m = x[:, :N], m[:, :N]
+    ens.x, ens.m = x[:, :N], m[:, :N]
     # the unexplained flux acts on plasma glucose over the interval (operator splitting)
-    x[..., GP] = np.maximum(x[..., GP] + ens.flux * k, 1e-3)
-    ens.x = x
-    ens.m = m
+    ens.x[..., GP] = np.maximum(ens.x[..., GP] + ens.flux * k, 1e-3)
     if rng is not None:
         _model_error(ens, float(k), rng)
-    return out.reshape(B, M, k, -1)[:, :N, :, GS] / ens.base[..., VG][..., None]
+    return path[:, :N, :, GS] / ens.base[..., VG][..., None]
 
 
 def _model_error(ens: Ensemble, minutes: float, rng: np.random.Generator) -> None:
     s = ens.settings
-    B, N = ens.shape
-    a = math.exp(-minutes / s.flux_tau) if s.flux_tau > 0 else 0.0
-    ens.flux = a * ens.flux + math.sqrt(1 - a * a) * s.flux_sd * rng.standard_normal((B, N))
-    ens.theta += s.walk_sd_per_sqrt_h * math.sqrt(minutes / 60.0) * rng.standard_normal(
-        ens.theta.shape)
-    r = math.exp(-minutes / s.sensor_tau) if s.sensor_tau > 0 else 0.0
-    ens.bias = r * ens.bias + math.sqrt(1 - r * r) * s.sensor_sd * rng.standard_normal((B, N))
+    ens.flux = s.flux_process.step(ens.flux, minutes, rng)
+    ens.theta = s.parameter_walk.step(ens.theta, minutes, rng)
+    ens.bias = s.sensor_process.step(ens.bias, minutes, rng)
 
 
 def update(ens: Ensemble, y: np.ndarray, mask: np.ndarray | None = None,
@@ -293,39 +302,22 @@ def update(ens: Ensemble, y: np.ndarray, mask: np.ndarray | None = None,
     by its regression on the predicted reading, except the multipliers of the columns
     ``frozen`` (those a :class:`Bank` learns). Returns the innovations ``(B,)``.
     """
-    B, N = ens.shape
     s = ens.settings
-    if mask is None:
-        mask = np.ones(B, bool)
-    # the engine's ensemble adjustment filter (medtwin.core.estimate.enkf), batched over
-    # patients: moments of the predicted reading, the members' moves, the regression gains
-    mean, dev, var = observation_moments(ens.glucose() + ens.bias)
-
-    def adjust(sd: float) -> np.ndarray:
-        d = eakf_increments(mean, var, dev, y, sd * sd)
-        return np.where(mask[:, None], d, 0.0)
-
-    dy = adjust(s.white_sd)
-    # the multipliers may see an inflated reading error (correlated CGM noise, module doc)
-    dyp = dy if s.param_obs_sd == s.white_sd else adjust(s.param_obs_sd)
     ns, q = _UPDATED.size, ens.theta.shape[2]
     z = np.concatenate([ens.x[..., _UPDATED], ens.theta, ens.bias[..., None],
-                        ens.flux[..., None]], axis=2)  # (B, N, q)
-    gain = regression_gain(z, dev, var)
-    for j in frozen:
-        gain[:, ns + j] = 0.0
-    if dyp is dy:
-        z += gain[:, None, :] * dy[..., None]
-    else:
-        z[..., :ns] += gain[:, None, :ns] * dy[..., None]
-        z[..., ns:ns + q] += gain[:, None, ns:ns + q] * dyp[..., None]
-        z[..., ns + q:] += gain[:, None, ns + q:] * dy[..., None]
-    ens.x[..., _UPDATED] = np.maximum(z[..., :ns], 0.0)
-    ens.x[..., GP] = np.maximum(ens.x[..., GP], 1e-3)
+                        ens.flux[..., None]], axis=2)  # (B, N, ns + q + 2)
+    # the multipliers may see an inflated reading error (correlated CGM noise, module doc)
+    r = np.full(z.shape[2], s.white_sd * s.white_sd)
+    r[ns:ns + q] = s.param_obs_sd * s.param_obs_sd
+    lower = np.full(z.shape[2], -np.inf)
+    lower[:ns] = _LOWER
+    innovations = eakf_update(z, ens.glucose() + ens.bias, y, r, mask=mask,
+                              frozen=[ns + j for j in frozen], lower=lower)
+    ens.x[..., _UPDATED] = z[..., :ns]
     ens.theta = z[..., ns:ns + q]
     ens.bias = z[..., ns + q]
     ens.flux = z[..., ns + q + 1]
-    return np.where(mask, y - mean, np.nan)
+    return innovations
 
 
 def glucose_paths(ens: Ensemble, t0: float, u: np.ndarray, rng: np.random.Generator,
@@ -343,19 +335,9 @@ def glucose_paths(ens: Ensemble, t0: float, u: np.ndarray, rng: np.random.Genera
     return out
 
 
-def hypo_probability(paths: np.ndarray, threshold: float, horizon: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """P(glucose < threshold at some minute of ``[0, horizon]``) ``(B,)`` from paths
-    ``(B, N, >= horizon + 1)``, and the median first-crossing minute of the members that
-    cross (NaN where none does)."""
-    below = paths[..., :horizon + 1] < threshold
-    crosses = below.any(axis=2)
-    first = below.argmax(axis=2).astype(float)
-    prob = crosses.mean(axis=1)
-    minutes = np.full(paths.shape[0], np.nan)
-    for b in np.flatnonzero(crosses.any(axis=1)):
-        minutes[b] = float(np.median(first[b, crosses[b]]))
-    return prob, minutes
+#: P(glucose < threshold at some minute of ``[0, horizon]``) ``(B,)`` from paths
+#: ``(B, N, >= horizon + 1)``, and the median first-crossing minute of the members that cross
+hypo_probability = crossing_probability
 
 
 def state_names() -> list[str]:

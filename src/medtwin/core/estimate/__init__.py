@@ -2,7 +2,8 @@
 sequential filters (ensemble and unscented Kalman, particle) over any Model."""
 
 from medtwin.core.estimate.dynamics import Dynamics, ModelDynamics
-from medtwin.core.estimate.enkf import EnsembleKalmanFilter
+from medtwin.core.estimate.enkf import EnsembleKalmanFilter, eakf_update
+from medtwin.core.estimate.ensemble import OrnsteinUhlenbeck, RandomWalk, propagate_batch
 from medtwin.core.estimate.focei import FOCEI
 from medtwin.core.estimate.map import MapResult, ObservedData, check_omega, map_estimate
 from medtwin.core.estimate.observation import NoiseModel, ObservationModel, Reading
@@ -13,6 +14,7 @@ from medtwin.core.estimate.sequential import SequentialFilter
 from medtwin.core.estimate.ukf import UnscentedKalmanFilter
 
 __all__ = ["FOCEI", "Dynamics", "EnsembleKalmanFilter", "LearnedParameter", "MapResult",
-           "ModelDynamics", "NoiseModel", "ObservationModel", "ObservedData", "ParticleFilter",
-           "Reading", "ResidualError", "SequentialFilter", "UnscentedKalmanFilter",
-           "check_omega", "map_estimate"]
+           "ModelDynamics", "NoiseModel", "ObservationModel", "ObservedData",
+           "OrnsteinUhlenbeck", "ParticleFilter", "RandomWalk", "Reading", "ResidualError",
+           "SequentialFilter", "UnscentedKalmanFilter", "check_omega", "eakf_update",
+           "map_estimate", "propagate_batch"]

@@ -10,13 +10,16 @@ and for a linear-Gaussian model it reproduces the Kalman filter's mean and covar
 ensemble exactly (to round-off; see ``tests/core/test_estimate_filters.py``).
 
 The three primitives (:func:`observation_moments`, :func:`eakf_increments`,
-:func:`regression_gain`) work on any leading batch axes ``(..., N)``; the glucose twin's
-filter (``medtwin.twin.glucose_filter``) is built on them too.
+:func:`regression_gain`) and the update built on them (:func:`eakf_update`, with per-variable
+reading error, frozen variables and bounds) work on any leading batch axes ``(..., N)``; the
+glucose twin's batched filter (``medtwin.twin.glucose_filter``) is a configuration of them and
+of :mod:`medtwin.core.estimate.ensemble`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -50,6 +53,42 @@ def regression_gain(z: np.ndarray, dev: np.ndarray, var: np.ndarray) -> np.ndarr
     centring)."""
     N = dev.shape[-1]
     return np.einsum("...nq,...n->...q", z, dev) / ((N - 1) * var[..., None])
+
+
+def eakf_update(z: np.ndarray, hx: np.ndarray, y: np.ndarray | float, r: float | np.ndarray, *,
+                mask: np.ndarray | None = None, frozen: Sequence[int] = (),
+                lower: np.ndarray | None = None, upper: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Assimilate one scalar reading into each of a batch of ensembles, in place.
+
+    ``z`` ``(..., N, q)``: the variables updated (states, transformed parameters, augmented
+    error states); ``hx`` ``(..., N)``: the members' predicted readings; ``y`` ``(...)``: the
+    readings, used where ``mask`` (default: everywhere). ``r``: the reading's variance, a
+    scalar or one per variable ``(q,)`` (a variable may see an inflated reading error, e.g. a
+    parameter learned from autocorrelated readings); members move deterministically (the
+    adjustment form) and every variable by its regression on the predicted reading, except
+    the columns ``frozen`` (learned elsewhere). ``lower`` / ``upper`` ``(q,)`` bound the
+    updated variables. Returns the innovations ``y - mean(hx)`` ``(...)`` (NaN where not
+    used)."""
+    mean, dev, var = observation_moments(hx)
+    q = z.shape[-1]
+    rc = np.broadcast_to(np.asarray(r, dtype=float), (q,))
+    if mask is None:
+        mask = np.ones(mean.shape, bool)
+    gain = regression_gain(z, dev, var)
+    gain[..., list(frozen)] = 0.0
+    for v in np.unique(rc):
+        d = np.where(mask[..., None], eakf_increments(mean, var, dev, y, float(v)), 0.0)
+        if (rc == v).all():
+            z += gain[..., None, :] * d[..., None]
+        else:
+            cols = np.flatnonzero(rc == v)
+            z[..., cols] += gain[..., None, cols] * d[..., None]
+    if lower is not None:
+        np.maximum(z, lower, out=z)
+    if upper is not None:
+        np.minimum(z, upper, out=z)
+    return np.where(mask, y - mean, np.nan)
 
 
 class EnsembleKalmanFilter(SequentialFilter):
@@ -103,9 +142,7 @@ class EnsembleKalmanFilter(SequentialFilter):
             y = reading[name]
             self.log_likelihood_ += -0.5 * (math.log(2 * math.pi * (var + r))
                                             + (y - mean) ** 2 / (var + r))
-            d = eakf_increments(mean, var, dev, y, r)
-            gain = regression_gain(a, dev, var)
-            a += d[:, None] * gain[None, :]
+            eakf_update(a, a[:, k + j], y, r)
         z[:, upd] = a[:, :k]
         self._clip(z)
 
