@@ -57,7 +57,7 @@ def test_shell_examples_run_as_written(tmp_path):
     twins = outputs["Try the twins"]
     assert "BG mean" in twins and "P(auc24 in 400-600" in twins and "wait:triage" in twins
     for f in ("trace.csv", "trace.png", "metrics.csv", "report.html", "course.png", "ops.html",
-              "cardio_trial.csv"):
+              "cardio_trial.csv", "by_hour.csv", "ops.json"):
         assert (tmp_path / f).stat().st_size > 0, f
     assert "audit chain intact" in outputs["The service"]
     assert "MSA|AA|MSG00001" in outputs["HL7 v2 from the EHR"]

@@ -100,3 +100,126 @@ def test_optimise_nelson_exam_rooms(tmp_path):
                             "--vary", "exam_rooms=3:5", "--reps", "5"])
     assert r.exit_code == 0, r.output
     assert "cheapest meeting the target" in r.output
+
+
+# --- issue 17: options, scenario names, compare, JSON, --force, exit codes, $MEDTWIN_DB ----------
+def test_resource_warm_up_and_length_options(tmp_path):
+    import json
+
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--resource", "exam_rooms=5",
+                            "--length", "600", "--warm-up", "60", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["length"] == 600 and res["warm_up"] == 60 and res["reps"] == 2
+    assert res["by_hour_of_day"] and "in_system" in res["by_hour_of_day"][0]
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--resource", "exam_room=5"])
+    assert r.exit_code == 2 and "did you mean 'exam_rooms'" in r.output
+
+
+def test_scenario_typo_exits_2_with_file_line_and_nearest_name(tmp_path):
+    sc = tmp_path / "typo.yaml"
+    sc.write_text("name: more\nchanges:\n  resources:\n    exam_room: {capacity: 4}\n")
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--scenario", str(sc)])
+    assert r.exit_code == 2
+    assert f"{sc}:4" in r.output and "did you mean 'exam_rooms'" in r.output
+
+
+def test_one_replication_says_an_interval_needs_two():
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "1"])
+    assert r.exit_code == 0, r.output
+    assert "nan" not in r.output and "needs >= 2 replications" in r.output
+
+
+def test_compare_side_by_side_with_counts_csvs_report_and_json(tmp_path):
+    import json
+
+    sc = tmp_path / "treat2.yaml"
+    sc.write_text("name: treat+1\nchanges:\n  resources:\n    non_trauma_cubicles: "
+                  "{capacity: 2}\n")
+    out, summ, hourly, rep = (tmp_path / n for n in ("r.csv", "s.csv", "h.csv", "r.html"))
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "3", "--scenario", str(sc),
+                            "--compare", "--out", str(out), "--summary", str(summ),
+                            "--hourly", str(hourly), "--report", str(rep)])
+    assert r.exit_code == 0, r.output
+    assert "base vs scenario treat+1" in r.output and "side by side" in r.output
+    assert "arrivals" in r.output and "throughput" in r.output and "truncated at 0" in r.output
+    per_rep = pd.read_csv(out)
+    assert sorted(set(per_rep["scenario"])) == ["base", "treat+1"] and len(per_rep) == 6
+    s = pd.read_csv(summ)
+    row = s[(s.scenario == "treat+1") & (s.kpi == "wait:non_trauma_treatment")].iloc[0]
+    assert row.ci_low <= row["mean"] <= row.ci_high and row.difference < 0
+    assert s[s.kpi.str.startswith("wait:")]["ci_low"].min() >= 0
+    assert {"scenario", "hour_of_day", "in_system"} <= set(pd.read_csv(hourly).columns)
+    assert "Paired differences" in rep.read_text()
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--scenario", str(sc),
+                            "--compare", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert set(res["summary"]) == {"base", "treat+1"} and res["differences"]
+
+
+def test_scenario_name_in_header_and_csv(tmp_path):
+    sc = tmp_path / "treat2.yaml"
+    sc.write_text("name: treat+1\nchanges:\n  resources:\n    non_trauma_cubicles: "
+                  "{capacity: 2}\n")
+    out = tmp_path / "r.csv"
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--scenario", str(sc),
+                            "--out", str(out)])
+    assert r.exit_code == 0 and "scenario treat+1" in r.output.splitlines()[0]
+    assert set(pd.read_csv(out)["scenario"]) == {"treat+1"}
+
+
+def test_out_is_never_overwritten_without_force(tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_text("keep me")
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--out", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output and out.read_text() == "keep me"
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--out", str(out),
+                            "--force"])
+    assert r.exit_code == 0 and "wait:triage" in out.read_text()
+
+
+def test_calibrate_and_forecast_fall_back_to_medtwin_db(tmp_path, monkeypatch):
+    import json
+
+    db = tmp_path / "s.sqlite"
+    _ward_store(db, datetime(2025, 3, 3, 12, tzinfo=UTC))
+    monkeypatch.setenv("MEDTWIN_DB", str(db))
+    model = tmp_path / "cal.yaml"
+    r = runner.invoke(app, ["ops", "calibrate", "--class", "IMP", "--out", str(model),
+                            "--capacity", "15", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["encounters"] > 0
+    r = runner.invoke(app, ["ops", "calibrate", "--class", "IMP", "--out", str(model)])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = runner.invoke(app, ["ops", "forecast", str(model), "--hours", "6", "--reps", "4",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.stdout)["hours"]) == 7
+
+
+def test_optimise_json_and_exit_1_when_nothing_meets_the_target():
+    import json
+
+    r = runner.invoke(app, ["ops", "optimise", "nelson", "--target", "wait:examination<=0.001",
+                            "--vary", "exam_rooms=3:3", "--reps", "2", "--json"])
+    assert r.exit_code == 1, r.output
+    assert json.loads(r.stdout)["met"] is False
+    r = runner.invoke(app, ["ops", "optimise", "nelson", "--target", "wait:examnation<=1",
+                            "--vary", "exam_rooms=3:3", "--reps", "2"])
+    assert r.exit_code == 2 and "did you mean 'wait:examination'" in r.output
+
+
+def test_compare_with_one_replication_and_a_runtime_error_exits_3(tmp_path):
+    sc = tmp_path / "treat2.yaml"
+    sc.write_text("name: treat+1\nchanges:\n  resources:\n    non_trauma_cubicles: "
+                  "{capacity: 2}\n")
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "1", "--scenario", str(sc),
+                            "--compare"])
+    assert r.exit_code == 0, r.output
+    assert "NaN" not in r.output and "nan" not in r.output and "needs >= 2" in r.output
+    r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--out",
+                            str(tmp_path / "no" / "such" / "dir.csv")])
+    assert r.exit_code == 3 and "error:" in r.output
+    r = runner.invoke(app, ["ops", "run", "nelson", "--compare"])
+    assert r.exit_code == 2 and "--scenario" in r.output

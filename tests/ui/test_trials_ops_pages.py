@@ -186,8 +186,8 @@ def test_scenarios_are_the_base_arrivals_and_one_more_of_each_resource():
     more = next(s for s in sc if s.name.startswith("+1 exam_rooms"))
     assert more.apply(m).resources["exam_rooms"].capacity == m.resources["exam_rooms"].capacity + 1
     busier = sc[1].apply(m)
-    assert sum(busier.raw["arrivals"][0]["rates_per_hour"]) == pytest.approx(
-        1.2 * sum(m.raw["arrivals"][0]["rates_per_hour"]))
+    assert sum(busier.arrivals[0].rates_per_hour) == pytest.approx(  # the rates it runs on
+        1.2 * sum(m.arrivals[0].rates_per_hour))
 
 
 def test_a_rostered_resource_gets_one_more_on_duty_every_hour():

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from difflib import get_close_matches
 from typing import Any, NoReturn
 
 from medtwin.ops.errors import ModelFileError
-from medtwin.ops.yamlio import line_of
+from medtwin.ops.yamlio import line_of, plain
 
 _SCI = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
@@ -87,8 +88,40 @@ def need(w: Where, key: str, what: str) -> Where:
     return w.child(key)
 
 
+def nearest(name: object, options: object) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or '' when none is close."""
+    close = get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def unknown_keys(w: Where, allowed: set[str]) -> None:
     """Refuse keys outside ``allowed`` (a typo should not be silently ignored)."""
     for k in w.value:
         if k not in allowed:
-            w.child(k).fail(f"unknown key '{k}'", f"use one of {sorted(allowed)}")
+            w.child(k).fail(f"unknown key '{k}'{nearest(k, allowed)}",
+                            f"use one of {sorted(allowed)}")
+
+
+def check_schema(schema: Any, w: Where) -> Any:
+    """Validate the value at ``w`` with a strict pydantic model (unknown keys forbidden);
+    the first error becomes :class:`ModelFileError` at its file and line, an unknown key
+    naming the nearest allowed one."""
+    from pydantic import ValidationError as PydanticError
+
+    try:
+        return schema.model_validate(plain(w.value), strict=True)
+    except PydanticError as exc:
+        err = exc.errors()[0]
+        here = w
+        for part in err["loc"]:
+            try:
+                here.value[part]
+            except (KeyError, IndexError, TypeError):
+                break
+            here = here.child(part)
+        if err["type"] == "extra_forbidden":
+            key = err["loc"][-1]
+            allowed = sorted(schema.model_fields)
+            here.fail(f"unknown key '{key}'{nearest(key, allowed)}", f"use one of {allowed}")
+        here.fail(err["msg"], f"correct '{here.path or 'the file'}' (quote text, e.g. "
+                  "name: '2024'); the JSON Schema lists every key and type")

@@ -1,7 +1,8 @@
 """The SimPy engine: one replication of a :class:`~medtwin.ops.schema.Model`.
 
-Lean by design: arrival times are generated up front with numpy (thinning of a Poisson
-process at the peak rate), durations and branch choices come from numpy blocks, and the
+Lean by design: arrival times are generated up front with numpy (inverting the cumulative
+rate of each stream), each arriving patient's first duration, patience and branch choice at
+every activity come from per-patient numpy draws (repeat visits from numpy blocks), and the
 per-patient process only requests, waits and logs into lists. KPIs are computed afterwards,
 vectorised, from the logs (:mod:`medtwin.ops.kpis`).
 """
@@ -19,6 +20,16 @@ from medtwin.ops.schema import EXIT, Model
 from medtwin.ops.streams import BLOCK, BlockDraw, stream_rng
 
 _BLOCKER = -(2**31)  # priority of the roster's off-duty placeholders (served first)
+
+
+class _Everything:
+    """A set that holds everything (patients already in the unit draw in sequence)."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_ALL = _Everything()
 
 
 @dataclass
@@ -73,43 +84,76 @@ class Initial:
 
 class _Act:
     __slots__ = ("kind", "res", "log", "draw", "hold", "patience", "balk", "next", "act",
-                 "branch_u", "cum", "targets", "resname", "request", "releases")
+                 "branch_u", "cum", "targets", "resname", "request", "releases", "own_draw",
+                 "own_patience", "own_u", "key")
 
 
 def _clock_offset(model: Model) -> float:
     return model.start_day * 24.0 + model.start_hour
 
 
+def _cumulative_rate(stream: object, uph: float, horizon: float,
+                     clock_offset_h: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hour boundaries over [0, horizon] (model time), the rate in each piece (per model time
+    unit) and the cumulative expected arrivals at each boundary."""
+    first = math.floor(clock_offset_h) + 1
+    last = clock_offset_h + horizon / uph
+    inner = np.arange(first, math.ceil(last), dtype=float)
+    edges = np.concatenate([[0.0], (inner - clock_offset_h) * uph, [horizon]])
+    edges = np.unique(edges)
+    mids = clock_offset_h + (edges[:-1] + np.diff(edges) / 2) / uph
+    rate = np.asarray(stream.rate_at(mids), dtype=float) / uph
+    cum = np.concatenate([[0.0], np.cumsum(rate * np.diff(edges))])
+    return edges, rate, cum
+
+
 def arrival_times(model: Model, seed: int, rep: int, horizon: float,
                   clock_offset_h: float) -> tuple[np.ndarray, np.ndarray]:
-    """Arrival times and class indices over [0, horizon), all streams merged, by thinning."""
+    """Arrival times and class indices over [0, horizon), all streams merged.
+
+    Each stream inverts its cumulative rate: the k-th point of a unit-rate Poisson process
+    (stream ``arrivals:<name>``) becomes the k-th arrival, and its class comes from the k-th
+    uniform of ``arrivals:<name>:class`` against the class mix taken in name order. So the
+    same model gives the same arrivals whatever the order of its keys, and a changed profile
+    moves arrivals in time without reshuffling the random numbers behind them (common random
+    numbers across scenarios)."""
+    arrivals, classes = arrivals_by_stream(model, seed, rep, horizon, clock_offset_h)
+    if not arrivals:
+        return np.empty(0), np.empty(0, dtype=np.int64)
+    t = np.concatenate(arrivals)
+    c = np.concatenate(classes)
+    order = np.argsort(t, kind="stable")
+    return t[order], c[order]
+
+
+def arrivals_by_stream(model: Model, seed: int, rep: int, horizon: float,
+                       clock_offset_h: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per arrival stream (model order): its arrival times and class indices."""
     class_index = {c: i for i, c in enumerate(model.classes)}
     uph = model.units_per_hour
     times, classes = [], []
     for stream in model.arrivals:
+        edges, rate, cum = _cumulative_rate(stream, uph, horizon, clock_offset_h)
+        total = float(cum[-1])
         rng = stream_rng(seed, rep, f"arrivals:{stream.name}")
-        lam = stream.max_rate() / uph  # per model time unit
-        if lam <= 0:
-            continue
-        expected = lam * horizon
-        n = int(expected + 6 * math.sqrt(expected) + 20)
-        t = np.cumsum(rng.exponential(1 / lam, n))
-        while t[-1] < horizon:  # rare: top up
-            t = np.concatenate([t, t[-1] + np.cumsum(rng.exponential(1 / lam, n))])
-        t = t[t < horizon]
-        u = rng.uniform(size=t.size)
-        keep = u * stream.max_rate() < stream.rate_at(clock_offset_h + t / uph)
-        t = t[keep]
-        names, probs = zip(*stream.classes, strict=True)
-        mix = rng.choice(len(names), size=t.size, p=np.asarray(probs) / sum(probs))
+        n = int(total + 6 * math.sqrt(total) + 20)
+        e = np.cumsum(rng.exponential(1.0, n))
+        while e.size and e[-1] < total:  # rare: top up
+            e = np.concatenate([e, e[-1] + np.cumsum(rng.exponential(1.0, n))])
+        e = e[e < total]
+        piece = np.searchsorted(cum, e, side="right") - 1
+        t = edges[piece] + (e - cum[piece]) / rate[piece]
+        t = np.minimum(t, np.nextafter(horizon, 0))
+        names = sorted(n for n, _ in stream.classes)
+        probs = dict(stream.classes)
+        p = np.asarray([probs[n] for n in names], dtype=float)
+        cum_p = np.cumsum(p / p.sum())
+        cum_p[-1] = 2.0
+        u = stream_rng(seed, rep, f"arrivals:{stream.name}:class").uniform(size=t.size)
+        pick = np.searchsorted(cum_p, u, side="right")
         times.append(t)
-        classes.append(np.array([class_index[n] for n in names])[mix])
-    if not times:
-        return np.empty(0), np.empty(0, dtype=np.int64)
-    t = np.concatenate(times)
-    c = np.concatenate(classes)
-    order = np.argsort(t, kind="stable")
-    return t[order], c[order]
+        classes.append(np.array([class_index[n] for n in names], dtype=np.int64)[pick])
+    return times, classes
 
 
 class Replication:
@@ -140,8 +184,10 @@ class Replication:
                 env.process(self._roster(self.res[r.name], r.roster))
         self.logs = {a: ActivityLog() for a in m.activities}
         draws = {}
+        own = {}
         for a in m.activities.values():
             draws[a.name] = self._draw(f"duration:{a.name}", a.duration)
+            own[a.name] = self._own(f"duration:{a.name}", a.duration.sample)
         self.paths = {}
         for ci, c in enumerate(m.classes.values()):
             index = {s.id: i for i, s in enumerate(c.steps)}
@@ -157,6 +203,10 @@ class Replication:
                         draws[a.name], a.hold
                     n.patience = self._draw(f"patience:{a.name}", a.patience) \
                         if a.patience else None
+                    n.own_draw = own[a.name]
+                    n.own_patience = self._own(f"patience:{a.name}", a.patience.sample) \
+                        if a.patience else None
+                    n.key = a.name
                     n.balk = a.balk_at
                     n.releases = a.releases
                     n.request = partial(n.res.request, priority=c.priority) \
@@ -166,12 +216,27 @@ class Replication:
                 else:
                     rng = stream_rng(self.seed, self.rep, f"branch:{c.name}:{s.id}")
                     n.branch_u = BlockDraw(lambda rng=rng: rng.uniform(size=BLOCK))
-                    probs = np.array([p for _, p in s.next])
+                    n.own_u = self._own(f"branch:{c.name}:{s.id}",
+                                        lambda rng, k: rng.uniform(size=k))
+                    n.key = f"branch:{s.id}"
+                    nxt = sorted(s.next)  # by target name: key order in YAML is no matter
+                    probs = np.array([p for _, p in nxt])
                     n.cum = np.cumsum(probs / probs.sum()).tolist()
                     n.cum[-1] = 2.0
-                    n.targets = [index[t] if t != EXIT else -1 for t, _ in s.next]
+                    n.targets = [index[t] if t != EXIT else -1 for t, _ in nxt]
                 nodes.append(n)
             self.paths[ci] = (nodes, c.priority, index)
+
+    def _own(self, name: str, sample: object) -> list[float]:
+        """One value per arriving patient, in arrival order: the k-th patient of arrival
+        stream ``s`` gets the k-th value of stream ``<name>|<s>`` (common random numbers per
+        patient, whatever the order in which patients reach the activity)."""
+        parts = [np.asarray(sample(stream_rng(self.seed, self.rep, f"{name}|{st.name}"),
+                                   len(t)), dtype=float)
+                 for st, t in zip(self.model.arrivals, self._stream_times, strict=True)]
+        if not parts:
+            return []
+        return np.concatenate(parts)[self._order].tolist()
 
     def _draw(self, name: str, dist: object) -> BlockDraw:
         rng = stream_rng(self.seed, self.rep, name)
@@ -200,6 +265,8 @@ class Replication:
         env = self.env
         nodes = self.paths[c][0]
         held = None
+        k_own = pid - self._offset_pid  # index among arriving patients (< 0: already in)
+        used: set = set() if k_own >= 0 else _ALL  # first visits use the patient's own draws
         while i >= 0:
             n = nodes[i]
             if n.kind == "activity":
@@ -218,7 +285,12 @@ class Replication:
                 if n.patience is None:
                     yield req
                 else:
-                    got = yield req | env.timeout(n.patience())
+                    if ("p", n.key) in used:
+                        wait_max = n.patience()
+                    else:
+                        wait_max = n.own_patience[k_own]
+                        used.add(("p", n.key))
+                    got = yield req | env.timeout(wait_max)
                     if req not in got:
                         req.cancel()
                         log.left[k] = env.now
@@ -226,7 +298,11 @@ class Replication:
                         break
                 now = env.now
                 if first is None:
-                    d = n.draw()
+                    if n.key in used:
+                        d = n.draw()
+                    else:
+                        d = n.own_draw[k_own]
+                        used.add(n.key)
                 else:
                     d, first = first, None
                 log.start[k] = now
@@ -242,7 +318,11 @@ class Replication:
                     res.release(req)
                 i = n.next
             elif n.kind == "branch":
-                u = n.branch_u()
+                if n.key in used:
+                    u = n.branch_u()
+                else:
+                    u = n.own_u[k_own]
+                    used.add(n.key)
                 j = 0
                 while u >= n.cum[j]:
                     j += 1
@@ -268,6 +348,13 @@ class Replication:
     def run(self) -> RepLog:
         """Simulate to the horizon and return the logs."""
         self.env = env = simpy.Environment()
+        per_stream, per_class = arrivals_by_stream(self.model, self.seed, self.rep,
+                                                   self.horizon, self.offset)
+        self._stream_times = per_stream
+        times = np.concatenate(per_stream) if per_stream else np.empty(0)
+        classes = np.concatenate(per_class) if per_class else np.empty(0, dtype=np.int64)
+        self._order = np.argsort(times, kind="stable")
+        times, classes = times[self._order], classes[self._order]
         self._build()
         self.arrival, self.exit, self.cls, self.lwbs, self.is_initial = [], [], [], [], []
         names = list(self.model.classes)
@@ -280,8 +367,6 @@ class Replication:
             self.lwbs.append(False)
             self.is_initial.append(True)
             env.process(self._patient(pid, c, self.paths[c][2][p.step], p.remaining))
-        times, classes = arrival_times(self.model, self.seed, self.rep, self.horizon,
-                                       self.offset)
         self._offset_pid = len(self.arrival)
         env.process(self._source_from(times.tolist(), classes.tolist(), self._offset_pid))
         env.run(until=self.horizon)

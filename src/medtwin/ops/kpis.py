@@ -120,8 +120,28 @@ def _le(x: np.ndarray, marks: np.ndarray) -> np.ndarray:
     return np.searchsorted(x, marks, side="right")
 
 
+NONNEG = ("arrivals", "throughput", "lwbs", "time_in_system", "wait:", "util:", "busy:",
+          "queue:", "p_within", "p_wait:")  # KPIs that cannot be negative
+PROPORTIONS = ("p_within", "p_wait:", "lwbs_rate")  # ... nor above 1
+CI_NOTE = ("95% CI: t-interval over replications (needs >= 2); limits of waits, times, counts "
+           "and utilisations truncated at 0, of proportions at 1")
+
+
+def bounds(kpi: str) -> tuple[float, float]:
+    """The range a KPI can take: (0, inf), (0, 1) for proportions, else unbounded."""
+    if kpi.startswith(PROPORTIONS):
+        return 0.0, 1.0
+    if kpi.startswith(NONNEG):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
 def summarise(per_rep: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
-    """Mean, sd, n and the t-based confidence interval of each KPI across replications."""
+    """Mean, sd, n and the t-based confidence interval of each KPI across replications.
+
+    The interval of a KPI that cannot be negative (waits, times, counts, utilisations) is
+    truncated at 0, that of a proportion also at 1 (``attrs["ci_note"]`` says so); with fewer
+    than 2 replications there is no interval (NaN)."""
     rows = []
     for col in per_rep.columns:
         if col == "rep":
@@ -133,6 +153,10 @@ def summarise(per_rep: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         sd = float(x.std(ddof=1)) if n > 1 else math.nan
         half = float(stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)) if n > 1 \
             else math.nan
+        lo, hi = bounds(col)
         rows.append({"kpi": col, "mean": mean, "sd": sd, "n": n,
-                     "ci_low": mean - half, "ci_high": mean + half})
-    return pd.DataFrame(rows).set_index("kpi")
+                     "ci_low": max(mean - half, lo) if n > 1 else math.nan,
+                     "ci_high": min(mean + half, hi) if n > 1 else math.nan})
+    out = pd.DataFrame(rows).set_index("kpi")
+    out.attrs["ci_note"] = CI_NOTE.replace("95%", f"{level:.0%}")
+    return out

@@ -24,6 +24,8 @@ from scipy import stats
 
 from medtwin.core.cluster import dask_client
 from medtwin.core.errors import ValidationError
+from medtwin.ops.context import nearest
+from medtwin.ops.kpis import bounds
 from medtwin.ops.loader import with_changes
 from medtwin.ops.runner import run_replications
 from medtwin.ops.schema import Model
@@ -110,8 +112,8 @@ def optimise(model: Model, target: str | Target, ranges: dict[str, tuple[int, in
                               where="optimise")
     for r, (lo, hi) in ranges.items():
         if r not in model.resources:
-            raise ValidationError(f"unknown resource '{r}'; use one of {sorted(model.resources)}",
-                                  where="--vary")
+            raise ValidationError(f"unknown resource '{r}'{nearest(r, model.resources)}; use "
+                                  f"one of {sorted(model.resources)}", where="--vary")
         if hi < lo:
             raise ValidationError(f"range {lo}:{hi} of '{r}' is empty", where="--vary")
     names = list(ranges)
@@ -136,7 +138,8 @@ def optimise(model: Model, target: str | Target, ranges: dict[str, tuple[int, in
             continue
         res = run_replications(m, reps, seed, progress=False, hourly=False, client=client)
         if tgt.kpi not in res.per_rep:
-            raise ValidationError(f"unknown KPI '{tgt.kpi}'; the model gives "
+            raise ValidationError(f"unknown KPI '{tgt.kpi}'{nearest(tgt.kpi, res.per_rep)}; "
+                                  "the model gives "
                                   f"{sorted(c for c in res.per_rep if c != 'rep')}",
                                   where="--target")
         x = res.per_rep[tgt.kpi].to_numpy(dtype=float)
@@ -144,8 +147,9 @@ def optimise(model: Model, target: str | Target, ranges: dict[str, tuple[int, in
         conf = tgt.confidence(x)
         half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
         meets = bool(conf >= confidence)
-        rows.append({**row, "kpi_mean": x.mean(), "ci_low": x.mean() - half,
-                     "ci_high": x.mean() + half, "confidence": conf, "meets": meets,
+        lo, hi = bounds(tgt.kpi)  # a wait or a count cannot be negative
+        rows.append({**row, "kpi_mean": x.mean(), "ci_low": max(x.mean() - half, lo),
+                     "ci_high": min(x.mean() + half, hi), "confidence": conf, "meets": meets,
                      "status": "evaluated"})
         log.info("candidate %s cost %.0f: %s = %.4g (confidence %.3f)", combo, cost, tgt.kpi,
                  x.mean(), conf)

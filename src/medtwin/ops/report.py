@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 
 from medtwin.ops.runner import Results
@@ -46,12 +47,19 @@ def figures(res: Results) -> list[go.Figure]:
     return figs
 
 
-def write_report(res: Results, path: str | Path, title: str | None = None) -> Path:
-    """Write the report to ``path`` (one HTML file, works offline)."""
+def write_report(res: Results, path: str | Path, title: str | None = None,
+                 tables: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Write the report to ``path`` (one HTML file, works offline); ``tables`` (heading ->
+    table) are added before the KPI table, e.g. a scenario comparison."""
     path = Path(path)
     title = title or f"medtwin ops: {res.model.name}"
     parts = [_fig_html(f, i == 0) for i, f in enumerate(figures(res))]
-    table = res.summary().round(4).to_html(classes="kpis", border=0)
+    summary = res.summary()
+    table = "".join(f"<h2>{html.escape(h)}</h2>\n" + t.round(4).to_html(classes="kpis", border=0)
+                    for h, t in (tables or {}).items())
+    table += "<h2>KPIs across replications (mean, sd, 95% CI)</h2>\n"
+    table += f"<p>{html.escape(summary.attrs.get('ci_note', ''))}</p>\n"
+    table += summary.round(4).to_html(classes="kpis", border=0)
     n = len(res.per_rep)
     doc = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -63,7 +71,6 @@ text-align:right}}</style></head><body>
 {res.model.length:g} {html.escape(res.model.time_unit)}; model file
 {html.escape(res.model.file)}.</p>
 {''.join(parts)}
-<h2>KPIs across replications (mean, sd, 95% CI)</h2>
 {table}
 </body></html>"""
     path.write_text(doc, encoding="utf-8")

@@ -70,7 +70,11 @@ class PatientClass:
 @dataclass(frozen=True)
 class ArrivalStream:
     """Non-stationary Poisson arrivals: hourly rates (1, 24 or 168 of them, cyclic, per hour
-    of clock time), optional day-of-week multipliers, and the mix of patient classes."""
+    of clock time), optional day-of-week multipliers, and the mix of patient classes.
+
+    In the model file the rates are a number, a list, or an hourly CSV (``rates_csv``),
+    optionally limited to an ``opening_hours`` table and multiplied by ``scale``; the loader
+    resolves them to ``rates_per_hour``."""
 
     name: str
     rates_per_hour: tuple[float, ...]

@@ -3,7 +3,10 @@
 A stream is keyed by the *name* of what it serves (``arrivals:walk_in``,
 ``duration:triage``, ``branch:non_trauma:after_exam``) rather than by creation order, so a
 scenario that adds or removes an activity leaves every other stream unchanged: common random
-numbers across scenarios. Replications get independent streams through ``SeedSequence``
+numbers across scenarios. Per-patient streams (``duration:triage|<arrival stream>``) give
+the k-th patient of an arrival stream the k-th value, whatever order patients reach the
+activity in, so a staffing change leaves each patient's own draws unchanged.
+Replications get independent streams through ``SeedSequence``
 spawn keys ``(replication, crc32(name))``, reproducible in any process.
 """
 
