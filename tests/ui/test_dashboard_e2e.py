@@ -437,7 +437,7 @@ def test_times_are_shown_in_the_browsers_time_zone(world, open_context):
     # the live patients' last readings are from the last minutes: the hour is New York's
     assert any(int(h) in (now.hour, (now.hour - 1) % 24) for h, _ in stamps), (stamps, now)
     page.goto(f"{world.base}/ui/patient/{world.of('dr.north', T1D)}")
-    expect(page.get_by_text("time (America/New_York)").first).to_be_visible()
+    expect(page.get_by_text("time (America/New_York)").first).to_be_visible(timeout=WAIT)
     tokyo = open_context(zone="Asia/Tokyo")  # another browser, another zone
     _sign_in(tokyo, world, "dr.north")
     expect(tokyo.locator("[data-zone]")).to_have_text("Times in Asia/Tokyo")
