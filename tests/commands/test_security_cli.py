@@ -43,6 +43,7 @@ def test_user_add_list_disable_and_device_key(env):
     assert runner.invoke(app, ["user", "disable", "nobody", "--db", db]).exit_code == 2
     key = runner.invoke(app, ["key", "add", "--device", "cgm-7", "--patient", "p1", "--db", db])
     assert key.exit_code == 0 and key.output.startswith("mtk_")
+    assert "bearer token, shown only now" in key.output  # issue 17: say what it is
     verify = runner.invoke(app, ["audit", "verify", "--db", db])
     assert verify.exit_code == 0 and "intact: 3 entries" in verify.output
     events = json.loads(runner.invoke(app, ["audit", "export", "--db", db]).output)

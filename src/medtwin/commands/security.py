@@ -233,6 +233,9 @@ def key_add(device: str = typer.Option(..., "--device", help="Device id."),
         _audit(store, "create", f"device-key:{device}", patient_id=patient)
         user = device_username(key)
         typer.echo(key)
+        typer.echo("the line above is a bearer token, shown only now: whoever holds it can "
+                   "send this patient's readings (HTTP header 'Authorization: Bearer KEY'); "
+                   "store it like a password, revoke it with `medtwin key revoke`", err=True)
         typer.echo(f"MQTT: username {user}, password the key above; it may publish only "
                    f"{prefix}/<site>/{patient}/{device}/<metric>", err=True)
         if folder is not None:
