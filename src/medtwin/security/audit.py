@@ -5,8 +5,9 @@ Entry ``n`` stores ``body_hash`` = SHA-256 of its content and ``hash`` = HMAC-SH
 (previous hash, n, body_hash, key id) under the audit key, which is derived from the key ring
 (HKDF) and never stored in the database; the key id is stored with the entry, so keys can
 rotate. A one-row head table holds the last number and hash (its row lock serialises
-writers). A database writer without the key can change rows but cannot compute the hashes
-that go with them.
+writers; within a process, appends that arrive together share one transaction: group
+commit, see :meth:`AuditLog.append_many`). A database writer without the key can change
+rows but cannot compute the hashes that go with them.
 
 The head is also anchored outside the database (see :mod:`medtwin.security.audit_anchor`):
 at the first keyed entry of a chain, every ``anchor_every`` entries, after ``anchor_seconds``
@@ -43,6 +44,7 @@ GENESIS = "0" * 64
 PAGE = 5000  # entries per read of :meth:`AuditLog.verify`
 MAX_PROBLEMS = 1000  # problems kept in detail; the rest are counted
 _REORDER_WINDOW = 64  # how far a re-ordered entry is looked for
+_PG_ROWS = 2000  # entries per INSERT statement on PostgreSQL (13 parameters each)
 _FIELDS = ("time", "actor", "role", "action", "resource", "patient_id", "source", "outcome",
            "detail")
 
@@ -80,6 +82,22 @@ class AuditEntry:
         d = {k: getattr(self, k) for k in _FIELDS}
         d["time"] = self.time.astimezone(UTC).isoformat(timespec="microseconds")
         return d
+
+
+class _Ticket:
+    """One caller's entries waiting in the group-commit queue, and how their write ended."""
+
+    __slots__ = ("done", "entries", "error", "numbers")
+
+    def __init__(self, entries: list[AuditEntry]) -> None:
+        self.entries = entries
+        self.numbers: list[int] = []
+        self.error: BaseException | None = None
+        self.done = False
+
+    def settle(self, *, numbers: list[int] | None = None,
+               error: BaseException | None = None) -> None:
+        self.numbers, self.error, self.done = numbers or [], error, True
 
 
 def _keepable(entry: AuditEntry) -> AuditEntry:
@@ -189,6 +207,10 @@ class AuditLog:
         self._anchored_at = _time.monotonic()
         self._pending: tuple[int, str] | None = None  # the last appended, not yet anchored
         self._timer: threading.Timer | None = None  # anchors the pending tail when idle
+        self._queue_lock = threading.Lock()  # group commit: the queue and who writes it
+        self._queue_ready = threading.Condition(self._queue_lock)
+        self._queue: list[_Ticket] = []
+        self._writing = False
 
     def _key(self, kid: str) -> bytes | None:
         if kid not in self._derived:
@@ -201,39 +223,115 @@ class AuditLog:
         return self.append_many([entry])[-1]
 
     def append_many(self, entries: list[AuditEntry]) -> list[int]:
-        """Append entries in one transaction, in order; return their numbers."""
+        """Append entries durably, in order and contiguously; return their numbers.
+
+        Group commit: the entries of requests that arrive while another batch is being
+        written wait in a queue, and the next writer (a leader, one of the waiting callers)
+        appends every queued batch, in arrival order, in one transaction. Each caller
+        returns only once its own entries are committed (and anchored when due); a caller
+        whose entries could not be written gets the error, and a failure of one batch
+        never fails the others (they are retried alone)."""
         if not entries:
             return []
-        entries = [_keepable(e) for e in entries]
+        kid = self.keys.current
+        if self._key(kid) is None:
+            raise AuditError(f"the current key {kid!r} of {self.keys.source} gives no audit key")
+        ticket = _Ticket([_keepable(e) for e in entries])
+        batch: list[_Ticket] = []
+        with self._queue_lock:
+            self._queue.append(ticket)
+            while not ticket.done and self._writing:
+                self._queue_ready.wait()
+            if not ticket.done:  # lead: write what is queued, this ticket included
+                self._writing = True
+                batch, self._queue = self._queue, []
+        if batch:
+            try:
+                self._write_group(batch)
+            finally:
+                for other in batch:  # never left waiting, nor returned as written
+                    if not other.done:
+                        other.settle(error=AuditError("the audit entries were not written: "
+                                                      "their writer was interrupted"))
+                with self._queue_lock:
+                    self._writing = False
+                    self._queue_ready.notify_all()
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.numbers
+
+    def _write_group(self, batch: list[_Ticket]) -> None:
+        """Append the tickets' entries in one transaction, anchor when due, and settle every
+        ticket; when the transaction fails, each ticket on its own (so one bad entry fails
+        only its own caller)."""
+        try:
+            done = self._commit(batch)
+        except Exception as exc:  # noqa: BLE001 - settled per ticket below
+            if len(batch) == 1:
+                batch[0].settle(error=exc)
+                return
+            for ticket in batch:
+                try:
+                    self._settle([ticket], self._commit([ticket]))
+                except Exception as exc1:  # noqa: BLE001 - handed to its caller
+                    ticket.settle(error=exc1)
+            return
+        self._settle(batch, done)
+
+    def _settle(self, batch: list[_Ticket], done: tuple[int, str, int, str, bool]) -> None:
+        """After the commit: anchor when due (before anyone answers), then settle."""
+        first, first_hash, last, last_hash, starts_keying = done
+        error: BaseException | None = None
+        try:
+            self._after_append(first, first_hash, last, last_hash, starts_keying,
+                               urgent=self.anchor_sensitive and any(
+                                   sensitive(e) for ticket in batch for e in ticket.entries))
+        except Exception as exc:  # noqa: BLE001 - stored, but the callers learn of it
+            error = exc
+        for ticket in batch:
+            n = len(ticket.entries)
+            ticket.settle(numbers=list(range(first, first + n)), error=error)
+            first += n
+
+    def _commit(self, batch: list[_Ticket]) -> tuple[int, str, int, str, bool]:
+        """One transaction for the tickets' entries, in order; returns the first number and
+        hash, the last number and hash, and whether these entries start the keyed chain."""
+        entries = [e for ticket in batch for e in ticket.entries]
         kid = self.keys.current
         key = self._key(kid)
         if key is None:
             raise AuditError(f"the current key {kid!r} of {self.keys.source} gives no audit key")
+        bases = [{**e.body(), "time": e.time, "body_hash": body_hash(e), "key_id": kid}
+                 for e in entries]  # made before the head's lock is taken
+        n = len(entries)
+        h = t.audit_head.c
         with self.engine.begin() as conn:
             # the write to the head comes first: it takes the lock that orders appends
-            conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
-                         .values(seq=t.audit_head.c.seq + len(entries)))
-            head = conn.execute(select(t.audit_head.c.seq, t.audit_head.c.hash,
-                                       t.audit_head.c.key_id)
-                                .where(t.audit_head.c.id == 1)).one()
-            seq, prev = int(head.seq) - len(entries), head.hash
+            bump = update(t.audit_head).where(h.id == 1).values(seq=h.seq + n)
+            if conn.dialect.update_returning:
+                head = conn.execute(bump.returning(h.seq, h.hash, h.key_id)).one()
+            else:
+                conn.execute(bump)
+                head = conn.execute(select(h.seq, h.hash, h.key_id).where(h.id == 1)).one()
+            seq, prev = int(head.seq) - n, head.hash
             starts_keying = seq == 0 or head.key_id is None
-            rows, numbers, first_hash = [], [], ""
-            for e in entries:
+            rows, first_hash = [], ""
+            for base in bases:
                 seq += 1
-                b = body_hash(e)
-                h = keyed_hash(key, kid, prev, seq, b)
-                rows.append({**e.body(), "time": e.time, "seq": seq, "body_hash": b,
-                             "prev_hash": prev, "hash": h, "key_id": kid})
-                numbers.append(seq)
-                first_hash = first_hash or h
-                prev = h
-            conn.execute(insert(t.audit_log), rows)
-            conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
-                         .values(hash=prev, key_id=kid))
-        self._after_append(numbers[0], first_hash, seq, prev, starts_keying,
-                           urgent=self.anchor_sensitive and any(map(sensitive, entries)))
-        return numbers
+                link = keyed_hash(key, kid, prev, seq, base["body_hash"])
+                rows.append({**base, "seq": seq, "prev_hash": prev, "hash": link})
+                first_hash = first_hash or link
+                prev = link
+            set_head = update(t.audit_head).where(h.id == 1).values(hash=prev, key_id=kid)
+            if conn.dialect.name == "postgresql":  # one multi-row INSERT with the head's write
+                for i in range(0, n - _PG_ROWS, _PG_ROWS):
+                    conn.execute(insert(t.audit_log).values(rows[i:i + _PG_ROWS]))
+                last = rows[(n - 1) // _PG_ROWS * _PG_ROWS:]
+                conn.execute(set_head.add_cte(insert(t.audit_log).values(last).cte("added")))
+            else:
+                conn.execute(insert(t.audit_log), rows)
+                conn.execute(set_head)
+        return seq - n + 1, first_hash, seq, prev, starts_keying
 
     def _after_append(self, first: int, first_hash: str, last: int, last_hash: str,
                       starts_keying: bool, *, urgent: bool = False) -> None:

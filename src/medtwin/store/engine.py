@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('medtwin.schema:' || %s, 0))"
+POOL_SIZE = 20  # PostgreSQL connections kept per process
+POOL_OVERFLOW = 20  # ... and opened beyond them at a peak, up to the API threadpool's 40 threads
+# (2 service workers then hold at most 80 of PostgreSQL's default 100 connections)
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -84,7 +87,10 @@ def make_engine(db: str | os.PathLike[str] | None, *, schema: str | None = None,
     from medtwin.extras import require
 
     require("psycopg", "a PostgreSQL store")
-    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    # a pooled connection per thread of the API's threadpool: with fewer, the threads queue
+    # for a connection, and a pool smaller than its overflow closes and reopens connections
+    engine = create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE,
+                           max_overflow=POOL_OVERFLOW, **kwargs)
     if schema:
         @event.listens_for(engine, "connect")
         def _search_path(dbapi_conn: Any, _record: Any) -> None:

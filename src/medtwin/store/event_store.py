@@ -33,7 +33,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
-from sqlalchemy import Engine, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    and_,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -488,11 +499,24 @@ class EventStore:
         each source record is listed, decided in the query, so pages never overlap."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
-        if not self.has_patient(patient_id):
-            raise _unknown_patient(patient_id)
         e = t.events.c
         newer = t.events.alias("newer")
-        q = self._select(patient_id, kinds, codes, since, until).where(~exists().where(
+        # only what is listed: the payload's display is read in the query (not the payload),
+        # the time as naive UTC (tagged below; cheaper than converting each from the
+        # session's zone)
+        utc = (func.timezone("UTC", e.time, type_=DateTime())
+               if self.engine.dialect.name == "postgresql" else type_coerce(e.time, DateTime()))
+        q = select(e.kind, utc, e.code, e.payload["display"].as_string(), e.value, e.unit,
+                   e.source_id, e.quality, e.seq).where(e.patient_id == patient_id)
+        if kinds:
+            q = q.where(e.kind.in_(list(kinds)))
+        if codes:
+            q = q.where(e.code.in_(list(codes)))
+        if since is not None:
+            q = q.where(e.time >= since)
+        if until is not None:
+            q = q.where(e.time < until)
+        q = q.where(~exists().where(
             newer.c.kind == e.kind, newer.c.source_id == e.source_id,
             newer.c.patient_id == e.patient_id, newer.c.seq > e.seq)).where(
             or_(e.quality.is_(None), e.quality != DELETED))  # a deleted record is gone
@@ -502,11 +526,16 @@ class EventStore:
                         if at is None else
                         or_(e.time > at, and_(e.time == at, e.seq > seq)))
         q = q.order_by(e.time.asc().nulls_first(), e.seq).limit(limit + 1)
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn:  # one connection for the check and the page
+            if conn.scalar(select(t.patients.c.id).where(t.patients.c.id == patient_id)) is None:
+                raise _unknown_patient(patient_id)
             rows = conn.execute(q).all()
         more = len(rows) > limit
-        rows = rows[:limit]
-        return [_entry(r) for r in rows], ((rows[-1].time, rows[-1].seq) if more else None)
+        page = [{"kind": kind, "time": None if at is None else at.replace(tzinfo=UTC),
+                 "code": code, "display": display, "value": value, "unit": unit,
+                 "source_id": source_id, "quality": quality}
+                for kind, at, code, display, value, unit, source_id, quality, _ in rows[:limit]]
+        return page, (page[-1]["time"], rows[limit - 1][-1]) if more else None
 
     def history(self, patient_id: str, kind: str, source_id: str) -> list[dict[str, Any]]:
         """Every stored version of one of the patient's records, oldest first: its sequence
