@@ -163,3 +163,20 @@ def test_two_writers_racing_on_one_source_id_store_one_version(pg_url, pg_schema
                 th.join()
             assert sorted(outcomes) == ["refused", "stored"], outcomes
             assert len(store.history("p1", "observation", sid)) == 1
+
+
+@pytest.mark.postgres
+def test_a_large_write_takes_a_bounded_number_of_locks(pg_url, pg_schema):
+    """One advisory lock per (kind, source id) ran PostgreSQL's shared lock table out of
+    memory on a 20,000-record write; keys now share LOCK_BUCKETS locks, taken in order."""
+    from sqlalchemy import text
+
+    from medtwin.store.event_store import EventStore
+    from medtwin.store.versions import LOCK_BUCKETS, _lock_keys
+
+    keys = {("observation", f"Observation/{i}") for i in range(50_000)}
+    with EventStore.open(pg_url, schema=pg_schema) as store, store.engine.begin() as conn:
+        _lock_keys(conn, keys)
+        held = conn.scalar(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                "AND pid = pg_backend_pid()"))
+    assert 0.9 * LOCK_BUCKETS <= held <= LOCK_BUCKETS  # every bucket, no more

@@ -35,17 +35,24 @@ class _Known:
         self.deleted, self.seq = False, 0  # the newest stored row is a tombstone
 
 
+#: advisory-lock buckets the (kind, source id) keys hash into: a write takes at most this many
+#: locks, whatever its size (one lock per key ran PostgreSQL's shared lock table out of
+#: memory on large imports); keys sharing a bucket only wait for each other
+LOCK_BUCKETS = 1024
+_LOCK_BASE = 0x6D74_7665_0000  # "mtve": apart from the other advisory locks' hashed keys
+
+
 def _lock_keys(conn: Any, keys: set[tuple[str, str]]) -> None:
-    """On PostgreSQL, take a transaction-scoped advisory lock per (kind, source id), in a
-    fixed order, before looking: two writers sending different content under one source id
-    at the same moment (two ingesters of a shared subscription, REST and MQTT) would both
+    """On PostgreSQL, take a transaction-scoped advisory lock per bucket of (kind, source id),
+    in a fixed order, before looking: two writers sending different content under one source
+    id at the same moment (two ingesters of a shared subscription, REST and MQTT) would both
     find it new under READ COMMITTED and both store it, so that a device had amended a
     record. The second now waits, then sees the first's row. SQLite writers are serialised
     by its database lock already."""
     if conn.dialect.name != "postgresql" or not keys:
         return
-    ids = sorted({int.from_bytes(hashlib.sha256(f"{k}\x1f{s}".encode()).digest()[:8], "big",
-                                 signed=True) for k, s in keys})
+    ids = sorted({_LOCK_BASE + int.from_bytes(hashlib.sha256(f"{k}\x1f{s}".encode()).digest()[:8],
+                                              "big") % LOCK_BUCKETS for k, s in keys})
     conn.exec_driver_sql("SELECT pg_advisory_xact_lock(k) FROM unnest(%(ids)s::int8[]) AS k "
                          "ORDER BY k", {"ids": ids})
 
