@@ -147,7 +147,7 @@ def stream_cmd(
         if replay is not None and not (replay.exists() or replay.with_suffix(".hea").exists()):
             raise NotFoundError(f"no WFDB record at {replay} (looked for {replay} and "
                                 f"{replay.with_suffix('.hea')}); give the record's path "
-                                "without extension, e.g. ../shared/reference/signals/100")
+                                "without extension, e.g. records/100 for records/100.hea")
         if replay is not None:
             frame = numerics_frame(replay) if _is_numerics(replay) else ecg_heart_rate(replay)
             start -= frame["offset"].max().to_pytimedelta()  # ends now: never future-dated

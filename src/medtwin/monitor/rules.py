@@ -32,7 +32,7 @@ class Finding:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-#: how a vital is said to a clinician: its name and unit
+#: how a vital is said to a clinician: its name and unit (the dashboard's tiles use the units)
 VITAL_WORDS: dict[str, tuple[str, str]] = {
     "spo2": ("SpO2", "%"), "pulse": ("Pulse", "/min"), "systolic_bp": ("Systolic BP", "mmHg"),
     "respiration_rate": ("Respiratory rate", "/min"), "temperature": ("Temperature", "°C"),

@@ -414,9 +414,14 @@ class EventStore:
 
     def has_patient(self, patient_id: str) -> bool:
         """Whether ``patient_id`` is stored (reads no identifying field)."""
+        return self.patient_recorded_at(patient_id) is not None
+
+    def patient_recorded_at(self, patient_id: str) -> datetime | None:
+        """When ``patient_id``'s row was stored (``None``: not stored); reads no identifying
+        field."""
         with self.engine.connect() as conn:
-            return conn.scalar(select(t.patients.c.id).where(t.patients.c.id == patient_id)
-                               ) is not None
+            return conn.scalar(select(t.patients.c.recorded_at)
+                               .where(t.patients.c.id == patient_id))
 
     def patient(self, patient_id: str) -> Patient:
         """One patient with identity fields; :class:`NotFoundError` if not stored."""

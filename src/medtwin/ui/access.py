@@ -19,6 +19,7 @@ from medtwin.core import codes
 from medtwin.core.errors import MedtwinError, NotFoundError
 from medtwin.interop.codes import to_canonical
 from medtwin.monitor.news2 import News2, Risk, news2
+from medtwin.monitor.rules import VITAL_WORDS
 from medtwin.monitor.vitals import latest_items_many, vitals_from_items
 from medtwin.security.policy import AccessDeniedError, Action, Grant
 from medtwin.security.roles import Principal, Role
@@ -44,9 +45,10 @@ CHART_CODES = {codes.HEART_RATE: ("Heart rate", "/min"),
                codes.BODY_TEMPERATURE: ("Temperature", "°C"), CGM: ("CGM glucose", "mg/dL"),
                GLUCOSE_LAB: ("Blood glucose", "mg/dL")}
 RISK_ORDER = {Risk.HIGH: 3, Risk.MEDIUM: 2, Risk.LOW_MEDIUM: 1, Risk.LOW: 0}
-SHOWN_VITALS = (("pulse", "HR", "/min"), ("respiration_rate", "RR", "/min"),
-                ("spo2", "SpO2", "%"), ("systolic_bp", "SBP", "mmHg"),
-                ("temperature", "Temp", "°C"))
+#: the vitals a ward tile shows: item, short label, unit (the unit alerts use)
+SHOWN_VITALS = tuple((item, label, VITAL_WORDS[item][1]) for item, label in (
+    ("pulse", "HR"), ("respiration_rate", "RR"), ("spo2", "SpO2"), ("systolic_bp", "SBP"),
+    ("temperature", "Temp")))
 
 
 class UiDeniedError(MedtwinError):

@@ -109,13 +109,9 @@ def legacy_patient(svc: Services, rid: str) -> StoredResource | None:
     from every service worker)."""
     import json
 
-    from sqlalchemy import select
-
     from medtwin.interop.fhir.write import to_bundle
-    from medtwin.store import schema as t
 
-    with svc.store.engine.connect() as conn:
-        recorded = conn.scalar(select(t.patients.c.recorded_at).where(t.patients.c.id == rid))
+    recorded = svc.store.patient_recorded_at(rid)
     if recorded is None:
         return None
     resource = to_bundle(svc.store.patient(rid), [], validate=False)["entry"][0]["resource"]
