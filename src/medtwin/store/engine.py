@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +54,25 @@ def sqlite_file(url: str) -> Path | None:
     return Path(u.database)
 
 
+SQLITE_BUSY_SECONDS = 10.0  # how long a connection waits for another's lock
+
+
 def sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     """WAL, durable commits, foreign keys and a busy timeout on every SQLite connection."""
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout=10000")  # first: switching to WAL may wait for a lock
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+    # switching a new file to WAL can answer "database is locked" at once while another
+    # process switches it (SQLite does not always call the busy handler there): try again
+    # within the same busy timeout
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cur.execute("PRAGMA synchronous=FULL")  # a write is acknowledged only once durable
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
