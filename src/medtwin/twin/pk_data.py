@@ -35,8 +35,7 @@ class PKData:
         rows = np.asarray(rows, int)
         o = self.observed
         return PKData(tuple(self.subjects[i] for i in rows), self.doses.take(rows),
-                      self.times[rows], ObservedData(o.y[rows], o.mask[rows], o.blq[rows],
-                                                     o.lloq[rows]),
+                      self.times[rows], o.take(rows),
                       self.lines[rows], {k: v[rows] for k, v in self.covariates.items()})
 
 

@@ -27,7 +27,10 @@ from scipy.special import ndtri
 
 from medtwin.core.errors import ValidationError
 from medtwin.core.estimate.residual import (
+    AnyError,
+    ElementError,
     ResidualError,
+    error_for,
     observation_derivatives,
     observation_terms,
 )
@@ -46,13 +49,24 @@ class ObservedData:
     """Observations of ``S`` subjects padded to ``m`` columns.
 
     ``y`` (values, NaN where unused), ``mask`` (used for estimation), ``blq`` (below the
-    limit of quantification: handled by M3), ``lloq`` (the limit, where ``blq``).
+    limit of quantification: handled by M3), ``lloq`` (the limit, where ``blq``) and ``kind``
+    (which observed quantity each is, indexing a :class:`ResidualErrors`; None: one kind).
     """
 
     y: np.ndarray
     mask: np.ndarray
     blq: np.ndarray
     lloq: np.ndarray
+    kind: np.ndarray | None = None
+
+    def take(self, rows: np.ndarray) -> ObservedData:
+        """The observations of the subjects at ``rows``."""
+        return ObservedData(self.y[rows], self.mask[rows], self.blq[rows], self.lloq[rows],
+                            None if self.kind is None else self.kind[rows])
+
+    def error(self, error: AnyError) -> ResidualError | ElementError:
+        """The residual error of each observation, shaped to broadcast as ``(S, 1, m)``."""
+        return error_for(error, None if self.kind is None else self.kind[:, None])
 
     @classmethod
     def build(
@@ -61,6 +75,7 @@ class ObservedData:
         mask: np.ndarray | None = None,
         blq: np.ndarray | None = None,
         lloq: np.ndarray | float | None = None,
+        kind: np.ndarray | None = None,
     ) -> ObservedData:
         """Check and complete the arrays; refuse non-finite or negative used values."""
         y = np.atleast_2d(np.asarray(y, float))
@@ -81,7 +96,9 @@ class ObservedData:
                                   "is known for it", where=f"subject {s}, observation {j}")
         y = np.where(quant, y, 1.0)
         lloq_a = np.where(blq, lloq_a, 1.0)
-        return cls(y, mask, blq, lloq_a)
+        kind_a = None if kind is None else np.broadcast_to(np.asarray(kind, np.int64),
+                                                           y.shape).copy()
+        return cls(y, mask, blq, lloq_a, kind_a)
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,7 @@ def map_objective(
     eta: np.ndarray,
     data: ObservedData,
     omega: np.ndarray,
-    error: ResidualError,
+    error: AnyError,
 ) -> np.ndarray:
     """OFV of the candidate etas ``(S, k, q)`` -> ``(S, k)``."""
     oi = np.linalg.inv(omega)
@@ -133,15 +150,15 @@ def map_objective(
 
 
 def _ofv(f: np.ndarray, eta: np.ndarray, data: ObservedData, oi: np.ndarray,
-         error: ResidualError) -> np.ndarray:
-    terms = observation_terms(error, data.y[:, None], f, data.mask[:, None], data.blq[:, None],
-                              data.lloq[:, None])
+         error: AnyError) -> np.ndarray:
+    terms = observation_terms(data.error(error), data.y[:, None], f, data.mask[:, None],
+                              data.blq[:, None], data.lloq[:, None])
     out = terms.sum(axis=-1) + np.einsum("skq,qp,skp->sk", eta, oi, eta)
     return np.where(np.isfinite(out), out, np.inf)
 
 
 def _derivatives(
-    predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: ResidualError
+    predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: AnyError
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """OFV, gradient, Gauss-Newton Hessian at each of ``eta`` ``(S, k, q)``, and the
     prediction Jacobian ``(S, k, q, m)``."""
@@ -152,7 +169,7 @@ def _derivatives(
     F = predict(pts.reshape(S, k * (1 + 2 * q), q)).reshape(S, k, 1 + 2 * q, -1)
     f = F[:, :, 0]
     J = (F[:, :, 1 : 1 + q] - F[:, :, 1 + q :]) / (2 * _H_GRAD)  # (S, k, q, m)
-    d, w = observation_derivatives(error, data.y[:, None], f, data.mask[:, None],
+    d, w = observation_derivatives(data.error(error), data.y[:, None], f, data.mask[:, None],
                                    data.blq[:, None], data.lloq[:, None])
     ofv = _ofv(f, eta, data, oi, error)
     grad = np.einsum("skqm,skm->skq", J, d) + 2.0 * eta @ oi
@@ -162,7 +179,7 @@ def _derivatives(
 
 def hessian(
     predict: Predict, eta: np.ndarray, data: ObservedData, omega: np.ndarray,
-    error: ResidualError,
+    error: AnyError,
 ) -> np.ndarray:
     """Hessian of OFV at ``eta`` ``(S, q)`` -> ``(S, q, q)`` (central differences of the
     analytic gradient)."""
@@ -171,7 +188,7 @@ def hessian(
 
 
 def _newton_parts(
-    predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: ResidualError
+    predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: AnyError
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     S, q = eta.shape
     eye = np.eye(q) * _H_HESS
@@ -195,7 +212,7 @@ def _descent_step(g: np.ndarray, H: np.ndarray, gn: np.ndarray) -> np.ndarray:
 
 
 def _optimise(
-    predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: ResidualError,
+    predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: AnyError,
     lo: np.ndarray, hi: np.ndarray, max_iter: int, tol: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Bounded damped Newton for all subjects at once; returns eta, ofv, Hessian, converged."""
@@ -239,7 +256,7 @@ def map_estimate(
     predict: Predict,
     data: ObservedData,
     omega: np.ndarray,
-    error: ResidualError,
+    error: AnyError,
     *,
     eta0: np.ndarray | None = None,
     max_iter: int = 100,
@@ -270,7 +287,7 @@ def map_estimate(
         rows = np.flatnonzero(redo)
         log.info("MAP: restarting %d subject(s) from prior draws", rows.size)
         draw = np.clip(rng.standard_normal((rows.size, q)) @ chol.T, lo, hi)
-        sub = ObservedData(data.y[rows], data.mask[rows], data.blq[rows], data.lloq[rows])
+        sub = data.take(rows)
 
         def sub_predict(e: np.ndarray, rows: np.ndarray = rows) -> np.ndarray:
             full = np.zeros((S,) + e.shape[1:])

@@ -69,8 +69,63 @@ class ResidualError:
         return 2.0 * self.proportional_sd**2 * f
 
 
+@dataclass(frozen=True)
+class ElementError:
+    """Residual error given per observation (arrays broadcasting against the predictions):
+    what :class:`ResidualErrors` selects for the observations of several kinds."""
+
+    additive_sd: np.ndarray
+    proportional_sd: np.ndarray
+    log_scale: np.ndarray
+
+    def transform(self, values: np.ndarray) -> np.ndarray:  # noqa: D102
+        v = np.asarray(values, float)
+        return np.where(self.log_scale, np.log(np.maximum(v, _TINY)), v)
+
+    def dtransform(self, f: np.ndarray) -> np.ndarray:  # noqa: D102
+        return np.where(self.log_scale, 1.0 / np.maximum(f, _TINY), 1.0)
+
+    def variance(self, f: np.ndarray) -> np.ndarray:  # noqa: D102
+        prop = np.where(self.log_scale, 0.0, self.proportional_sd)
+        return np.maximum(self.additive_sd**2 + (prop * f) ** 2, _TINY)
+
+    def dvariance(self, f: np.ndarray) -> np.ndarray:  # noqa: D102
+        return 2.0 * np.where(self.log_scale, 0.0, self.proportional_sd) ** 2 * f
+
+
+@dataclass(frozen=True)
+class ResidualErrors:
+    """One residual error per observation kind (e.g. parent and metabolite), applied to each
+    observation through its kind index (``ObservedData.kind``)."""
+
+    errors: tuple[ResidualError, ...]
+    names: tuple[str, ...] = ()
+
+    def select(self, kind: np.ndarray) -> ElementError:
+        """The error of each observation whose kind index is ``kind``."""
+        k = np.asarray(kind, np.int64)
+        pick = np.array([[e.additive_sd, e.proportional_sd, float(e.log_scale)]
+                         for e in self.errors])[k]
+        return ElementError(pick[..., 0], pick[..., 1], pick[..., 2] > 0)
+
+
+AnyError = ResidualError | ResidualErrors
+
+
+def error_for(error: AnyError, kind: np.ndarray | None) -> ResidualError | ElementError:
+    """The error applying to observations of ``kind`` (one error: itself)."""
+    if isinstance(error, ResidualError):
+        return error
+    if kind is None:
+        if len(error.errors) != 1:
+            raise ValidationError(f"{len(error.errors)} residual errors but the data say "
+                                  "nothing about which observation is which", where="error")
+        return error.errors[0]
+    return error.select(kind)
+
+
 def observation_terms(
-    error: ResidualError,
+    error: ResidualError | ElementError,
     y: np.ndarray,
     f: np.ndarray,
     mask: np.ndarray,
@@ -91,7 +146,7 @@ def observation_terms(
 
 
 def observation_derivatives(
-    error: ResidualError,
+    error: ResidualError | ElementError,
     y: np.ndarray,
     f: np.ndarray,
     mask: np.ndarray,
