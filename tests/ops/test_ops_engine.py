@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medtwin.core.yamlio import load_yaml
 from medtwin.ops.engine import run_replication
 from medtwin.ops.kpis import available
 from medtwin.ops.loader import load_model, parse_model, with_changes
 from medtwin.ops.runner import run_replications
-from medtwin.ops.yamlio import load_yaml
 
 
 def test_parallel_replications_equal_serial():

@@ -7,10 +7,10 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
+from medtwin.core.yamlio import load_yaml
 from medtwin.ops.distributions import Distribution
 from medtwin.ops.forecast import census_from_store, forecast
 from medtwin.ops.loader import parse_model
-from medtwin.ops.yamlio import load_yaml
 
 WARD = """
 name: ward

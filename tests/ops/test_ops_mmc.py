@@ -8,9 +8,9 @@ import math
 import pytest
 from scipy import stats
 
+from medtwin.core.yamlio import load_yaml
 from medtwin.ops.loader import load_model, parse_model
 from medtwin.ops.runner import run_replications
-from medtwin.ops.yamlio import load_yaml
 
 
 def erlang_c(c: int, lam: float, mu: float) -> tuple[float, float]:

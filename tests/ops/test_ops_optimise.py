@@ -7,9 +7,9 @@ import math
 import pytest
 
 from medtwin.core.errors import ValidationError
+from medtwin.core.yamlio import load_yaml
 from medtwin.ops.loader import load_model, parse_model
 from medtwin.ops.optimise import Target, candidate_model, optimise
-from medtwin.ops.yamlio import load_yaml
 
 MM = """
 name: mmc

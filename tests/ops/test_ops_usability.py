@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medtwin.core.yamlio import load_yaml
 from medtwin.ops.engine import arrival_times, run_replication
 from medtwin.ops.errors import ModelFileError
 from medtwin.ops.kpis import summarise
 from medtwin.ops.loader import load_model, parse_model, with_changes
 from medtwin.ops.runner import run_replications
 from medtwin.ops.scenarios import compare, load_scenario, run_scenarios, side_by_side
-from medtwin.ops.yamlio import load_yaml
 
 MIX = """\
 name: mix

@@ -48,3 +48,21 @@ class GoneError(NotFoundError):
 class PreconditionFailedError(ConflictError):
     """A conditional write's precondition does not hold (a stale ``If-Match`` version, or a
     conditional create matching several resources): nothing was written (HTTP 412)."""
+
+
+class ModelFileError(ValidationError):
+    """A file a user writes (YAML model, scenario, PK model) breaks a rule; raised while
+    loading, before anything runs.
+
+    ``file``, ``key`` (dotted path such as ``activities.triage.duration.mean``), ``line``
+    (1-based, when known) and ``fix`` (what to change) are kept as attributes.
+    """
+
+    def __init__(self, message: str, *, file: str = "<model>", key: str = "",
+                 line: int | None = None, fix: str = "") -> None:
+        self.file, self.key, self.line, self.fix = file, key, line, fix
+        where = f"{file}:{line}" if line else file
+        if key:
+            where += f" [{key}]"
+        text = f"{message}; fix: {fix}" if fix else message
+        super().__init__(text, where=where)

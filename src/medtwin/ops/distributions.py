@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from medtwin.ops.context import Where, mapping, need, number, unknown_keys
+from medtwin.core.filecontext import Where, mapping, need, number, unknown_keys
 
 KINDS = ("exponential", "lognormal", "truncated_normal", "gamma", "weibull", "uniform",
          "fixed", "empirical")

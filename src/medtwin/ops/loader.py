@@ -12,7 +12,8 @@ from importlib import resources as importlib_resources
 from pathlib import Path
 from typing import Any
 
-from medtwin.ops.context import Where, mapping, nearest, need, number, unknown_keys
+from medtwin.core.filecontext import Where, mapping, nearest, need, number, unknown_keys
+from medtwin.core.yamlio import line_of, load_yaml, plain
 from medtwin.ops.distributions import parse_distribution
 from medtwin.ops.errors import ModelFileError, ModelNotFoundError
 from medtwin.ops.schema import (
@@ -25,7 +26,6 @@ from medtwin.ops.schema import (
     Resource,
     Step,
 )
-from medtwin.ops.yamlio import line_of, load_yaml, plain
 
 ALIASES = {"nelson": "nelson_treatment_centre", "treatment_centre": "nelson_treatment_centre",
            "ed": "ed_inpatient"}

@@ -24,7 +24,7 @@ from scipy import stats
 
 from medtwin.core.cluster import dask_client
 from medtwin.core.errors import ValidationError
-from medtwin.ops.context import nearest
+from medtwin.core.filecontext import nearest
 from medtwin.ops.kpis import bounds
 from medtwin.ops.loader import with_changes
 from medtwin.ops.runner import run_replications

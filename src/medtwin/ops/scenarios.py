@@ -30,12 +30,12 @@ from scipy import stats
 
 from medtwin.core.cluster import dask_client
 from medtwin.core.errors import ValidationError
-from medtwin.ops.context import Where, check_schema, mapping
+from medtwin.core.filecontext import Where, check_schema, mapping
+from medtwin.core.yamlio import load_yaml
 from medtwin.ops.errors import ModelFileError
 from medtwin.ops.loader import with_changes
 from medtwin.ops.runner import Results, run_replications
 from medtwin.ops.schema import Model
-from medtwin.ops.yamlio import load_yaml
 
 if TYPE_CHECKING:
     from distributed import Client

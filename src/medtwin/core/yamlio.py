@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from medtwin.ops.errors import ModelFileError
+from medtwin.core.errors import ModelFileError
 
 
 class LineDict(dict):

@@ -1,4 +1,5 @@
-"""Where-am-I while validating a model file: file name, key path and line for error messages."""
+"""Where-am-I while validating a file a user writes (ops model, scenario, PK model): file
+name, key path and line for error messages."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Any, NoReturn
 
-from medtwin.ops.errors import ModelFileError
-from medtwin.ops.yamlio import line_of, plain
+from medtwin.core.errors import ModelFileError
+from medtwin.core.yamlio import line_of, plain
 
 _SCI = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
