@@ -16,11 +16,11 @@ import time
 
 import simpy
 
+from medtwin.core.yamlio import load_yaml
 from medtwin.ops.engine import run_replication
 from medtwin.ops.kpis import rep_kpis
 from medtwin.ops.loader import load_model, parse_model
 from medtwin.ops.runner import run_replications
-from medtwin.ops.yamlio import load_yaml
 
 LAM, MU, C = 2.7, 1.0, 3
 

@@ -13,12 +13,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from medtwin.core.yamlio import load_yaml
 from medtwin.live.hl7_handler import Hl7Handler
 from medtwin.live.mllp import MllpListener
 from medtwin.ops.calibrate import encounters_frame
 from medtwin.ops.forecast import census_from_store
 from medtwin.ops.loader import parse_model
-from medtwin.ops.yamlio import load_yaml
 from medtwin.security.crypto import KeyRing
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
