@@ -20,8 +20,10 @@ from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.estimate.map import map_estimate
 from medtwin.interop.nonmem import EventTable
 from medtwin.models.pk.closed_form import DoseArrays
+from medtwin.models.pk.language.model import LanguageModel
 from medtwin.models.pk.spec import PopulationModel, load_model
 from medtwin.twin.pk_data import PKData, prepare
+from medtwin.twin.pk_language import check_solved, language_predictor, prepare_language
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +49,26 @@ class PKTwin:
     ``params_`` (individual parameters, a DataFrame), ``data_`` (the arrays used).
     """
 
-    model: PopulationModel | str | Path
+    model: PopulationModel | LanguageModel | str | Path
     restarts: int = 10
     seed: int = 0
+    max_iter: int = 100  # Newton iterations per MAP run (per reset)
 
-    def _model(self) -> PopulationModel:
-        return self.model if isinstance(self.model, PopulationModel) else load_model(self.model)
+    def _model(self) -> PopulationModel | LanguageModel:
+        if isinstance(self.model, PopulationModel | LanguageModel):
+            return self.model
+        return load_model(self.model)
 
     def fit(self, events: EventTable) -> PKTwin:
         """Personalise to every subject of ``events``; returns self."""
         model = self._model()
+        if isinstance(model, LanguageModel):
+            return self._fit_language(model, events)
         data = prepare(model, events, for_fit=True)
         typical = model.typical_values(data.covariates, len(data.subjects))
         res = map_estimate(predictor(model, data, typical), data.observed, model.omega,
-                           model.error, restarts=self.restarts, seed=self.seed)
+                           model.error, restarts=self.restarts, seed=self.seed,
+                           max_iter=self.max_iter)
         if not res.converged.all():
             bad = [data.subjects[i] for i in np.flatnonzero(~res.converged)]
             log.warning("MAP did not converge for subject(s) %s", bad)
@@ -74,10 +82,34 @@ class PKTwin:
         self.cov_expected_ = res.cov_expected
         self.ofv_ = res.ofv
         self.converged_ = res.converged
+        self.eta_names_ = list(model.etas)
         ind = model.individual(typical, res.eta[:, None, :])
         self.params_ = pd.DataFrame({f"{k} [{model.parameters[k].unit}]": v[:, 0]
                                      for k, v in ind.items()},
                                     index=pd.Index(self.subjects_, name="ID"))
+        return self
+
+    def _fit_language(self, model: LanguageModel, events: EventTable) -> PKTwin:
+        """MAP of a model-language model (any ODE, several observed quantities, IOV)."""
+        data = prepare_language(model, events)
+        omega = model.omega_all(data.n_occasions)
+        check_solved(model, data, np.zeros((len(data.subjects), omega.shape[0])))
+        res = map_estimate(language_predictor(model, data), data.observed, omega, model.error,
+                           restarts=self.restarts, seed=self.seed, max_iter=self.max_iter)
+        if not res.converged.all():
+            bad = [data.subjects[i] for i in np.flatnonzero(~res.converged)]
+            log.warning("MAP did not converge for subject(s) %s", bad)
+        self.model_, self.data_, self.events_ = model, data, events
+        self.subjects_ = data.subjects
+        self.typical_ = {}
+        self.eta_, self.cov_, self.cov_expected_ = res.eta, res.cov, res.cov_expected
+        self.ofv_, self.converged_ = res.ofv, res.converged
+        self.eta_names_ = model.eta_names(data.n_occasions)
+        values = model.individual_values(res.eta, data.first_covariates)
+        self.params_ = pd.DataFrame(
+            {(f"{k} [{model.units[k]}]" if k in model.units else k): values[:, j]
+             for j, k in enumerate(model.individual)},
+            index=pd.Index(self.subjects_, name="ID"))
         return self
 
     # --- queries ----------------------------------------------------------------------
@@ -144,7 +176,7 @@ class PKTwin:
         for i, s in enumerate(self.subjects_):
             out.append({
                 "ID": s,
-                "eta": dict(zip(self.model_.etas, map(float, self.eta_[i]), strict=True)),
+                "eta": dict(zip(self.eta_names_, map(float, self.eta_[i]), strict=True)),
                 "parameters": {k: float(v) for k, v in self.params_.iloc[i].items()},
                 "ofv": float(self.ofv_[i]),
                 "covariance": self.cov_[i].tolist(),

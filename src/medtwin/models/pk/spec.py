@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.estimate.map import check_omega
 from medtwin.core.estimate.residual import ResidualError
+from medtwin.core.yamlio import load_yaml
 from medtwin.models.pk.closed_form import CENTRAL, DEPOT, DoseArrays, disposition, superpose
+from medtwin.models.pk.language.model import LanguageModel, is_language_file, parse_language_model
 
 STRUCTURAL = ("CL", "V", "Q", "V2", "Q3", "V3", "KA", "F", "ALAG")
 _NEEDED = {1: ("CL", "V"), 2: ("CL", "V", "Q", "V2"), 3: ("CL", "V", "Q", "V2", "Q3", "V3")}
@@ -397,8 +398,9 @@ def library() -> dict[str, Path]:
             if str(p).endswith(".yaml")}
 
 
-def load_model(name_or_path: str | Path) -> PopulationModel:
-    """A library model by name (see :func:`library`) or a YAML spec file by path."""
+def load_model(name_or_path: str | Path) -> PopulationModel | LanguageModel:
+    """A library model by name (see :func:`library`) or a YAML file by path: the common
+    closed-form spec, or a model-language file (one with ``odes``)."""
     lib = library()
     key = str(name_or_path)
     if key in lib:
@@ -408,8 +410,7 @@ def load_model(name_or_path: str | Path) -> PopulationModel:
         if not path.is_file():
             raise NotFoundError(f"no model {key!r}: not a library model "
                                 f"({', '.join(sorted(lib))}) nor a YAML file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValidationError(f"not valid YAML: {exc}", where=str(path)) from None
+    data = load_yaml(path.read_text(encoding="utf-8"), file=str(path))
+    if is_language_file(data):
+        return parse_language_model(data, file=str(path))
     return parse_model(data)

@@ -1,0 +1,1 @@
+"""The PK/PD model language: expressions, custom ODEs, any compartments and observations."""
