@@ -26,9 +26,11 @@ import numpy as np
 from medtwin.core.errors import NotFoundError, ValidationError
 from medtwin.core.estimate.map import check_omega
 from medtwin.core.estimate.residual import ResidualError
+from medtwin.core.filecontext import Where, check_schema, mapping
 from medtwin.core.yamlio import load_yaml
 from medtwin.models.pk.closed_form import CENTRAL, DEPOT, DoseArrays, disposition, superpose
 from medtwin.models.pk.language.model import LanguageModel, is_language_file, parse_language_model
+from medtwin.models.pk.spec_schema import ClosedFormFile
 
 STRUCTURAL = ("CL", "V", "Q", "V2", "Q3", "V3", "KA", "F", "ALAG")
 _NEEDED = {1: ("CL", "V"), 2: ("CL", "V", "Q", "V2"), 3: ("CL", "V", "Q", "V2", "Q3", "V3")}
@@ -336,10 +338,12 @@ def _effect(item: Mapping[str, Any], where: str, covariates: Mapping[str, Covari
                            _num(item.get("exponent", 1.0), where))
 
 
-def parse_model(spec: Mapping[str, Any]) -> PopulationModel:
-    """Check a spec (parsed YAML) and build the model; a typed error names the bad key."""
-    if not isinstance(spec, Mapping):
-        raise ValidationError("a model spec is a mapping", where="model")
+def parse_model(spec: Mapping[str, Any], file: str = "<model>") -> PopulationModel:
+    """Check a spec (parsed YAML) and build the model; a typed error names the bad key (and
+    its file and line, when read by :func:`load_model`)."""
+    w = Where(file, "", spec)
+    mapping(w, "a model spec")
+    check_schema(ClosedFormFile, w)
     name = str(spec.get("name") or "")
     if not name:
         raise ValidationError("needs a 'name'", where="model")
@@ -413,4 +417,4 @@ def load_model(name_or_path: str | Path) -> PopulationModel | LanguageModel:
     data = load_yaml(path.read_text(encoding="utf-8"), file=str(path))
     if is_language_file(data):
         return parse_language_model(data, file=str(path))
-    return parse_model(data)
+    return parse_model(data, str(path))

@@ -10,12 +10,17 @@ published JSON Schema (``medtwin pk schema``) so editors can complete and check 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Expr = str | float | int
 _STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+def _triple(value: Any) -> Any:
+    """YAML writes a triple as a list: take it as the tuple it means."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 class Theta(BaseModel):
@@ -49,7 +54,8 @@ class Omega(BaseModel):
     variance: list[float] | None = None
     sd: list[float] | None = None
     cv_percent: list[float] | None = None
-    correlation: list[tuple[str, str, float]] = Field(default_factory=list)
+    correlation: list[Annotated[tuple[str, str, float], BeforeValidator(_triple)]] = Field(
+        default_factory=list, description="[eta, eta, correlation] triples.")
 
 
 class Iov(Omega):
