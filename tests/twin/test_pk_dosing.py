@@ -65,3 +65,23 @@ def test_bad_targets():
     for text in ("auc=1:2", "auc24=600:400", "auc24"):
         with pytest.raises(ValidationError):
             Target.parse(text)
+
+
+def test_a_fit_that_did_not_converge_gets_no_dose_nor_course(twin, tmp_path):
+    """One Newton iteration per run (and per reset) cannot reach the mode: the fit says so
+    and every use of its etas for dosing is refused, naming the subject and the fix."""
+    table = EventTable.from_frame(pd.read_csv(io.StringIO(VANCO), dtype=str,
+                                              keep_default_na=False))
+    short = PKTwin("vancomycin-goti2018", max_iter=1, restarts=2).fit(table)
+    assert not short.converged_[0]
+    assert short.summary()[0]["converged"] is False
+    # it really is short of the mode the full fit finds
+    assert short.ofv_[0] > twin.ofv_[0] + 1e-6
+    with pytest.raises(ValidationError) as exc:
+        recommend_dose(short, Target.parse("auc24=400:600"), n_samples=200)
+    assert exc.value.where == "subject A"
+    assert "did not converge" in str(exc.value) and "max_iter" in str(exc.value)
+    rec = recommend_dose(twin, Target.parse("auc24=400:600"), n_samples=200)
+    with pytest.raises(ValidationError, match="did not converge"):
+        plot_course(short, rec, tmp_path / "course.png", n_samples=50)
+    assert not (tmp_path / "course.png").exists()

@@ -7,6 +7,10 @@ Laplace posterior: AUC24 = 24/tau x dose / CL, trough and peak by the steady-sta
 window (vancomycin: 400-600 mg.h/L, Rybak et al., Am J Health-Syst Pharm 77:835, 2020) or a
 trough or peak window. Ties in PTA go to the regimen whose median is closest to the middle of
 the window, then to the smaller daily dose.
+
+Only a converged MAP fit is used: a subject whose fit did not converge (``converged_`` False,
+e.g. an estimate still on its bound after mapbayr's resets) gets a typed error instead of a
+dose or a plotted course, since its etas and covariance are not a posterior mode.
 """
 
 from __future__ import annotations
@@ -118,6 +122,19 @@ class Recommendation:
                 "median": self.median, "interval_90": list(self.interval_90)}
 
 
+def require_converged(twin: PKTwin, subject: str | None) -> int:
+    """Row of ``subject`` in ``twin``; a typed error when its MAP fit did not converge."""
+    i = twin.index(subject)
+    if not bool(twin.converged_[i]):
+        raise ValidationError(
+            f"the MAP fit of subject {twin.subjects_[i]!r} did not converge (OFV "
+            f"{float(twin.ofv_[i]):.6g}), so its etas are not a posterior mode and no dose is "
+            "recommended from them; check the subject's doses, times and units, then refit "
+            "with more iterations or resets (PKTwin(max_iter=..., restarts=...))",
+            where=f"subject {twin.subjects_[i]}")
+    return i
+
+
 def recommend_dose(
     twin: PKTwin,
     target: Target,
@@ -133,7 +150,7 @@ def recommend_dose(
     if model.absorption:
         raise ValidationError(f"model {model.name!r} has first-order absorption; dose "
                               "recommendation covers IV infusion regimens", where="model")
-    i = twin.index(subject)
+    i = require_converged(twin, subject)
     eta = twin.sample_eta(n_samples, subject, seed)
     params = twin.individual_parameters(subject, eta)
     lam, coef = model.disposition({k: v[None] for k, v in params.items()})
@@ -184,7 +201,7 @@ def plot_course(twin: PKTwin, rec: Recommendation, path: str | Path, *, days: fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    i = twin.index(rec.subject)
+    i = require_converged(twin, rec.subject)
     data = twin.data_
     obs_t = data.times[i][data.observed.mask[i]]
     last_dose = data.doses.time[i][data.doses.route[i] >= 0]

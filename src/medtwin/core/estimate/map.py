@@ -12,8 +12,35 @@ samples below the limit of quantification). The model enters only through ``pred
 one vectorised call each. The optimiser is Newton's method on that objective (Hessian by
 differences of the analytic gradient; Gauss-Newton when the Hessian is not positive
 definite) with a backtracking line search, within mapbayr's bounds (the 0.1% / 99.9%
-quantiles of each eta's prior), restarted from seeded prior draws when it ends on a bound or
-stuck at its start. The covariance of the estimate is ``2 x inverse Hessian of OFV`` (Laplace).
+quantiles of each eta's prior). The covariance of the estimate is ``2 x inverse Hessian of
+OFV`` (Laplace).
+
+**Zero predictions.** A prediction of exactly 0 (a sample at the time of an oral dose) gets
+the variance of a prediction of 1, as mapbayr's ``h()`` does (``pred[pred == 0] <- 1``; see
+:mod:`~medtwin.core.estimate.residual`): a structural zero adds a constant to the OFV and the
+estimate is that of the data without the sample. On a log-scale (exponential) error a
+quantified sample predicted exactly 0 has no finite objective (mapbayr takes ``log(0)``;
+NONMEM stops): it is refused with a typed error naming the sample.
+
+**Resets** follow mapbayr's ``do_optimization()`` (R/mapbayest_optimization.R, mapbayr 0.10.2;
+``mapbayest(reset = 50)``: "maximum allowed reset of the optimizer with new initial eta values
+if numerical difficulties, or with new bounds (L-BFGS-B) if estimate equal to a bound"). After
+each run, a subject is re-run
+
+* with **new initial values** when the run did not converge, or its final OFV equals the OFV
+  at its start (R's ``all.equal``: relative difference <= 1.5e-8), or (with more than one eta)
+  all its etas have the same absolute value. The new start is, of ``1 + q^2`` draws from the
+  prior N(0, Omega) (components outside the bounds set to 0), the one with the lowest OFV,
+  rounded to 6 decimals (mapbayr's ``new_ini3()``; seeded by ``seed`` and the reset number);
+* with **wider bounds** when an eta ends on a bound: the tail probability of the bound
+  quantile is divided by 10 (0.1% -> 0.01% -> ...; mapbayr's ``new_bounds()``), from the same
+  start.
+
+The result is that of the last run, as in mapbayr, except when the resets are used up and
+the last run still fails a rule: then the run with the lowest OFV is kept (mapbayr keeps the
+last). Subjects without observations are not reset (their MAP is the prior mode, eta = 0,
+exactly). ``converged`` means first-order optimality (zero gradient) inside the final bounds:
+an estimate still on a bound after the allowed resets is reported as not converged.
 """
 
 from __future__ import annotations
@@ -215,8 +242,11 @@ def _optimise(
     predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: AnyError,
     lo: np.ndarray, hi: np.ndarray, max_iter: int, tol: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Bounded damped Newton for all subjects at once; returns eta, ofv, Hessian, converged."""
+    """Bounded damped Newton for all subjects at once (bounds ``(q,)`` or ``(S, q)``); returns
+    eta, ofv, the exact and expected Hessians, whether first-order optimality holds, and the
+    iterations."""
     S, q = eta.shape
+    lo, hi = np.broadcast_to(lo, eta.shape), np.broadcast_to(hi, eta.shape)
     eta = np.clip(eta, lo, hi)
     done = np.zeros(S, bool)
     it = 0
@@ -226,7 +256,8 @@ def _optimise(
         # at a bound, drop the components that push outward
         out = ((eta <= lo) & (step < 0)) | ((eta >= hi) & (step > 0))
         step[out] = 0.0
-        cand = np.clip(eta[:, None] + _ALPHAS[None, :, None] * step[:, None], lo, hi)
+        cand = np.clip(eta[:, None] + _ALPHAS[None, :, None] * step[:, None],
+                       lo[:, None], hi[:, None])
         ofv_c = _ofv(predict(cand), cand, data, oi, error)
         better = ofv_c < ofv[:, None] - 1e-12 * np.abs(ofv[:, None])
         first = np.where(better.any(axis=1), better.argmax(axis=1), -1)
@@ -248,8 +279,52 @@ def _optimise(
     # outward on a bound
     tol_g = 1e-5 * np.maximum(1.0, 1e-2 * np.abs(ofv))[:, None]
     ok = np.where(eta >= hi, g <= tol_g, np.where(eta <= lo, g >= -tol_g, np.abs(g) < tol_g))
-    converged = ok.all(axis=1)
+    converged = ok.all(axis=1) & np.isfinite(ofv)
     return eta, ofv, H, converged, it
+
+
+def _all_equal(target: np.ndarray, current: np.ndarray, tol: float = 1.5e-8) -> np.ndarray:
+    """R's ``all.equal`` on numbers, elementwise: relative difference (absolute when
+    ``|target| <= tol``) at most ``tol``; two infinities of the same sign are equal."""
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(target - current)
+        scaled = np.where(np.abs(target) > tol, diff / np.abs(target), diff)
+        return (target == current) | (scaled <= tol)
+
+
+def reset_needed(
+    eta: np.ndarray, ofv: np.ndarray, ofv_start: np.ndarray, converged: np.ndarray,
+    lo: np.ndarray, hi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """mapbayr's reset rules for each subject (module docstring): ``(new_start, new_bounds)``.
+
+    ``new_start``: not converged, or the OFV did not change from the start, or (``q > 1``)
+    all ``|eta|`` equal; ``new_bounds``: an eta on its bound."""
+    q = eta.shape[1]
+    same_abs = np.all(np.abs(eta) == np.abs(eta[:, :1]), axis=1) if q > 1 else np.zeros(
+        eta.shape[0], bool)
+    new_start = ~converged | _all_equal(ofv_start, ofv) | same_abs
+    new_bounds = np.any((eta <= lo) | (eta >= hi), axis=1)
+    return new_start, new_bounds
+
+
+def _bounds(tail: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric bounds ``(S, q)``: the ``tail`` and ``1 - tail`` quantiles of each prior."""
+    half = -ndtri(tail)[:, None] * sd[None, :]
+    return -half, half
+
+
+def _check_log_zero(f: np.ndarray, data: ObservedData, error: AnyError) -> None:
+    """Refuse a quantified log-scale observation whose prediction is exactly 0."""
+    log_scale = np.broadcast_to(np.asarray(data.error(error).log_scale), f.shape)
+    bad = log_scale & (f == 0.0) & (data.mask & ~data.blq)[:, None]
+    if bad.any():
+        s, _, j = np.argwhere(bad)[0]
+        raise ValidationError(
+            "the model predicts exactly 0 for this sample (before the first dose or within "
+            "the lag time) but its residual error is on the log scale, where log(0) has no "
+            "finite objective; drop the sample, or mark it below the LLOQ",
+            where=f"subject {s}, observation {j}")
 
 
 def map_estimate(
@@ -261,32 +336,47 @@ def map_estimate(
     eta0: np.ndarray | None = None,
     max_iter: int = 100,
     tol: float = 1e-9,
-    restarts: int = 10,
+    restarts: int = 50,
     seed: int = 0,
     bound_quantile: float = 0.999,
 ) -> MapResult:
-    """MAP etas of every subject, with their Laplace covariance; see the module docstring."""
+    """MAP etas of every subject, with their Laplace covariance; see the module docstring.
+
+    ``restarts`` is mapbayr's ``reset`` (at most that many resets per subject),
+    ``bound_quantile`` the upper quantile of the first bounds (mapbayr's ``quantile_bound``
+    is its complement, 0.001)."""
     omega = check_omega(omega)
+    if not 0.5 < bound_quantile < 1.0:
+        raise ValidationError(f"must be in (0.5, 1), got {bound_quantile}",
+                              where="bound_quantile")
+    if max_iter < 1 or restarts < 0:
+        raise ValidationError(f"need max_iter >= 1 and restarts >= 0, got {max_iter} and "
+                              f"{restarts}", where="map_estimate")
     oi = np.linalg.inv(omega)
     S, q = data.y.shape[0], omega.shape[0]
-    half = ndtri(bound_quantile) * np.sqrt(np.diag(omega))
-    lo, hi = -half, half
+    sd = np.sqrt(np.diag(omega))
+    tail = np.full(S, 1.0 - bound_quantile)
+    lo, hi = _bounds(tail, sd)
     start = np.zeros((S, q)) if eta0 is None else np.array(eta0, float).reshape(S, q)
+    start = np.clip(start, lo, hi)
+    f0 = predict(start[:, None])
+    _check_log_zero(f0, data, error)
+    ofv_start = _ofv(f0, start[:, None], data, oi, error)[:, 0]
     eta, ofv, H, conv, it = _optimise(predict, start.copy(), data, oi, error, lo, hi,
                                       max_iter, tol)
-    rng = np.random.default_rng(seed)
+    informed = data.mask.any(axis=1)
     n_restart = np.zeros(S, np.int64)
-    chol = np.linalg.cholesky(omega)
-    for _ in range(restarts):
-        at_bound = np.any((eta <= lo + 1e-8) | (eta >= hi - 1e-8), axis=1)
-        stuck = np.all(np.abs(eta - start) < 1e-10, axis=1) & np.any(
-            data.mask, axis=1) & ~conv
-        redo = at_bound | stuck | ~conv
-        if not redo.any():
+    at_bound = np.any((eta <= lo) | (eta >= hi), axis=1)
+    best = [eta.copy(), ofv.copy(), H.copy(), conv.copy(), at_bound.copy()]
+    for reset in range(1, restarts + 1):
+        new_start, new_bounds = reset_needed(eta, ofv, ofv_start, conv, lo, hi)
+        new_start &= informed
+        new_bounds &= informed
+        rows = np.flatnonzero(new_start | new_bounds)
+        if not rows.size:
             break
-        rows = np.flatnonzero(redo)
-        log.info("MAP: restarting %d subject(s) from prior draws", rows.size)
-        draw = np.clip(rng.standard_normal((rows.size, q)) @ chol.T, lo, hi)
+        log.info("MAP: reset %d of %d subject(s) (%d new start, %d wider bounds)", reset,
+                 rows.size, int(new_start.sum()), int(new_bounds.sum()))
         sub = data.take(rows)
 
         def sub_predict(e: np.ndarray, rows: np.ndarray = rows) -> np.ndarray:
@@ -294,14 +384,36 @@ def map_estimate(
             full[rows] = e
             return predict(full)[rows]
 
-        e2, o2, H2, c2, _ = _optimise(sub_predict, draw, sub, oi, error, lo, hi, max_iter, tol)
+        ini = rows[new_start[rows]]
+        if ini.size:
+            draws = np.random.default_rng([seed, reset]).multivariate_normal(
+                np.zeros(q), omega, size=1 + q * q)  # one set for all, as mapbayr's seed
+            cand = np.where(np.abs(draws)[None] > hi[ini][:, None], 0.0, draws[None])
+            pick = np.flatnonzero(new_start[rows])
+            full = np.zeros((rows.size,) + cand.shape[1:])
+            full[pick] = cand
+            o_c = _ofv(sub_predict(full), full, sub, oi, error)[pick]
+            start[ini] = np.round(cand[np.arange(ini.size), np.argmin(o_c, axis=1)], 6)
+        widen = rows[new_bounds[rows]]
+        tail[widen] /= 10.0
+        lo, hi = _bounds(tail, sd)
+        st = np.clip(start[rows], lo[rows], hi[rows])
+        o0 = _ofv(sub_predict(st[:, None]), st[:, None], sub, oi, error)[:, 0]
+        e2, o2, H2, c2, _ = _optimise(sub_predict, st, sub, oi, error, lo[rows], hi[rows],
+                                      max_iter, tol)
+        eta[rows], ofv[rows], H[rows], conv[rows], ofv_start[rows] = e2, o2, H2, c2, o0
+        at_bound = np.any((eta <= lo) | (eta >= hi), axis=1)
         n_restart[rows] += 1
-        take = (o2 < ofv[rows] - 1e-9) | (c2 & ~conv[rows] & (o2 <= ofv[rows] + 1e-9))
-        idx = rows[take]
-        eta[idx], ofv[idx], H[idx], conv[idx] = e2[take], o2[take], H2[take], c2[take]
-        start[rows] = draw
-        if not at_bound.any() and conv.all():
-            break
+        gain = ofv < best[1]
+        for b, now in zip(best, (eta, ofv, H, conv, at_bound), strict=True):
+            b[gain] = now[gain]
+    # resets used up and the last run still fails a rule: keep the run with the lowest OFV
+    # (mapbayr keeps the last); its own optimality and bound decide ``converged``
+    new_start, new_bounds = reset_needed(eta, ofv, ofv_start, conv, lo, hi)
+    back = (new_start | new_bounds) & informed & (best[1] < ofv)
+    for b, now in zip(best, (eta, ofv, H, conv, at_bound), strict=True):
+        now[back] = b[back]
+    conv = conv & ~at_bound
     cov = np.full((S, 2, q, q), np.nan)
     for s in range(S):
         for j in range(2):

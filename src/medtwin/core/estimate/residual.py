@@ -5,6 +5,19 @@ Variance of an observation given its prediction ``f``:
 With ``log_scale`` the data and predictions are compared as logarithms and
 ``var = additive_sd**2`` on that scale (exponential error). Below-LLOQ samples enter by the M3
 method (Beal, J Pharmacokinet Pharmacodyn 28:481, 2001): ``-2 log Phi((LLOQ - f) / sd)``.
+
+A prediction of exactly 0 (a sample at the time of an oral dose, before the first dose or
+within a lag time) has no proportional variance. It is given the variance of a prediction of
+1, ``additive_sd**2 + proportional_sd**2``, as mapbayr does: its ``h()`` (the derivative of
+the prediction by epsilon that builds the variance) sets ``pred[pred == 0] <- 1`` "to avoid
+division by zero for proportional error" (R/mapbayest_ofv_computation.R, commit 17a5c30,
+mapbayr 0.10.2). NONMEM itself stops on a zero residual variance ("VAR-COV OF DATA FROM
+INDIVIDUAL RECORD ESTIMATED TO BE SINGULAR", e.g. Y = F*EXP(ERR(1)) at F = 0; nmusers,
+4 Oct 1996), which is why control streams guard it with ``IF (W.EQ.0) W = 1`` (there the sd
+becomes 1, not mapbayr's ``sqrt(additive_sd**2 + proportional_sd**2)``; medtwin follows
+mapbayr). A prediction that is 0 for every eta thus adds a constant to the objective and
+does not move the estimate. Only an exact 0 is replaced; tiny predictions keep their own
+(tiny, floored) variance.
 """
 
 from __future__ import annotations
@@ -18,6 +31,12 @@ from scipy.special import log_ndtr
 from medtwin.core.errors import ValidationError
 
 _TINY = 1e-12
+
+
+def _nonzero(f: np.ndarray) -> np.ndarray:
+    """``f`` with exact zeros replaced by 1 (mapbayr's ``h()``; the module docstring)."""
+    f = np.asarray(f, float)
+    return np.where(f == 0.0, 1.0, f)
 
 
 @dataclass(frozen=True)
@@ -60,8 +79,9 @@ class ResidualError:
         return 1.0 / np.maximum(f, _TINY) if self.log_scale else np.ones_like(f)
 
     def variance(self, f: np.ndarray) -> np.ndarray:
-        """Variance on the error's scale, given the (untransformed) prediction ``f``."""
-        v = self.additive_sd**2 + (self.proportional_sd * f) ** 2
+        """Variance on the error's scale, given the (untransformed) prediction ``f`` (a
+        prediction of exactly 0 counts as 1: see the module docstring)."""
+        v = self.additive_sd**2 + (self.proportional_sd * _nonzero(f)) ** 2
         return np.maximum(v, _TINY)
 
     def dvariance(self, f: np.ndarray) -> np.ndarray:
@@ -87,7 +107,7 @@ class ElementError:
 
     def variance(self, f: np.ndarray) -> np.ndarray:  # noqa: D102
         prop = np.where(self.log_scale, 0.0, self.proportional_sd)
-        return np.maximum(self.additive_sd**2 + (prop * f) ** 2, _TINY)
+        return np.maximum(self.additive_sd**2 + (prop * _nonzero(f)) ** 2, _TINY)
 
     def dvariance(self, f: np.ndarray) -> np.ndarray:  # noqa: D102
         return 2.0 * np.where(self.log_scale, 0.0, self.proportional_sd) ** 2 * f
