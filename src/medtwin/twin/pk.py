@@ -23,15 +23,24 @@ from medtwin.models.pk.closed_form import DoseArrays
 from medtwin.models.pk.language.model import LanguageModel
 from medtwin.models.pk.spec import PopulationModel, load_model
 from medtwin.twin.pk_data import PKData, prepare
-from medtwin.twin.pk_language import check_solved, language_predictor, prepare_language
+from medtwin.twin.pk_language import (
+    LanguageData,
+    check_solved,
+    language_predictor,
+    predict_at,
+    prepare_language,
+)
 
 log = logging.getLogger(__name__)
 
 
-def predictor(model: PopulationModel, data: PKData,
+def predictor(model: PopulationModel | LanguageModel, data: PKData | LanguageData,
               typical: Mapping[str, np.ndarray] | None = None) -> Callable[[np.ndarray],
                                                                             np.ndarray]:
-    """``predict(eta (S, k, q)) -> (S, k, M)`` concentrations at the observation times."""
+    """``predict(eta (S, k, q)) -> (S, k, M)`` predictions at the observation records (any
+    model: closed forms or the model language)."""
+    if isinstance(model, LanguageModel):
+        return language_predictor(model, data)  # type: ignore[arg-type]
     tv = typical or model.typical_values(data.covariates, len(data.subjects))
 
     def predict(eta: np.ndarray) -> np.ndarray:
@@ -131,9 +140,14 @@ class PKTwin:
 
     def individual_parameters(self, subject: str | None = None, eta: np.ndarray | None = None
                               ) -> dict[str, np.ndarray]:
-        """Individual parameters ``(k,)`` of one subject for etas ``(k, q)`` (default: mode)."""
+        """Individual parameters ``(k,)`` of one subject for etas ``(k, q)`` (default: mode;
+        a model-language model: at the subject's first record)."""
         i = self.index(subject)
         e = self.eta_[i][None] if eta is None else np.atleast_2d(eta)
+        if isinstance(self.model_, LanguageModel):
+            cov = np.repeat(self.data_.first_covariates[i : i + 1], len(e), axis=0)
+            values = self.model_.individual_values(e, cov)
+            return {k: values[:, j] for j, k in enumerate(self.model_.individual)}
         tv = {k: v[i : i + 1] for k, v in self.typical_.items()}
         return {k: v[0] for k, v in self.model_.individual(tv, e[None]).items()}
 
@@ -149,10 +163,17 @@ class PKTwin:
         return self.eta_[i] + z @ chol.T
 
     def predict(self, times: np.ndarray, subject: str | None = None,
-                doses: DoseArrays | None = None, eta: np.ndarray | None = None) -> np.ndarray:
+                doses: DoseArrays | EventTable | None = None, eta: np.ndarray | None = None,
+                *, quantity: str | None = None) -> np.ndarray:
         """Concentrations ``(k, T)`` of one subject at ``times`` for etas ``(k, q)`` (default:
-        the mode), with its fitted doses or ``doses`` (one subject)."""
+        the mode), with its fitted doses or ``doses`` (one subject; for a model-language
+        model an event table of its records, and ``quantity`` picks the observed one)."""
         i = self.index(subject)
+        if isinstance(self.model_, LanguageModel):
+            table = doses if isinstance(doses, EventTable) else self.events_.select(
+                [self.subjects_[i]])
+            e = self.eta_[i][None] if eta is None else np.atleast_2d(eta)
+            return predict_at(self.model_, table, np.asarray(times, float), e, quantity)
         params = self.individual_parameters(subject, eta)
         d = self.data_.doses.take(np.array([i])) if doses is None else doses
         t = np.atleast_2d(np.asarray(times, float))

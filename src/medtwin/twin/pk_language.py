@@ -234,3 +234,42 @@ def check_solved(model: LanguageModel, data: LanguageData, eta: np.ndarray) -> N
         raise ValidationError(f"{STATUS_TEXT.get(int(status[s]), 'failed')}; check the model's "
                               "expressions and the subject's doses",
                               where=f"subject {data.subjects[s]}")
+
+
+def predict_at(model: LanguageModel, table: EventTable, times: np.ndarray, eta: np.ndarray,
+               quantity: str | None = None) -> np.ndarray:
+    """Predictions ``(k, T)`` of ``quantity`` (default: the first observed) at ``times`` for
+    the one subject of ``table`` and eta rows ``(k, q)``: its records (observations kept as
+    covariate records) with observation records added at ``times``."""
+    if len(table.subjects) != 1:
+        raise ValidationError(f"predict needs one subject's records, got "
+                              f"{len(table.subjects)}", where="table")
+    names = [o.name for o in model.observations]
+    if quantity is not None and quantity not in names:
+        raise ValidationError(f"no observed quantity {quantity!r}; the model has {names}",
+                              where="quantity")
+    obs = model.observations[names.index(quantity) if quantity else 0]
+    t = np.asarray(times, float).ravel()
+    if not np.all(np.isfinite(t)) or np.any(t < 0):
+        raise ValidationError("times must be finite and >= 0", where="times")
+    r = table.records.copy()
+    r.loc[r["EVID"] == 0, "EVID"] = 2  # keep their covariates, drop them as outputs
+    rt = r["TIME"].to_numpy(float)
+    add = []
+    for time in np.sort(t):
+        j = min(int(np.searchsorted(rt, time, side="left")), len(r) - 1)  # NOCB covariates
+        row = r.iloc[j].copy()
+        row[["TIME", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "DV", "MDV", "BLQ"]] = (
+            time, 0, 0.0, 0.0, 0.0, 0, 0, 0.0, 0, 0)
+        row["CMT"], row["LLOQ"], row["LINE"] = obs.cmt, np.nan, 0
+        add.append(row)
+    recs = pd.concat([r, pd.DataFrame(add)], ignore_index=True)
+    recs = recs.sort_values("TIME", kind="stable").reset_index(drop=True)
+    data = prepare_language(model, EventTable(recs, table.covariate_names))
+    eta = np.atleast_2d(eta)
+    q = model.omega_all(data.n_occasions).shape[0]
+    full = np.zeros((len(eta), q))
+    full[:, : min(q, eta.shape[1])] = eta[:, :q]
+    out = language_predictor(model, data)(full[None])[0]
+    order = np.argsort(np.argsort(t, kind="stable"), kind="stable")
+    return out[:, order]

@@ -330,3 +330,22 @@ def test_a_model_file_on_disk_loads_by_path(tmp_path):
     path.write_text(ORAL.replace("lag: TVLAG}", "lag: TVLAG, extra: 1}"))
     with pytest.raises(ValidationError, match=str(path)):
         load_model(path)
+
+
+def test_fitted_language_twin_predicts_any_time_and_quantity_with_an_interval():
+    model = _model(PARENT_METABOLITE.replace("thetas: {CL: 5.0", "omega: {etas: [ECL], "
+                                             "variance: [0.09]}\nthetas: {CL: 5.0").replace(
+        "individual: {K: CL / V,", "individual: {K: CL * exp(ECL) / V,"))
+    rows = [{"ID": 7, "TIME": 0, "EVID": 1, "AMT": 1000, "CMT": 1, "MDV": 1},
+            {"ID": 7, "TIME": 2, "CMT": 1, "DV": 20.0}, {"ID": 7, "TIME": 6, "CMT": 2,
+                                                         "DV": 3.0}]
+    twin = PKTwin(model).fit(_table(rows))
+    k = 5 * np.exp(twin.eta_[0, 0]) / 40
+    t = np.array([9.0, 1.0, 30.0])
+    np.testing.assert_allclose(twin.predict(t)[0], 25 * np.exp(-k * t), rtol=1e-10)
+    km = 0.1
+    metab = 0.6 * k * 1000 / (km - k) * (np.exp(-k * t) - np.exp(-km * t)) / 20
+    np.testing.assert_allclose(twin.predict(t, quantity="metabolite")[0], metab, rtol=1e-10)
+    band = twin.prediction_interval(t, n=200)
+    assert (band["lower"] <= band["mode"]).all() and (band["mode"] <= band["upper"]).all()
+    assert twin.individual_parameters()["K"][0] == pytest.approx(k, rel=1e-12)
