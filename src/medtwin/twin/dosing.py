@@ -24,7 +24,9 @@ import numpy as np
 import pandas as pd
 
 from medtwin.core.errors import ValidationError
+from medtwin.interop.nonmem import EventTable
 from medtwin.models.pk.closed_form import CENTRAL, DoseArrays, steady_state_exposure
+from medtwin.models.pk.language.model import LanguageModel
 from medtwin.twin.pk import PKTwin
 
 log = logging.getLogger(__name__)
@@ -146,13 +148,18 @@ def recommend_dose(
 ) -> Recommendation:
     """The regimen maximising PTA under ``twin``'s posterior for one subject (seeded)."""
     constraints = constraints or DoseConstraints()
-    model = twin.model_
+    model = getattr(twin, "source_model_", twin.model_)
+    if isinstance(model, LanguageModel):
+        raise ValidationError(f"model {model.name!r} is a model-language (ODE) model; dose "
+                              "recommendation covers the closed-form 1-3 compartment models "
+                              "(simulate candidate regimens with PKTwin.predict instead)",
+                              where="model")
     if model.absorption:
         raise ValidationError(f"model {model.name!r} has first-order absorption; dose "
                               "recommendation covers IV infusion regimens", where="model")
     i = require_converged(twin, subject)
     eta = twin.sample_eta(n_samples, subject, seed)
-    params = twin.individual_parameters(subject, eta)
+    params = twin.forecast_parameters(subject, eta)
     lam, coef = model.disposition({k: v[None] for k, v in params.items()})
     rows = []
     draws = {}
@@ -173,6 +180,26 @@ def recommend_dose(
                           float(best["median"]),
                           (float(np.quantile(m, 0.05)), float(np.quantile(m, 0.95))),
                           table.drop(columns=["distance"]).reset_index(drop=True))
+
+
+def regimen_table(twin: PKTwin, rec: Recommendation, start: float, n_doses: int) -> EventTable:
+    """The subject's records followed by ``n_doses`` of the recommended regimen (into the
+    central compartment, covariates carried forward from the last record)."""
+    i = twin.index(rec.subject)
+    table = twin.events_.select([twin.subjects_[i]])
+    r = table.records
+    last = r.iloc[-1]
+    model = getattr(twin, "source_model_", twin.model_)
+    rows = []
+    for j in range(n_doses):
+        row = last.copy()
+        row[["TIME", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "DV", "MDV", "BLQ"]] = (
+            start + j * rec.interval, 1, rec.dose,
+            rec.dose / rec.duration if rec.duration > 0 else 0.0, 0.0, 0, 0, np.nan, 1, 0)
+        row["CMT"], row["LLOQ"], row["LINE"] = model.central, np.nan, 0
+        rows.append(row)
+    return EventTable(pd.concat([r, pd.DataFrame(rows)], ignore_index=True),
+                      table.covariate_names)
 
 
 def regimen_doses(twin: PKTwin, rec: Recommendation, start: float, n_doses: int) -> DoseArrays:
@@ -204,9 +231,17 @@ def plot_course(twin: PKTwin, rec: Recommendation, path: str | Path, *, days: fl
     i = require_converged(twin, rec.subject)
     data = twin.data_
     obs_t = data.times[i][data.observed.mask[i]]
-    last_dose = data.doses.time[i][data.doses.route[i] >= 0]
-    start = math.ceil(max([0.0, *obs_t.tolist(), *last_dose.tolist()]))
-    doses = regimen_doses(twin, rec, start, int(math.ceil(days * 24 / rec.interval)))
+    n_new = int(math.ceil(days * 24 / rec.interval))
+    doses: DoseArrays | EventTable
+    if isinstance(twin.model_, LanguageModel):
+        r = twin.events_.select([twin.subjects_[i]]).records
+        last_dose = r.loc[r["EVID"].isin([1, 4]), "TIME"].to_numpy(float)
+        start = math.ceil(max([0.0, *obs_t.tolist(), *last_dose.tolist()]))
+        doses = regimen_table(twin, rec, start, n_new)
+    else:
+        last_dose = data.doses.time[i][data.doses.route[i] >= 0]
+        start = math.ceil(max([0.0, *obs_t.tolist(), *last_dose.tolist()]))
+        doses = regimen_doses(twin, rec, start, n_new)
     t = np.linspace(0.0, start + days * 24.0, 600)
     band = twin.prediction_interval(t, rec.subject, doses, n=n_samples, seed=seed)
     fig, ax = plt.subplots(figsize=(8, 4.5))

@@ -34,6 +34,22 @@ from medtwin.twin.pk_language import (
 log = logging.getLogger(__name__)
 
 
+def changing_covariates(model: PopulationModel, events: EventTable) -> list[str]:
+    """The model's covariates whose value changes between a subject's records."""
+    r = events.records
+    names = [c for c in model.covariates if c in r.columns]
+    if not names:
+        return []
+    for name in names:  # a typed error for an unusable value, as the closed forms give
+        model.covariate_values({name: r[name].to_numpy(float)}, name, len(r))
+        for p in model.parameters.values():
+            for e in p.effects:
+                if e.covariate == name and e.type == "categorical":
+                    e.factor(r[name].to_numpy(float), where=f"parameter {p.name}")
+    n = r.groupby("ID", sort=False)[names].nunique()
+    return [c for c in names if (n[c] > 1).any()]
+
+
 def predictor(model: PopulationModel | LanguageModel, data: PKData | LanguageData,
               typical: Mapping[str, np.ndarray] | None = None) -> Callable[[np.ndarray],
                                                                             np.ndarray]:
@@ -73,6 +89,14 @@ class PKTwin:
         model = self._model()
         if isinstance(model, LanguageModel):
             return self._fit_language(model, events)
+        varying = changing_covariates(model, events)
+        if varying:
+            # superposition needs constant parameters: the same model as exact linear ODEs
+            log.info("covariate(s) %s change within a subject: fitting %s as ODEs",
+                     varying, model.name)
+            self._fit_language(model.to_language(), events)
+            self.source_model_ = model
+            return self
         data = prepare(model, events, for_fit=True)
         typical = model.typical_values(data.covariates, len(data.subjects))
         res = map_estimate(predictor(model, data, typical), data.observed, model.omega,
@@ -150,6 +174,18 @@ class PKTwin:
             return {k: values[:, j] for j, k in enumerate(self.model_.individual)}
         tv = {k: v[i : i + 1] for k, v in self.typical_.items()}
         return {k: v[0] for k, v in self.model_.individual(tv, e[None]).items()}
+
+    def forecast_parameters(self, subject: str | None = None, eta: np.ndarray | None = None
+                            ) -> dict[str, np.ndarray]:
+        """Individual parameters ``(k,)`` to forecast with: at the subject's latest covariates
+        (they carry forward), for etas ``(k, q)`` (default: the mode)."""
+        if not isinstance(self.model_, LanguageModel):
+            return self.individual_parameters(subject, eta)
+        i = self.index(subject)
+        e = self.eta_[i][None] if eta is None else np.atleast_2d(eta)
+        cov = np.repeat(self.data_.last_covariates[i : i + 1], len(e), axis=0)
+        values = self.model_.individual_values(e, cov)
+        return {k: values[:, j] for j, k in enumerate(self.model_.individual)}
 
     def sample_eta(self, n: int, subject: str | None = None, seed: int = 0) -> np.ndarray:
         """``n`` seeded draws ``(n, q)`` from the Laplace posterior N(eta_, cov_)."""

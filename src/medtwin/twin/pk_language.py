@@ -26,7 +26,8 @@ _EV_KEYS = ("time", "evid", "amt", "cmt", "rate", "ii", "ss", "occ", "out", "kin
 @dataclass(frozen=True)
 class LanguageData:
     """``S`` subjects: event arrays, observation times/lines ``(S, M)``, observed data (with
-    each observation's kind), the number of occasions and each subject's first covariates."""
+    each observation's kind), the number of occasions and each subject's first and last
+    covariates (``(S, C)``: the latter are what a forecast carries forward)."""
 
     subjects: tuple[str, ...]
     events: dict[str, np.ndarray]
@@ -35,6 +36,7 @@ class LanguageData:
     lines: np.ndarray
     n_occasions: int
     first_covariates: np.ndarray
+    last_covariates: np.ndarray
 
     @property
     def n_out(self) -> int:
@@ -140,12 +142,13 @@ def prepare_language(model: LanguageModel, table: EventTable) -> LanguageData:
     kind = np.zeros((S, M), np.int64)
     lines = np.zeros((S, M), np.int64)
     first = np.zeros((S, len(cov_cols)))
+    last = np.zeros((S, len(cov_cols)))
     for i, p in enumerate(per):
         n = len(p)
         ev["n"][i] = n
         t = p["TIME"].to_numpy(float)
         orig = p.drop_duplicates("_ORDER")
-        covs = p[cov_cols].to_numpy(float)
+        covs = p[cov_cols].to_numpy(float, copy=True)
         # an ADDL dose's covariates: those of the first original record at or after it (NOCB)
         ot = orig["TIME"].to_numpy(float)
         ocov = orig[cov_cols].to_numpy(float)
@@ -154,6 +157,7 @@ def prepare_language(model: LanguageModel, table: EventTable) -> LanguageData:
             j = min(int(np.searchsorted(ot, t[k], side="left")), len(ot) - 1)
             covs[k] = ocov[j]
         first[i] = covs[0] if n else 0.0
+        last[i] = covs[-1] if n else 0.0
         ev["time"][i, :n] = t
         ev["evid"][i, :n] = p["EVID"].to_numpy(int)
         ev["amt"][i, :n] = p["AMT"].to_numpy(float)
@@ -207,7 +211,7 @@ def prepare_language(model: LanguageModel, table: EventTable) -> LanguageData:
         if j:
             times[i, j:] = times[i, j - 1]
     observed = ObservedData.build(y, mask, blq, np.where(blq, lloq, np.nan), kind)
-    return LanguageData(subjects, ev, times, observed, lines, n_occ, first)
+    return LanguageData(subjects, ev, times, observed, lines, n_occ, first, last)
 
 
 def language_predictor(model: LanguageModel, data: LanguageData,

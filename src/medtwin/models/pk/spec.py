@@ -214,6 +214,66 @@ class PopulationModel:
                   for n, p in self.parameters.items()}
         return replace(self, parameters=params, omega=check_omega(omega, self.etas), error=error)
 
+    def to_language(self) -> LanguageModel:
+        """The same model in the model language (linear ODEs, stepped exactly, equal to the
+        closed forms): what fits a history whose covariates change between records."""
+        def effect(e: CovariateEffect) -> str:
+            c = e.covariate
+            if e.type == "power":
+                return f"({c} / {e.reference!r}) ** {e.exponent!r}"
+            if e.type == "exponential":
+                return f"exp({e.exponent!r} * ({c} - {e.reference!r}))"
+            if e.type == "linear":
+                return f"(1.0 + {e.exponent!r} * ({c} - {e.reference!r}))"
+            out = "0.0"  # levels are checked before (a typed error names an unknown level)
+            for level, f in sorted(e.levels.items(), reverse=True):
+                out = f"({f!r} if {c} == {level!r} else {out})"
+            return out
+
+        individual = {}
+        for n, p in self.parameters.items():
+            terms = [f"TV_{n}", *(effect(e) for e in p.effects)]
+            if p.eta:
+                terms.append(f"exp({p.eta})")
+            individual[n] = " * ".join(terms)
+        for n, default in _DEFAULTS.items():
+            individual.setdefault(n, repr(default))
+        comps = (["depot"] if self.absorption else []) + ["central", "peripheral",
+                                                          "peripheral2"][: self.compartments]
+        central = ["- CL / V * central"]
+        odes = {}
+        if self.absorption:
+            odes["depot"] = "-KA * depot"
+            central.insert(0, "KA * depot")
+        for q, v, x in (("Q", "V2", "peripheral"), ("Q3", "V3", "peripheral2")):
+            if x in comps:
+                central.append(f"- {q} / V * central + {q} / {v} * {x}")
+                odes[x] = f"{q} / V * central - {q} / {v} * {x}"
+        odes["central"] = " ".join(central)
+        e = self.error
+        error = ({"exponential_sd": e.additive_sd} if e.log_scale else
+                 {k: v for k, v in (("additive_sd", e.additive_sd),
+                                    ("proportional_sd", e.proportional_sd)) if v})
+        tree: dict[str, Any] = {
+            "name": self.name, "title": self.title, "source": self.source,
+            "thetas": {f"TV_{n}": {"value": float(p.typical), "unit": p.unit or "1"}
+                       for n, p in self.parameters.items()},
+            "covariates": {c.name: {k: v for k, v in (("unit", c.unit), ("min", c.minimum),
+                                                      ("max", c.maximum)) if v is not None}
+                           for c in self.covariates.values()},
+            "individual": individual, "compartments": comps, "odes": odes,
+            "observations": {"concentration": {
+                "cmt": self.central, "value": "central / V", "error": error,
+                **({"lloq": self.lloq} if self.lloq else {}),
+                **({"loinc": self.observation_loinc} if self.observation_loinc else {})}},
+            "units": {n: p.unit for n, p in self.parameters.items() if p.unit},
+        }
+        if self.etas:
+            tree["omega"] = {"etas": list(self.etas), "matrix": self.omega.tolist()}
+        if self.absorption:
+            tree["dosing"] = {"depot": {"F": "F", "lag": "ALAG"}}
+        return parse_language_model(tree, file=f"<{self.name} as ODEs>")
+
     def to_dict(self) -> dict[str, Any]:
         """The spec as YAML-ready data (round-trips through :func:`parse_model`)."""
         params = {}

@@ -248,6 +248,35 @@ def _give(c, amt, rate, d, n_cmt, t, x, u, qt, qk, qc, qv):
 
 
 @njit(cache=True, nogil=True)
+def _linear_ss(rhs, xs, m, p, ii, L, W, zero):
+    """Steady-state trough of a linear model in one solve: ``x = E x + b`` with ``E`` =
+    exp(A II) and ``b`` (in ``xs``) the state one interval after a single dose."""
+    n = xs.shape[0]
+    A = L[: n + 1]
+    M = L[n + 1 :]
+    for j in range(n):
+        zero[j] = 1.0
+        rhs(0.0, zero, A[n], m, p, A[j])
+        zero[j] = 0.0
+    M[:, :] = 0.0
+    for i in range(n):
+        for j in range(n):
+            M[i, j] = A[j, i] * ii
+    _expm(M, W)
+    D = W[1]
+    B = W[2]
+    for i in range(n + 1):
+        for j in range(n + 1):
+            same = 1.0 if i == j else 0.0
+            D[i, j] = same - W[0][i, j] if (i < n and j < n) else same
+            B[i, j] = 0.0
+        B[i, 0] = xs[i] if i < n else 0.0
+    _solve_into(D, B)
+    for i in range(n):
+        xs[i] = B[i, 0]
+
+
+@njit(cache=True, nogil=True)
 def _steady_state(rhs, mem, initial, c, amt, rate, ii, d, n_cmt, m, p, S, rtol, atol,
                   ss_rtol, ss_max, xs, us, qt, qk, qc, qv, linear, L, W):
     """State ``xs``/inputs ``us``/queue at the end of a dosing interval at steady state (the
@@ -257,6 +286,24 @@ def _steady_state(rhs, mem, initial, c, amt, rate, ii, d, n_cmt, m, p, S, rtol, 
     qk[:] = -1
     prev = np.zeros(n_cmt)
     t = 0.0
+    if linear:
+        xs[:] = 0.0  # a linear model's steady state does not depend on where it starts
+        st = _give(c, amt, rate, d, n_cmt, t, xs, us, qt, qk, qc, qv)
+        if st != OK:
+            return st
+        st = _advance(rhs, mem, xs, us, m, p, t, ii, qt, qk, qc, qv, S, rtol, atol,
+                      linear, L, W)
+        if st != OK:
+            return st
+        pending = False
+        for j in range(qt.shape[0]):
+            pending = pending or qk[j] >= 0
+        if not pending:  # the dose is over within one interval: solve for the trough
+            _linear_ss(rhs, xs, m, p, ii, L, W, S[0])
+            return OK
+        xs[:] = 0.0  # an infusion longer than II: repeat the dose instead
+        us[:] = 0.0
+        qk[:] = -1
     for k in range(ss_max):
         st = _give(c, amt, rate, d, n_cmt, t, xs, us, qt, qk, qc, qv)
         if st != OK:
