@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import numpy as np
 
 from medtwin.core import codes
+from medtwin.core.findings import Finding as Finding  # the record type lives in core
 from medtwin.models.glucose.constants import HYPO_THRESHOLD, SEVERE_HYPO_THRESHOLD
 from medtwin.monitor.news2 import News2, Risk, Vitals
 
 _SEVERITY = {Risk.LOW: 0, Risk.LOW_MEDIUM: 1, Risk.MEDIUM: 2, Risk.HIGH: 3}
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """What one rule says now."""
-
-    rule: str
-    severity: int  # 0 = clear
-    message: str = ""
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 #: how a vital is said to a clinician: its name and unit (the dashboard's tiles use the units)

@@ -17,9 +17,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from medtwin.core.findings import Finding
 from medtwin.core.records import Intervention, InterventionKind, Observation
 from medtwin.models.glucose.constants import HYPO_THRESHOLD
-from medtwin.monitor.rules import Finding
 from medtwin.store.event_store import EventStore
 from medtwin.store.snapshots import latest_snapshot, save_snapshot
 from medtwin.twin.glucose import GLUCOSE_CODES, MODEL_NAME, GlucoseTwin
