@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -38,11 +39,89 @@ def test_pk_map_json_on_reference(reference, tmp_path):
     assert s1["eta"]["ETA1"] == pytest.approx(0.405058, abs=1e-5)
 
 
-def test_pk_map_bad_input_is_a_clear_error(reference):
+def test_pk_map_keeps_doses_after_the_last_sample(reference):
+    """mapbayr's raw table (its test drops the doses at 72 h after subjects 1-2's samples):
+    kept, they change nothing, and NONMEM's etas come out."""
     res = runner.invoke(app, ["pk", "map", "--model", "mapbayr-001", "--data",
-                              str(reference / "pk" / "mapbayr_model001_data.csv")])
+                              str(reference / "pk" / "mapbayr_model001_data.csv"), "--json",
+                              "--npde", "0"])
+    assert res.exit_code == 0, res.output
+    s1 = json.loads(res.stdout)["subjects"][0]
+    assert s1["ofv"] == pytest.approx(22.29351, abs=1e-4)
+    assert s1["eta"]["ETA1"] == pytest.approx(0.405058, abs=1e-5)
+
+
+def test_pk_map_bad_input_is_a_clear_error(tmp_path):
+    data = tmp_path / "blq.csv"
+    data.write_text("ID,TIME,EVID,AMT,CMT,DV,MDV,BLQ\n1,0,1,10000,1,.,1,0\n"
+                    "1,4,0,0,2,80,0,0\n1,30,0,0,2,.,0,1\n")
+    res = runner.invoke(app, ["pk", "map", "--model", "mapbayr-001", "--data", str(data)])
     assert res.exit_code == 2
-    assert "line 7, column TIME" in res.output
+    assert "line 4, column BLQ" in res.output and "LLOQ" in res.output
+
+
+BLQ_TABLE = ("ID,TIME,EVID,AMT,CMT,RATE,II,ADDL,DV,MDV,CENS,CRCL,WT,DIAL\n"
+             "A,0,1,1000,1,1000,12,3,.,1,0,80,75,0\n"
+             "A,37,0,0,1,0,0,0,28.5,0,0,80,75,0\n"
+             "A,47.9,0,0,1,0,0,0,10,0,1,80,75,0\n"
+             "B,0,1,1500,1,1500,12,3,.,1,0,60,90,0\n"
+             "B,11.5,0,0,1,0,0,0,12.2,0,0,60,90,0\n"
+             "B,38,0,0,1,0,0,0,35.1,0,0,60,90,0\n")
+
+
+def test_pk_map_out_writes_the_record_table_and_refuses_to_overwrite(tmp_path):
+    from medtwin.interop.nonmem import EventTable
+    from medtwin.twin.pk import PKTwin
+    from medtwin.twin.pk_diagnostics import record_table
+
+    data = tmp_path / "events.csv"
+    data.write_text(BLQ_TABLE)
+    out = tmp_path / "records.csv"
+    args = ["pk", "map", "--model", "vancomycin-goti2018", "--data", str(data), "--out",
+            str(out), "--npde", "200"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "4 records -> " in res.output
+    table = pd.read_csv(out, dtype={"ID": str})
+    assert list(table.columns) == ["ID", "TIME", "DV", "BLQ", "LLOQ", "PRED", "IPRED",
+                                   "IWRES", "CWRES", "NPDE", "LINE"]
+    assert table["ID"].tolist() == ["A", "A", "B", "B"]
+    assert table["LINE"].tolist() == [3, 4, 6, 7]
+    assert table["BLQ"].tolist() == [0, 1, 0, 0] and table["LLOQ"].iloc[1] == 10
+    # the CSV holds what the Python API computes for the same fit
+    twin = PKTwin("vancomycin-goti2018").fit(EventTable.read_csv(data))
+    api = record_table(twin, npde_samples=200).records
+    np.testing.assert_allclose(table[["PRED", "IPRED", "IWRES", "CWRES", "NPDE"]].to_numpy(),
+                               api[["PRED", "IPRED", "IWRES", "CWRES", "NPDE"]].to_numpy(),
+                               rtol=1e-9)
+    before = out.read_text()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert "exists" in res.output and "--force" in res.output
+    assert out.read_text() == before
+    out.write_text("old")
+    res = runner.invoke(app, [*args, "--force"])
+    assert res.exit_code == 0, res.output
+    assert out.read_text() == before
+
+
+def test_pk_map_json_has_records_and_provenance(tmp_path):
+    data = tmp_path / "events.csv"
+    data.write_text(BLQ_TABLE)
+    res = runner.invoke(app, ["pk", "map", "--model", "vancomycin-goti2018", "--data",
+                              str(data), "--json", "--npde", "100"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    recs = out["records"]
+    assert [r["LINE"] for r in recs] == [3, 4, 6, 7]
+    blq = recs[1]
+    assert blq["BLQ"] == 1 and blq["LLOQ"] == 10 and blq["DV"] is None
+    assert blq["CWRES"] is None and blq["NPDE"] is None and blq["IPRED"] > 0
+    assert all(isinstance(r["CWRES"], float) for i, r in enumerate(recs) if i != 1)
+    prov = out["provenance"]
+    assert prov["model"] == "vancomycin-goti2018" and prov["data_cutoff_time"] == 47.9
+    assert prov["medtwin_version"] and prov["computed_at"] and prov["model_digest"]
+    assert prov["subjects"] == ["A", "B"] == [s["ID"] for s in out["subjects"]]
 
 
 def test_dose_command_with_plot(vanco, tmp_path):

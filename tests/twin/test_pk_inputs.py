@@ -52,14 +52,6 @@ def test_unknown_compartment_names_line_and_cmt():
     assert exc.value.where == "line 3, column CMT"
 
 
-def test_dose_after_last_observation_is_refused_for_fitting():
-    text = VANCO + "A,60,1,1000,1,1000,0,0,.,1,80,75,0\n"
-    with pytest.raises(ValidationError) as exc:
-        PKTwin("vancomycin-goti2018").fit(_table(text))
-    assert exc.value.where == "line 5, column TIME"
-    prepare(load_model("vancomycin-goti2018"), _table(text), for_fit=False)  # fine to simulate
-
-
 def test_missing_covariate_for_the_model():
     with pytest.raises(ValidationError) as exc:
         PKTwin("vancomycin-goti2018").fit(_table(VANCO.replace(",CRCL,", ",CLCR,")))

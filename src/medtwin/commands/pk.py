@@ -36,26 +36,49 @@ def _load(model: str, data: Path):  # noqa: ANN202 - (PopulationModel, EventTabl
 def map_cmd(
     model: str = typer.Option(..., "--model", help=MODEL_HELP),
     data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help=DATA_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the restarts."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: subjects, the per-record "
+                                 "table ('records') and 'provenance'."),
+    out: Path | None = typer.Option(None, "--out", help="Write the per-record table (ID, "
+                                    "TIME, DV, BLQ, LLOQ, PRED, IPRED, IWRES, CWRES, NPDE, "
+                                    "LINE) as CSV."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+    npde: int = typer.Option(1000, "--npde", min=0, help="Simulations per subject for NPDE "
+                             "(0: no NPDE)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the restarts and of NPDE."),
 ) -> None:
-    """Bayesian MAP per subject: etas, individual parameters, OFV, covariance."""
+    """Bayesian MAP per subject: etas, individual parameters, OFV, covariance, and the
+    per-record diagnostics (PRED, IPRED, IWRES, CWRES, NPDE) with their provenance."""
+    from medtwin.core.errors import ValidationError
     from medtwin.twin.pk import PKTwin
+    from medtwin.twin.pk_diagnostics import record_table
 
+    if out is not None and out.exists() and not force:
+        _fail(ValidationError(f"{out} exists; pass --force to overwrite it, or give another "
+                              "--out file", where="--out"))
     try:
         m, table = _load(model, data)
         twin = PKTwin(m, seed=seed).fit(table)
+        records = record_table(twin, npde_samples=npde, seed=seed) \
+            if (as_json or out is not None) else None
     except MedtwinError as exc:
         _fail(exc)
+    if out is not None and records is not None:
+        try:
+            records.records.to_csv(out, index=False)
+        except OSError as exc:
+            _fail(ValidationError(f"cannot write {out}: {exc.strerror or exc}", where="--out"))
     rows = twin.summary()
     if as_json:
-        typer.echo(json.dumps({"model": m.name, "subjects": rows}, indent=2))
+        typer.echo(json.dumps({"model": m.name, "subjects": rows, "records": records.rows(),
+                               "provenance": records.provenance}, indent=2))
         return
     for r in rows:
         etas = " ".join(f"{k}={v:+.6f}" for k, v in r["eta"].items())
         pars = " ".join(f"{k}={v:.6g}" for k, v in r["parameters"].items())
         flag = "" if r["converged"] else "  (NOT converged)"
         typer.echo(f"ID {r['ID']}: OFV {r['ofv']:.5f}  {etas}  {pars}{flag}")
+    if out is not None:
+        typer.echo(f"{len(records.records)} records -> {out}")
 
 
 @app.command("fit")

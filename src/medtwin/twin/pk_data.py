@@ -6,6 +6,7 @@ timing of doses are checked; every error names the source line and column.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ from medtwin.core.estimate.map import ObservedData
 from medtwin.interop.nonmem import EventTable
 from medtwin.models.pk.closed_form import DoseArrays
 from medtwin.models.pk.spec import PopulationModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,50 @@ def dose_arrays(model: PopulationModel, doses: pd.DataFrame, subjects: tuple[str
     return out
 
 
+def censoring(record: pd.Series, table: EventTable, lloq: float | None, *,
+              log_scale: bool = False) -> tuple[bool, float]:
+    """Whether an observation record (a row of ``table.observations()``) is below the limit
+    of quantification, and that limit (NaN when quantified).
+
+    The table has already turned its BLQ convention into ``BLQ``/``LLOQ`` (see
+    :mod:`medtwin.interop.nonmem`); here the model's ``lloq`` fills a missing LLOQ and, when
+    the table has no flag column, makes a DV below it BLQ. A flagged sample whose LLOQ is
+    known nowhere, a finite ``LIMIT`` that would make it interval censoring, and a DV of 0
+    under a log-scale error are typed errors naming the line and column.
+    """
+    line = int(record["LINE"])
+    limit = record["LLOQ"] if np.isfinite(record["LLOQ"]) else (lloq or np.nan)
+    dv = record["DV"]
+    below = bool(record["BLQ"]) or (table.blq_column is None and np.isfinite(limit)
+                                    and np.isfinite(dv) and dv < limit)
+    if below and not np.isfinite(limit):
+        raise ValidationError(
+            "sample is below the limit of quantification but no LLOQ is known for it; give "
+            "an LLOQ column, write DV as the LLOQ on the flagged record (NONMEM M3 / Monolix "
+            "CENS) or as '<LLOQ' (e.g. '<0.5'), or set the model's lloq",
+            where=_where(line, table.blq_column or "DV"))
+    limit_low = record.get("LIMIT", np.nan)
+    if below and np.isfinite(limit_low) and not (log_scale and limit_low <= 0):
+        raise ValidationError(
+            f"LIMIT {limit_low:g} makes this interval censoring ({limit_low:g} < y < LLOQ "
+            f"{limit:g}), which is not fitted; write LIMIT '.' to fit the sample by M3 "
+            "(y < LLOQ)" + ("" if log_scale else " (LIMIT <= 0 is M3 only with an "
+                            "exponential, log-scale error)"),
+            where=_where(line, "LIMIT"))
+    if not below and log_scale and np.isfinite(dv) and dv <= 0:
+        raise ValidationError(
+            f"DV {dv:g} cannot be fitted with an exponential (log-scale) error; if the sample "
+            "is below the limit of quantification, flag it (BLQ=1) and give its LLOQ",
+            where=_where(line, "DV"))
+    return below, (float(limit) if below else np.nan)
+
+
 def prepare(model: PopulationModel, table: EventTable, *, for_fit: bool = True) -> PKData:
     """Check ``table`` against ``model`` and build the arrays.
 
-    With ``for_fit``, a dose after a subject's last observation is refused (mapbayr's rule:
-    it cannot inform the fit and usually means a mis-sorted or truncated record).
+    Doses after a subject's last observation are kept: they cannot change a fit (a sample
+    depends only on the doses before it) but they are the planned regimen that predictions
+    and dose recommendations go on with. ``for_fit`` only logs them.
     """
     subjects = table.subjects
     obs = table.observations()
@@ -111,13 +153,7 @@ def prepare(model: PopulationModel, table: EventTable, *, for_fit: bool = True) 
                     where=_where(int(r["LINE"]), "CMT"))
             times[i, j] = r["TIME"]
             lines[i, j] = int(r["LINE"])
-            limit = r["LLOQ"] if np.isfinite(r["LLOQ"]) else (model.lloq or np.nan)
-            below = bool(r["BLQ"]) or (np.isfinite(limit) and np.isfinite(r["DV"])
-                                       and r["DV"] < limit)
-            if below and not np.isfinite(limit):
-                raise ValidationError("sample flagged BLQ but no LLOQ is known (give an LLOQ "
-                                      "column or the model's lloq)",
-                                      where=_where(int(r["LINE"]), "BLQ"))
+            below, limit = censoring(r, table, model.lloq, log_scale=model.error.log_scale)
             y[i, j] = r["DV"] if not below else np.nan
             blq[i, j] = below
             lloq[i, j] = limit
@@ -127,14 +163,10 @@ def prepare(model: PopulationModel, table: EventTable, *, for_fit: bool = True) 
         if for_fit:
             d = doses[(doses["ID"] == subjects[i]) & (doses["AMT"] > 0)]
             last = o["TIME"].max() if len(o) else -np.inf
-            late = d[d["TIME"] > last]
-            if len(late):
-                r = late.iloc[0]
-                raise ValidationError(
-                    f"dose at TIME {r['TIME']:g} is after subject {subjects[i]!r}'s last "
-                    f"observation ({'none' if not len(o) else f'{last:g}'}) used for fitting; "
-                    "drop it (or its ADDL) before fitting, and give it as a regimen to forecast",
-                    where=_where(int(r["LINE"]), "TIME"))
+            n_late = int((d["TIME"] > last).sum())
+            if n_late:
+                log.debug("subject %s: %d dose(s) after the last observation kept for "
+                          "prediction", subjects[i], n_late)
     observed = ObservedData.build(y, mask, blq, np.where(blq, lloq, np.nan))
     return PKData(subjects, dose_arrays(model, doses, subjects), times, observed, lines,
                   covariates)

@@ -19,6 +19,7 @@ from medtwin.core.estimate.map import ObservedData
 from medtwin.interop.nonmem import EventTable
 from medtwin.models.pk.language.events import STATUS_TEXT
 from medtwin.models.pk.language.model import LanguageModel
+from medtwin.twin.pk_data import censoring
 
 _EV_KEYS = ("time", "evid", "amt", "cmt", "rate", "ii", "ss", "occ", "out", "kind")
 
@@ -191,13 +192,7 @@ def prepare_language(model: LanguageModel, table: EventTable) -> LanguageData:
                     + ", ".join(f"{o.name} (CMT {o.cmt})" for o in model.observations),
                     where=_where(line, "CMT"))
             o = model.observations[q]
-            limit = r["LLOQ"] if np.isfinite(r["LLOQ"]) else (o.lloq or np.nan)
-            below = bool(r["BLQ"]) or (np.isfinite(limit) and np.isfinite(r["DV"])
-                                       and r["DV"] < limit)
-            if below and not np.isfinite(limit):
-                raise ValidationError("sample flagged BLQ but no LLOQ is known (give an LLOQ "
-                                      f"column or the lloq of observation {o.name!r})",
-                                      where=_where(line, "BLQ"))
+            below, limit = censoring(r, table, o.lloq, log_scale=o.error.log_scale)
             ev["out"][i, k] = j
             ev["kind"][i, k] = q
             times[i, j] = r["TIME"]
@@ -264,7 +259,7 @@ def predict_at(model: LanguageModel, table: EventTable, times: np.ndarray, eta: 
         j = min(int(np.searchsorted(rt, time, side="left")), len(r) - 1)  # NOCB covariates
         row = r.iloc[j].copy()
         row[["TIME", "EVID", "AMT", "RATE", "II", "ADDL", "SS", "DV", "MDV", "BLQ"]] = (
-            time, 0, 0.0, 0.0, 0.0, 0, 0, 0.0, 0, 0)
+            time, 0, 0.0, 0.0, 0.0, 0, 0, 1.0, 0, 0)  # DV: a placeholder, never fitted
         row["CMT"], row["LLOQ"], row["LINE"] = obs.cmt, np.nan, 0
         add.append(row)
     recs = pd.concat([r, pd.DataFrame(add)], ignore_index=True)
