@@ -349,3 +349,26 @@ def test_fitted_language_twin_predicts_any_time_and_quantity_with_an_interval():
     band = twin.prediction_interval(t, n=200)
     assert (band["lower"] <= band["mode"]).all() and (band["mode"] <= band["upper"]).all()
     assert twin.individual_parameters()["K"][0] == pytest.approx(k, rel=1e-12)
+
+
+def test_local_variables_serve_the_odes_and_the_observations():
+    model = _model("""
+name: locals
+thetas: {CL: 3.0, V: 30.0, EMAX: 1.0, EC50: 2.0, KOUT: 0.1}
+individual: {K: CL / V}
+compartments: [central, response]
+variables: {CP: central / V, INH: EMAX * CP / (EC50 + CP)}
+odes:
+  central: -K * central
+  response: KOUT * (1 - INH) - KOUT * response
+initial: {response: 1.0}
+observations:
+  conc: {cmt: 1, value: CP, error: {proportional_sd: 0.1}}
+  inhibition: {cmt: 2, value: INH, error: {additive_sd: 0.05}}
+""", rtol=1e-10, atol=1e-12)
+    assert not model.linear
+    rows = [{"ID": 1, "TIME": 0, "EVID": 1, "AMT": 300, "CMT": 1, "MDV": 1},
+            {"ID": 1, "TIME": 5, "CMT": 1}, {"ID": 1, "TIME": 5, "CMT": 2}]
+    got = _predict(model, _table(rows))[0]
+    cp = 10 * np.exp(-0.1 * 5)
+    np.testing.assert_allclose(got, [cp, cp / (2 + cp)], rtol=1e-9)

@@ -304,12 +304,13 @@ def parse_language_model(data: Any, file: str = "<model>") -> LanguageModel:
     comps = tuple(spec.compartments)
     # one namespace of names: every name means one thing
     groups = {"theta": list(thetas), "covariate": list(covs), "eta": [*etas, *kappas],
-              "individual parameter": list(spec.individual), "compartment": list(comps)}
+              "individual parameter": list(spec.individual), "compartment": list(comps),
+              "variable": list(spec.variables)}
     seen: dict[str, str] = {}
     for kind, names in groups.items():
         for n in names:
             where = _at(w, {"theta": "thetas", "covariate": "covariates",
-                            "individual parameter": "individual",
+                            "individual parameter": "individual", "variable": "variables",
                             "compartment": "compartments"}.get(kind, "omega"))
             if not n.isidentifier() or n in ex.FUNCTIONS or n == TIME:
                 where.fail(f"{n!r} cannot be a name (letters, digits and _ only; not a "
@@ -353,17 +354,31 @@ def parse_language_model(data: Any, file: str = "<model>") -> LanguageModel:
         _at(w, "odes").fail(f"odes must give every compartment once: missing {missing}, "
                             f"not compartments {extra}", f"write one ODE for each of {comps}")
     x_sym = {c: f"x[{i}]" for i, c in enumerate(comps)}
+    # local variables of the ODEs and observations, in order (mrgsolve's $ODE locals)
+    locals_rhs: list[str] = []
+    locals_out: list[str] = []
     rhs_sym = {**p_sym, **x_sym, TIME: "t"}
+    obs_sym = {**p_sym, **x_sym, TIME: time_p}
+    local_trees = {}
+    for name, text in spec.variables.items():
+        tree = _expr(_at(w, "variables", name), text, set(rhs_sym),
+                     "use compartments, parameters, thetas, covariates, etas, TIME or "
+                     "variables defined above")
+        local_trees[name] = tree
+        locals_rhs.append(f"    w_{name} = {ex.translate(tree, rhs_sym)}")
+        locals_out.append(f"    w_{name} = {ex.translate(tree, obs_sym)}")
+        rhs_sym[name] = obs_sym[name] = f"w_{name}"
     lines.append("def rhs(t, x, u, m, p, dx):")
-    linear = True
+    lines.extend(locals_rhs)
+    linear = not local_trees  # ODEs with locals are integrated numerically
     for i, c in enumerate(comps):
         tree = _expr(_at(w, "odes", c), spec.odes[c], set(rhs_sym),
                      "use compartments, parameters, thetas, covariates, etas or TIME")
         linear = linear and ex.is_linear(tree, set(comps)) and TIME not in ex.names(tree)
         lines.append(f"    dx[{i}] = {ex.translate(tree, rhs_sym)} + u[{i}]")
     # observations
-    obs_sym = {**p_sym, **x_sym, TIME: time_p}
     lines.append("def output(x, p, y):")
+    lines.extend(locals_out)
     observed = []
     for k, (oname, o) in enumerate(spec.observations.items()):
         ow = _at(w, "observations", oname)

@@ -140,6 +140,10 @@ class ModelFile(BaseModel):
                                         "above it.")
     compartments: list[str] = Field(min_length=1, description="Compartment names; CMT n "
                                     "in the data is the n-th.")
+    variables: dict[str, Expr] = Field(default_factory=dict, description="Local quantities of "
+                                       "the ODEs and observations (mrgsolve's $ODE locals), in "
+                                       "order: e.g. CP: central / V; each may use compartments, "
+                                       "parameters, TIME and those above it.")
     odes: dict[str, Expr] = Field(description="d(amount)/dt of every compartment (infusions "
                                   "are added to it).")
     initial: dict[str, Expr] = Field(default_factory=dict, description="Initial amount of "
