@@ -1,10 +1,10 @@
-"""Fit a population PK model to an event table (FOCE-I) and return the updated model."""
+"""Fit a population PK model to an event table (FOCE-I or SAEM) and return the updated model."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,9 +13,10 @@ import pandas as pd
 from medtwin.core.cluster import dask_client, dask_mapper
 from medtwin.core.errors import ValidationError
 from medtwin.core.estimate.focei import FOCEI
+from medtwin.core.estimate.saem import SAEM
 from medtwin.interop.nonmem import EventTable
 from medtwin.models.pk.spec import PopulationModel
-from medtwin.twin.pk_data import prepare
+from medtwin.twin.pk_data import PKData, prepare
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -26,7 +27,7 @@ class PopulationFit:
     """A fitted population model, the estimator (``estimator.se_`` etc.) and tables."""
 
     model: PopulationModel
-    estimator: FOCEI
+    estimator: FOCEI | SAEM
     estimated: tuple[str, ...]
     subjects: tuple[str, ...]
 
@@ -56,7 +57,7 @@ class PopulationFit:
         return pd.DataFrame(rows)
 
     def etas(self) -> pd.DataFrame:
-        """Per-subject conditional modes."""
+        """Per-subject conditional modes (EBEs)."""
         return pd.DataFrame(self.estimator.eta_, columns=list(self.model.etas),
                             index=pd.Index(self.subjects, name="ID"))
 
@@ -72,33 +73,42 @@ def fit_population(
     scheduler: str | None = None,
     client: Client | None = None,
     on_batch: Callable[[int], None] | None = None,
+    method: str = "focei",
+    saem: SAEM | None = None,
 ) -> PopulationFit:
-    """FOCE-I fit of ``model``'s typical values (``estimate``: default all structural
-    parameters except F and ALAG), Omega and residual error, from ``model``'s values.
+    """Fit ``model``'s typical values (``estimate``: default all structural parameters
+    except F and ALAG), Omega and residual error, from ``model``'s values, by FOCE-I
+    (``method="focei"``) or SAEM (``"saem"``; ``saem`` sets its options, e.g. iterations
+    and seed).
 
-    The objective evaluations of each gradient and of the covariance step run on Dask when
-    ``workers`` > 1 (a LocalCluster), a ``scheduler`` address or a ``client`` is given; the
-    estimates are the same as serial. ``on_batch(k)`` is called before the k-th batch of
-    evaluations (a progress signal; it may raise to stop the fit)."""
+    Dask is used when ``workers`` > 1 (a LocalCluster), a ``scheduler`` address or a
+    ``client`` is given: FOCE-I evaluates the objective points of each gradient and of the
+    covariance step there, SAEM the E-step of each block of subjects; the estimates are the
+    same as in-process. ``on_batch(k)`` is called before the k-th batch of FOCE-I
+    evaluations or the k-th SAEM iteration (a progress signal; it may raise to stop)."""
+    if method not in ("focei", "saem"):
+        raise ValidationError(f"unknown method {method!r}: 'focei' or 'saem'", where="method")
     if client is None and (workers > 1 or scheduler is not None):
         with dask_client(scheduler, n_workers=workers) as c:
             return fit_population(model, table, estimate=estimate,
                                   omega_structure=omega_structure,
                                   standard_errors=standard_errors, client=c,
-                                  on_batch=on_batch)
+                                  on_batch=on_batch, method=method, saem=saem)
     names = tuple(estimate or [p for p in model.parameters if p not in ("F", "ALAG")])
     unknown = [n for n in names if n not in model.parameters]
     if unknown:
         raise ValidationError(f"unknown parameter(s) {unknown}; the model has "
                               f"{list(model.parameters)}", where="estimate")
     data = prepare(model, table, for_fit=True)
-    S = len(data.subjects)
-
-    def predict(theta: np.ndarray, eta: np.ndarray) -> np.ndarray:
-        tv = model.typical_values(data.covariates, S, dict(zip(names, theta, strict=True)))
-        return model.predict(model.individual(tv, eta), data.doses, data.times)
-
+    predict = _predictor(model, data, names)
     theta0 = np.log([model.parameters[n].typical for n in names])
+    if method == "saem":
+        est = _fit_saem(model, data, names, theta0, omega_structure, standard_errors,
+                        client, on_batch, saem)
+        fitted = model.with_estimates(
+            {n: math.exp(t) for n, t in zip(names, est.theta_, strict=True)}, est.omega_,
+            est.error_)
+        return PopulationFit(fitted, est, names, data.subjects)
     mapper = dask_mapper(client) if client is not None else None
     if on_batch is not None:
         mapper = _signalling(mapper, on_batch)
@@ -109,6 +119,43 @@ def fit_population(
         {n: math.exp(t) for n, t in zip(names, est.theta_, strict=True)}, est.omega_,
         est.error_)
     return PopulationFit(fitted, est, names, data.subjects)
+
+
+def _predictor(model: PopulationModel, data: PKData, names: tuple[str, ...]
+               ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    S = len(data.subjects)
+
+    def predict(theta: np.ndarray, eta: np.ndarray) -> np.ndarray:
+        tv = model.typical_values(data.covariates, S, dict(zip(names, theta, strict=True)))
+        return model.predict(model.individual(tv, eta), data.doses, data.times)
+
+    return predict
+
+
+def mu_reference(model: PopulationModel, names: Sequence[str]) -> list[int | None]:
+    """For each eta, the estimated parameter it is mu-referenced to (the first of
+    ``names`` carrying it), or None; SAEM updates those in closed form."""
+    out: list[int | None] = []
+    for eta in model.etas:
+        carriers = [i for i, n in enumerate(names) if model.parameters[n].eta == eta]
+        out.append(carriers[0] if carriers else None)
+    return out
+
+
+def _fit_saem(model: PopulationModel, data: PKData, names: tuple[str, ...],
+              theta0: np.ndarray, omega_structure: str, standard_errors: bool,
+              client: Client | None, on_batch: Callable[[int], None] | None,
+              options: SAEM | None) -> SAEM:
+    est = replace(options) if options is not None else SAEM()
+    est.omega_structure = omega_structure
+    est.standard_errors = standard_errors
+    if client is not None:
+        est.client = client
+    if on_batch is not None:
+        est.on_iteration = on_batch
+    return est.fit(_predictor(model, data, names), data.observed, theta0, model.omega,
+                   model.error, mu_index=mu_reference(model, names),
+                   subset=lambda rows: _predictor(model, data.take(rows), names))
 
 
 def _signalling(mapper: Callable | None, on_batch: Callable[[int], None]) -> Callable:
