@@ -9,7 +9,9 @@ mrgsolve/mapbayr:
 - ADDL/II: ``ADDL`` more doses every ``II`` h after the record's dose (not steady-state).
 - SS=1: the dose is at steady state on ``II`` and resets what came before; SS=2 adds a
   steady state without reset.
-- RATE > 0: a zero-order infusion of duration AMT / RATE.
+- RATE > 0: a zero-order infusion of duration AMT / RATE; RATE = -1 (-2): the infusion rate
+  (duration) is a model parameter, as NONMEM's R1 (D1) — for model-language models, whose
+  ``dosing`` gives a compartment's ``rate`` or ``duration``.
 - DV "." or empty is missing; an observation with MDV=1 is not used.
 - Time-varying covariates are carried backward (next observation carried backward, NOCB, as
   mrgsolve and mapbayr do); values after a subject's last given value carry forward.
@@ -335,16 +337,15 @@ def _check(df: pd.DataFrame, lines: np.ndarray) -> None:
                                          "CMT")}, inplace=True)
     dose = np.isin(evid, [1, 4])
     fail(dose & ~(df["AMT"].to_numpy() > 0), "AMT", "a dose needs AMT > 0, got {v}")
-    fail(df["RATE"].to_numpy() < 0, "RATE",
-         "RATE {v} is not supported (only RATE = 0 or a rate > 0); give RATE = AMT / duration")
+    rate = df["RATE"].to_numpy()
+    fail((rate < 0) & ~np.isin(rate, [-1, -2]), "RATE",
+         "RATE {v} is not supported: give 0 (bolus), a rate > 0 (AMT / duration), -1 (the "
+         "model's rate) or -2 (the model's duration)")
     fail(~np.isin(df["SS"].to_numpy(), [0, 1, 2]), "SS", "SS must be 0, 1 or 2, got {v}")
     addl = df["ADDL"].to_numpy()
     fail((addl < 0) | (addl != np.round(addl)), "ADDL", "ADDL must be a whole number >= 0, got {v}")
     need_ii = dose & ((addl > 0) | (df["SS"].to_numpy() > 0))
     fail(need_ii & ~(df["II"].to_numpy() > 0), "II", "II must be > 0 with ADDL or SS, got {v}")
-    dur = np.where(df["RATE"] > 0, df["AMT"] / df["RATE"].where(df["RATE"] > 0, 1.0), 0.0)
-    fail(dose & (df["SS"].to_numpy() > 0) & (dur > df["II"].to_numpy()), "RATE",
-         "a steady-state infusion must end within II (AMT / RATE > II)")
     obs = (evid == 0) & (df["MDV"].to_numpy() == 0)
     dv = df["DV"].to_numpy()
     fail(obs & ~np.isfinite(dv) & (df["BLQ"].to_numpy() == 0), "DV",

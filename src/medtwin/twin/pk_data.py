@@ -63,6 +63,18 @@ def dose_arrays(model: PopulationModel, doses: pd.DataFrame, subjects: tuple[str
                     f"{model.compartment_names} and takes doses in "
                     f"{[c for c in model.compartment_names if c <= model.central]}",
                     where=_where(int(r["LINE"]), "CMT")) from None
+            if r["RATE"] < 0:
+                what = "rate" if r["RATE"] == -1 else "duration"
+                raise ValidationError(
+                    f"RATE {r['RATE']:g} asks for a modelled infusion {what}, "
+                    f"which the closed-form model {model.name!r} does not have; write the "
+                    "model in the model language with dosing: {central: {rate: ... or "
+                    "duration: ...}}, or give RATE = AMT / duration",
+                    where=_where(int(r["LINE"]), "RATE"))
+            if r["SS"] > 0 and r["DUR"] > r["II"]:
+                raise ValidationError("a steady-state infusion must end within II (AMT / RATE "
+                                      "> II) for the closed forms; the model language takes "
+                                      "longer ones", where=_where(int(r["LINE"]), "RATE"))
             if route == 0 and r["DUR"] > 0:
                 raise ValidationError("a zero-order input into the depot is not supported; "
                                       "give the infusion into the central compartment",

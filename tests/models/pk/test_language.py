@@ -372,3 +372,50 @@ observations:
     got = _predict(model, _table(rows))[0]
     cp = 10 * np.exp(-0.1 * 5)
     np.testing.assert_allclose(got, [cp, cp / (2 + cp)], rtol=1e-9)
+
+
+MODELLED = """
+name: modelled-infusion
+thetas: {CL: 3.0, V: 30.0, R1: 200.0, D1: 1.5}
+individual: {K: CL / V}
+compartments: [central]
+odes: {central: -K * central}
+dosing: {central: {rate: R1, duration: D1}}
+observations: {conc: {cmt: 1, value: central / V, error: {proportional_sd: 0.1}}}
+"""
+
+
+@pytest.mark.parametrize("rate, r, dur", [(-1, 200.0, 3.0), (-2, 400.0, 1.5)])
+def test_modelled_rate_and_duration(rate, r, dur):
+    rows = [{"ID": 1, "TIME": 0, "EVID": 1, "AMT": 600, "CMT": 1, "RATE": rate, "MDV": 1},
+            {"ID": 1, "TIME": 1, "CMT": 1}, {"ID": 1, "TIME": 6, "CMT": 1}]
+    got = _predict(_model(MODELLED), _table(rows))[0]
+    k, v = 0.1, 30.0
+    inf = lambda t: r / (k * v) * (1 - np.exp(-k * t))  # noqa: E731
+    np.testing.assert_allclose(got, [inf(1.0), inf(dur) * np.exp(-k * (6 - dur))], rtol=1e-12)
+
+
+def test_closed_form_model_refuses_a_modelled_rate():
+    from medtwin.models.pk.spec import load_model as lm
+
+    rows = [{"ID": 1, "TIME": 0, "EVID": 1, "AMT": 600, "CMT": 1, "RATE": -2, "MDV": 1,
+             "WT": 3.0, "SCR": 40.0}, {"ID": 1, "TIME": 6, "CMT": 1, "WT": 3.0, "SCR": 40.0}]
+    with pytest.raises(ValidationError, match="modelled infusion duration") as exc:
+        PKTwin(lm("vancomycin-grimsley1999")).fit(_table(rows))
+    assert exc.value.where == "line 2, column RATE"
+
+
+def test_steady_state_infusion_longer_than_the_interval_equals_the_sum_of_past_doses():
+    model = _model(MODELLED.replace("CL: 3.0", "CL: 0.9"))  # half-life 23 h, II 8 h
+    rows = [{"ID": 1, "TIME": 0, "EVID": 1, "AMT": 600, "CMT": 1, "RATE": 50, "II": 8,
+             "SS": 1, "MDV": 1}] + [{"ID": 1, "TIME": t, "CMT": 1} for t in (0.5, 4.0, 7.9)]
+    got = _predict(model, _table(rows))[0]
+    k, v, rate, dur = 0.03, 30.0, 50.0, 12.0  # each infusion runs 12 h, longer than II
+
+    def one(t: np.ndarray) -> np.ndarray:  # a single infusion started at 0
+        on = rate / (k * v) * (1 - np.exp(-k * np.minimum(t, dur)))
+        return np.where(t > dur, on * np.exp(-k * (t - dur)), np.where(t >= 0, on, 0.0))
+
+    past = np.arange(0, 3000) * 8.0  # the dose at 0 and 2,999 before it
+    want = [one(t + past).sum() for t in (0.5, 4.0, 7.9)]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
