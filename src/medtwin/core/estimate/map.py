@@ -248,9 +248,12 @@ def _optimise(
     S, q = eta.shape
     lo, hi = np.broadcast_to(lo, eta.shape), np.broadcast_to(hi, eta.shape)
     eta = np.clip(eta, lo, hi)
+    # Gauss-Newton steps first (1 + 2q predictions each, against (1 + 2q)^2 for Newton's
+    # Hessian by differences), then Newton to finish: the same optimum, fewer model runs
+    eta, it_gn = _gauss_newton(predict, eta, data, oi, error, lo, hi, max_iter)
     done = np.zeros(S, bool)
     it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007 - reported
+    for it in range(1, max_iter - it_gn + 1):  # noqa: B007 - reported (one budget for both)
         ofv, g, gn, H = _newton_parts(predict, eta, data, oi, error)
         step = _descent_step(g, H, gn)
         # at a bound, drop the components that push outward
@@ -280,7 +283,44 @@ def _optimise(
     tol_g = 1e-5 * np.maximum(1.0, 1e-2 * np.abs(ofv))[:, None]
     ok = np.where(eta >= hi, g <= tol_g, np.where(eta <= lo, g >= -tol_g, np.abs(g) < tol_g))
     converged = ok.all(axis=1) & np.isfinite(ofv)
-    return eta, ofv, H, converged, it
+    return eta, ofv, H, converged, it + it_gn
+
+
+def _gauss_newton(
+    predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: AnyError,
+    lo: np.ndarray, hi: np.ndarray, max_iter: int, near: float = 1e-4,
+) -> tuple[np.ndarray, int]:
+    """Bounded Gauss-Newton steps with a backtracking line search until every subject's step
+    is below ``near`` (or stops improving); returns eta and the iterations used."""
+    S = eta.shape[0]
+    active = np.ones(S, bool)
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 - reported
+        ofv, g, gn, _ = _derivatives(predict, eta[:, None], data, oi, error)
+        ofv, g, gn = ofv[:, 0], g[:, 0], gn[:, 0]
+        step = np.zeros_like(eta)
+        for s in np.flatnonzero(active & np.isfinite(ofv)):
+            try:
+                step[s] = -np.linalg.solve(gn[s], g[s])
+            except np.linalg.LinAlgError:
+                active[s] = False
+        out = ((eta <= lo) & (step < 0)) | ((eta >= hi) & (step > 0))
+        step[out] = 0.0
+        cand = np.clip(eta[:, None] + _ALPHAS[None, :, None] * step[:, None],
+                       lo[:, None], hi[:, None])
+        ofv_c = _ofv(predict(cand), cand, data, oi, error)
+        better = ofv_c < ofv[:, None] - 1e-12 * np.abs(ofv[:, None])
+        for s in np.flatnonzero(active):
+            if not better[s].any():
+                active[s] = False
+                continue
+            new = cand[s, int(better[s].argmax())]
+            if np.max(np.abs(new - eta[s])) < near:
+                active[s] = False
+            eta[s] = new
+        if not active.any():
+            break
+    return eta, it
 
 
 def _all_equal(target: np.ndarray, current: np.ndarray, tol: float = 1.5e-8) -> np.ndarray:
