@@ -122,7 +122,36 @@ def check_schema(schema: Any, w: Where) -> Any:
             here = here.child(part)
         if err["type"] == "extra_forbidden":
             key = err["loc"][-1]
-            allowed = sorted(schema.model_fields)
+            allowed = sorted(_fields_at(schema, err["loc"][:-1]))
             here.fail(f"unknown key '{key}'{nearest(key, allowed)}", f"use one of {allowed}")
         here.fail(err["msg"], f"correct '{here.path or 'the file'}' (quote text, e.g. "
                   "name: '2024'); the JSON Schema lists every key and type")
+
+
+def _fields_at(schema: Any, loc: tuple) -> list[str]:
+    """Field names of the (nested) pydantic model at ``loc`` inside ``schema`` (the top
+    level's when the path cannot be followed)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def models(tp: Any) -> list[type[BaseModel]]:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return [tp]
+        out: list[type[BaseModel]] = []
+        for arg in typing.get_args(tp):
+            out += models(arg)
+        return out
+
+    current: list[type[BaseModel]] = [schema]
+    for part in loc:
+        if isinstance(part, int) or not current:
+            continue  # a list index or dict key: stay on the item model
+        nxt: list[type[BaseModel]] = []
+        for m in current:
+            if part in m.model_fields:
+                nxt += models(m.model_fields[part].annotation)
+        if nxt:
+            current = nxt
+        # else: ``part`` is a dict key (e.g. a compartment name); the models stay
+    return list(current[0].model_fields) if current else list(schema.model_fields)

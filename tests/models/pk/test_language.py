@@ -419,3 +419,9 @@ def test_steady_state_infusion_longer_than_the_interval_equals_the_sum_of_past_d
     past = np.arange(0, 3000) * 8.0  # the dose at 0 and 2,999 before it
     want = [one(t + past).sum() for t in (0.5, 4.0, 7.9)]
     np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
+def test_an_unknown_nested_key_lists_the_keys_of_its_own_level():
+    err = _error(ORAL.replace("error: {proportional_sd: 0.1,", "error: {proportionl_sd: 0.1,"))
+    assert "did you mean 'proportional_sd'" in str(err)
+    assert "exponential_sd" in err.fix and "individual" not in err.fix
