@@ -108,7 +108,7 @@ class FOCEI:
 
         half = _BOUND * np.sqrt(np.diag(omega))
         eta, ofv, _, _, _ = _optimise(predict, self._eta.copy(), self._data, oi, error,
-                                      -half, half, 50, self.inner_tol)
+                                      -half, half, 50, self.inner_tol, gauss_newton=False)
         _, _, gn, _ = _derivatives(predict, eta[:, None], self._data, oi, error)
         sign, logdet = np.linalg.slogdet(0.5 * gn[:, 0])
         if np.any(sign <= 0) or not np.all(np.isfinite(ofv)):
