@@ -40,7 +40,7 @@ def test_shell_examples_run_as_written(tmp_path):
         env.pop(name, None)
     outputs = {}
     for title in ("Bring a patient's record in", "HL7 v2 from the EHR", "Try the twins",
-                  "The service"):
+                  "Pharmacometric models", "The service"):
         (block,) = re.findall(r"```bash\n(.*?)```", _section(title), re.S)
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=600)
@@ -60,6 +60,10 @@ def test_shell_examples_run_as_written(tmp_path):
               "cardio_trial.csv", "by_hour.csv", "ops.json"):
         assert (tmp_path / f).stat().st_size > 0, f
     assert "audit chain intact" in outputs["The service"]
+    pk = outputs["Pharmacometric models"]
+    assert "ID 1: OFV" in pk and "ECL=" in pk and "NOT converged" not in pk
+    table = (tmp_path / "records.csv").read_text().splitlines()
+    assert table[0].startswith("ID,TIME,DV") and len(table) == 6
     assert "MSA|AA|MSG00001" in outputs["HL7 v2 from the EHR"]
     assert "MSA|AA|LAB-1" in outputs["HL7 v2 from the EHR"]
 
