@@ -72,3 +72,16 @@ def test_python_example_runs(tmp_path, monkeypatch):
     (block,) = re.findall(r"```python\n(.*?)```", _section("Bring a patient's record in"), re.S)
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_pk_python_example_runs(tmp_path, monkeypatch):
+    """The pharmacometrics API example, on the files its shell example writes."""
+    section = _section("Pharmacometric models")
+    (shell,) = re.findall(r"```bash\n(.*?)```", section, re.S)
+    files = re.findall(r"cat > (\S+) <<'EOF'\n(.*?)\nEOF\n", shell, re.S)
+    assert [f for f, _ in files] == ["parent-metabolite.yaml", "pm.csv"]
+    for name, text in files:
+        (tmp_path / name).write_text(text + "\n")
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
