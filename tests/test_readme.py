@@ -64,6 +64,9 @@ def test_shell_examples_run_as_written(tmp_path):
     assert "ID 1: OFV" in pk and "ECL=" in pk and "NOT converged" not in pk
     table = (tmp_path / "records.csv").read_text().splitlines()
     assert table[0].startswith("ID,TIME,DV") and len(table) == 6
+    assert "warfarin-hamberg2007" in pk and "language" in pk
+    schema = json.loads((tmp_path / "pk-model.schema.json").read_text())
+    assert schema["additionalProperties"] is False
     assert "MSA|AA|MSG00001" in outputs["HL7 v2 from the EHR"]
     assert "MSA|AA|LAB-1" in outputs["HL7 v2 from the EHR"]
 
