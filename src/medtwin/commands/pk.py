@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-import click
 import numpy as np
 import pandas as pd
 import typer
@@ -51,7 +50,7 @@ def _guard(what: str, fn: Callable[[], T], context: str | None = None) -> T:
     lead = f"{context}: " if context else ""
     try:
         return fn()
-    except (click.exceptions.Exit, click.ClickException, ImportError):
+    except (typer.Exit, typer.Abort, typer.TyperException, ImportError):
         raise
     except (ValidationError, NotFoundError) as exc:
         _fail(f"{lead}{exc}", USAGE)
