@@ -133,7 +133,7 @@ def test_researchers_see_no_identified_data_and_patients_only_themselves(svc):
     assert ids == ["p2"]
     assert [r.name for r in access.ward_rows(svc, None, pat, ids, audit=True)] == ["Name p2"]
     assert access.patient_data(svc, None, pat, "p2").mrn == "MRN-p2"
-    with pytest.raises(access.UiDeniedError, match="no patient 'p1'"):  # as if it did not exist
+    with pytest.raises(access.UiDeniedError, match="no patient with id p1"):  # as if absent
         access.patient_data(svc, None, pat, "p1")
     with pytest.raises(access.UiDeniedError):  # a patient reads, never acknowledges
         access.acknowledge(svc, None, pat, AlertStore(svc.store).raise_alert(
@@ -179,3 +179,15 @@ def test_care_patients_follows_the_care_team_as_it_changes(svc):
     assert access.care_patients(svc, who) == ["p1", "p2", "p3"]
     admin = session.sign_in(svc, _request(), {}, "admin", "pw-admin-123")
     assert access.care_patients(svc, admin) == []
+
+
+def test_an_admin_opens_a_record_only_with_an_emergency_reason_which_is_audited(svc):
+    admin = session.sign_in(svc, _request(), {}, "admin", "pw-admin-123")
+    with pytest.raises(access.UiDeniedError) as refused:
+        access.patient_data(svc, None, admin, "p1")
+    assert "emergency" in str(refused.value) and "header" not in str(refused.value)
+    data = access.patient_data(svc, None, admin, "p1", break_glass="arrest call, team away")
+    assert data.mrn == "MRN-p1" and data.news2 is not None and data.news2.score is not None
+    last = [e for e in svc.audit.recent(5) if e.resource == "patient-page"][0]
+    assert (last.outcome, last.patient_id) == ("success", "p1")
+    assert last.detail == "break-glass: arrest call, team away"

@@ -444,6 +444,170 @@ def test_times_are_shown_in_the_browsers_time_zone(world, open_context):
     assert "JST" in " ".join(tokyo.locator("[data-patient]").all_inner_texts())
 
 
+# --- what a clinician reads: NEWS2 item by item, units, thresholds, ages, no code ----------
+NEWS2_ITEMS = ["respiration_rate", "spo2", "air_or_oxygen", "systolic_bp", "pulse",
+               "consciousness", "temperature"]
+VALUE_FORMS = {"respiration_rate": r"\d+ /min", "spo2": r"\d+%",
+               "air_or_oxygen": r"on (room air|supplemental oxygen)", "systolic_bp": r"\d+ mmHg",
+               "pulse": r"\d+ /min", "consciousness": r"(alert|new confusion|responds to voice|"
+               r"responds to pain|unresponsive) \([ACVPU]\)", "temperature": r"\d+\.\d °C"}
+BAND_FORMS = {"respiration_rate": r" \([^)]*/min\)", "spo2": r" \([^)]*%[^)]*\)",
+              "air_or_oxygen": "", "systolic_bp": r" \([^)]*mmHg\)", "pulse": r" \([^)]*/min\)",
+              "consciousness": "", "temperature": r" \([^)]*°C\)"}  # the value is its band
+AGE = r"(just now|\d+ min ago|\d+ h( \d+ min)? ago|\d+ days ago)"
+CODE_LIKE = re.compile(r"\b[a-z]+_[a-z0-9_]+\b|/research\b|/fhir\b|/api/|/twins/|/patients/"
+                       r"|X-[A-Z][\w-]+|\bHTTP\b|\bheader\b|Traceback|\bNone\b|\bnan\b"
+                       r"|<(bool|str|int|float|list)")
+NEWS2_TABLES = """sel => [...document.querySelectorAll(sel)].map(box => ({
+  badge: (box.querySelector('[aria-label^="NEWS2"]') || {}).textContent || '',
+  partial: (box.querySelector('[data-partial]') || {}).textContent || '',
+  total: (box.querySelector('[data-total]') || {dataset: {}}).dataset.total,
+  text: box.innerText,
+  rows: [...box.querySelectorAll('tr[data-item]')].map(r => ({
+    item: r.dataset.item, status: r.dataset.status, points: r.dataset.points,
+    cells: [...r.querySelectorAll('td')].map(td => td.textContent)}))}))"""
+AXES = """sel => { const gd = document.querySelector(sel);
+  return gd.data.map(t => [t.name, gd.layout[(t.yaxis || 'y').replace('y', 'yaxis')].title.text]);
+}"""
+
+
+def _check_news2(box: dict) -> None:
+    """One NEWS2 block as a clinician reads it: all seven parameters in chart order, each
+    value with its unit, points with the band behind them, the reading's age; the score is
+    the sum of the points shown; "(partial)" is explained by naming what did not count."""
+    rows = box["rows"]
+    assert [r["item"] for r in rows] == NEWS2_ITEMS, box["text"]
+    for r in rows:
+        label, value, points, measured = (c.strip() for c in r["cells"])
+        if r["item"] == "spo2":
+            assert re.fullmatch(r"SpO2 \(scale [12]\)", label), label
+        if r["status"] in ("scored", "stale"):
+            assert re.fullmatch(VALUE_FORMS[r["item"]], value), (r["item"], value)
+            assert re.fullmatch(AGE, measured), measured
+        if r["status"] == "scored":
+            assert re.fullmatch(rf"{r['points']} points?{BAND_FORMS[r['item']]}", points), \
+                (r["item"], points)
+        elif r["status"] == "stale":
+            assert r["points"] is None and re.fullmatch(r"not scored: older than \d+ (h|min)",
+                                                        points), points
+        elif r["status"] == "missing":
+            assert (value, points, measured) == ("not measured", "not scored", "—")
+        else:
+            assert value == "reading not trusted" and points.startswith("not scored: ")
+    scored = [int(r["points"]) for r in rows if r["status"] == "scored"]
+    if scored:
+        badge = int(re.search(r"NEWS2 (\d+) ·", box["badge"]).group(1))
+        assert badge == int(box["total"]) == sum(scored), box["text"]
+    else:
+        assert "no current vital signs" in box["badge"] or "no vital signs" in box["badge"]
+    unscored = [r for r in rows if r["status"] != "scored"]
+    if "(partial)" in box["badge"]:
+        assert box["partial"].startswith(f"Partial score: {len(scored)} of 7 parameters "
+                                         "counted. Not counted: "), box["partial"]
+        for r in unscored:
+            assert r["cells"][0].lower() in box["partial"].lower(), (r, box["partial"])
+    elif scored:
+        assert not unscored and not box["partial"]
+
+
+VISIBLE_WORDS = """() => { let text = document.body.innerText;  // less icon ligatures
+  for (const i of document.querySelectorAll('i.q-icon, .material-icons'))
+    if (i.innerText) text = text.split(i.innerText).join(' ');
+  return text; }"""
+
+
+def _no_code_on_the_page(page, where: str) -> None:
+    text = page.evaluate(VISIBLE_WORDS)
+    assert not CODE_LIKE.search(text), (where, CODE_LIKE.search(text).group(0))
+
+
+def test_clinician_reads_news2_item_by_item_with_units_thresholds_and_ages(world, open_context,
+                                                                           tmp_path):
+    """Ward -> patient, as a clinician: every NEWS2 parameter with its value, unit, points
+    and band, the age of every value, "(partial)" explained; the demo banner on every page;
+    one unit per vitals axis; nothing that reads like code."""
+    page = open_context(zone="UTC")
+    page.goto(f"{world.base}/ui/login")
+    expect(page.locator("[data-demo-banner]")).to_contain_text("Demo data — not a real patient")
+    _sign_in(page, world, "dr.north")
+    page.wait_for_selector("[data-patient] [data-news2]")
+    expect(page.locator("[data-demo-banner]")).to_contain_text("Demo data — not a real patient")
+    tiles = page.evaluate(NEWS2_TABLES, "[data-patient]")
+    assert len(tiles) == len(world.team["dr.north"])
+    for tile in tiles:
+        _check_news2(tile)
+        assert re.search(rf"last reading \d\d \w{{3}} \d\d:\d\d:\d\d UTC \({AGE}\)",
+                         tile["text"]), tile["text"]
+        glucose = re.search(r"Glucose \d+ mg/dL · (.+)", tile["text"])
+        assert glucose is None or re.fullmatch(AGE, glucose.group(1).strip())
+        alert = re.search(r"active alert\(s\).*\(raised (.+?)\)", tile["text"])
+        assert alert is None or re.fullmatch(AGE, alert.group(1))
+    assert any(r["status"] == "scored" for t in tiles for r in t["rows"])
+    _no_code_on_the_page(page, "ward")
+    page.screenshot(path=str(tmp_path / "ward-news2.png"), full_page=True)
+    for pid in world.team["dr.north"]:
+        page.goto(f"{world.base}/ui/patient/{pid}")
+        page.wait_for_selector("[data-news2-now]")
+        expect(page.locator("[data-demo-banner]")).to_be_visible()
+        (block,) = page.evaluate(NEWS2_TABLES, "[data-news2-now]")
+        _check_news2(block)
+        _wait_trace(page, ".js-plotly-plot", "Heart rate [/min]")
+        for name, title in page.evaluate(AXES, ".js-plotly-plot"):  # the vitals chart
+            unit = re.search(r"\[(.+)\]$", name).group(1)
+            assert title.endswith(f"[{unit}]"), (name, title)
+        page.wait_for_timeout(1500)  # the twins' sections arrive after the page
+        _no_code_on_the_page(page, f"patient {pid}")
+        page.screenshot(path=str(tmp_path / f"patient-{pid[:8]}.png"), full_page=True)
+
+
+def test_the_vancomycin_section_comes_with_a_loading_indicator(world, open_context):
+    page = open_context()
+    _sign_in(page, world, "dr.north")
+    response = page.goto(f"{world.base}/ui/patient/{world.of('dr.north', VANCO)}")
+    sent = response.text()  # the page as first sent: the heading and the indicator are in it
+    assert "Vancomycin twin" in sent and "working out the recommended dose" in sent
+    assert "data-pk-loading" in sent and "data-pk-result" not in sent
+    expect(page.locator("[data-pk-result]")).to_contain_text("Recommended:", timeout=WAIT)
+    expect(page.locator("[data-pk-loading]")).to_have_count(0)  # gone once the twin is shown
+
+
+def test_a_meal_then_a_bolus_are_meal_1_and_bolus_1(world, open_context):
+    page = open_context()
+    _sign_in(page, world, "dr.north")
+    page.goto(f"{world.base}/ui/patient/{world.of('dr.north', T1D)}")
+    expect(page.get_by_label("Meal 1 in [min]")).to_be_visible(timeout=WAIT)
+    page.get_by_role("button", name="Add bolus").click()
+    expect(page.get_by_label("Bolus 1 in [min]")).to_be_visible()
+    assert page.get_by_label("Bolus 2 in [min]").count() == 0
+
+
+def test_admin_and_researcher_are_offered_an_action_not_an_api_instruction(world,
+                                                                           open_context):
+    pid = world.team["dr.north"][0]
+    admin = open_context()
+    _sign_in(admin, world, "admin")
+    admin.goto(f"{world.base}/ui/patient/{pid}")
+    expect(admin.get_by_text("Not shown:")).to_contain_text("only in an emergency")
+    _no_code_on_the_page(admin, "admin, patient page refused")
+    admin.get_by_label("Reason for emergency access").fill("short")
+    admin.get_by_role("button", name="Open the record (emergency access)").click()
+    expect(admin.get_by_text("at least 10 characters")).to_be_visible()
+    admin.get_by_label("Reason for emergency access").fill(
+        "Cardiac arrest call, care team unreachable")
+    admin.get_by_role("button", name="Open the record (emergency access)").click()
+    expect(admin.get_by_text("Emergency access: your reason")).to_be_visible(timeout=WAIT)
+    admin.wait_for_selector("[data-news2-now]")
+    name = world.identifiers[pid][0]
+    expect(admin.get_by_text(name, exact=True)).to_be_visible()
+    _no_code_on_the_page(admin, "admin, patient page in an emergency")
+    researcher = open_context()
+    _sign_in(researcher, world, "researcher")
+    for path in (f"/ui/patient/{pid}", "/ui/"):
+        researcher.goto(f"{world.base}{path}")
+        expect(researcher.get_by_text("Not shown:")).to_contain_text("Trials")
+        _no_code_on_the_page(researcher, f"researcher {path}")
+
+
 # --- last: it stops the demo the other tests use ------------------------------------------
 def test_the_demo_stops_cleanly_on_ctrl_c(demo):
     *_, proc = demo

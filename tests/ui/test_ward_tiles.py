@@ -3,11 +3,12 @@ zone; and the change feed the live ward polls."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from medtwin.core.records import Observation, Patient
 from medtwin.monitor.news2 import Vitals, news2
+from medtwin.monitor.vitals import news2_breakdown
 from medtwin.store.alerts import AlertStore
 from medtwin.store.latest import ChangeFeed
 from medtwin.store.rows import prepare_rows
@@ -31,17 +32,20 @@ def test_badge_says_the_band_in_words_and_in_its_label():
     assert "bg-red-700" in html
     partial = news2(Vitals(respiration_rate=16))
     assert "(partial)" in badge_html(WardRow("p1", "n", "m", {}, partial))
-    assert "no vitals" in badge_html(WardRow("p1", "n", "m", {}, None))
+    assert "no vital signs yet" in badge_html(WardRow("p1", "n", "m", {}, None))
 
 
 def test_tile_escapes_data_and_shows_the_users_zone():
-    row = WardRow("p1", "<b>x</b>", "<img src=x onerror=alert(1)>", {"HR": "80 /min"}, None,
-                  [_alert("SpO2 <script>alert(1)</script> low")], T, T)
+    items = {"pulse": (T - timedelta(minutes=2), 80.0)}
+    b = news2_breakdown(items, at=T)
+    row = WardRow("p1", "<b>x</b>", "<img src=x onerror=alert(1)>", {"HR": "80 /min"}, b.score,
+                  [_alert("SpO2 <script>alert(1)</script> low")], T, T, b)
     html = tile_html(row, ZoneInfo("America/New_York"))
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;" in html and "&lt;img" in html
-    assert "HR 80 /min" in html and "1 active alert(s), 1 unacknowledged" in html
-    assert "last reading 01 Jul 08:30:00 EDT" in html  # 12:30 UTC in New York, with its zone
+    assert "80 /min" in html and "1 active alert(s), 1 unacknowledged" in html
+    assert "(raised just now)" in html
+    assert "last reading 01 Jul 08:30:00 EDT (just now)" in html  # 12:30 UTC in New York
     assert "twin synced to 01 Jul 08:30:00 EDT" in html
     empty = tile_html(WardRow("p1", "n", "m", {}, None), ZoneInfo("UTC"))
     assert "no vital signs yet" in empty and "no active alerts" in empty

@@ -127,6 +127,89 @@ def _spo2_points(spo2: float, scale: int, on_oxygen: bool | None) -> int:
     return _band(s, _SPO2_2_O2) if on_oxygen else 0
 
 
+#: each item as a clinician names it on the NEWS2 chart, and its unit ("" when it has none)
+ITEM_WORDS: dict[str, tuple[str, str]] = {
+    "respiration_rate": ("Respiration rate", "/min"), "spo2": ("SpO2", "%"),
+    "air_or_oxygen": ("Air or oxygen", ""), "systolic_bp": ("Systolic BP", "mmHg"),
+    "pulse": ("Heart rate", "/min"), "consciousness": ("Consciousness", ""),
+    "temperature": ("Temperature", "°C")}
+_ACVPU_WORDS = {"A": "alert", "C": "new confusion", "V": "responds to voice",
+                "P": "responds to pain", "U": "unresponsive"}
+_TABLES = {"respiration_rate": _RR, "systolic_bp": _SBP, "pulse": _PULSE, "temperature": _TEMP}
+
+
+def untrusted_text(item: str, value: object) -> str:
+    """Why a value is not scored, in words with its unit (outside the plausible range)."""
+    unit = ITEM_WORDS[item][1]
+    lo, hi = _RANGES[item]
+    return (f"{value:g} {unit} is outside the plausible range {lo:g}-{hi:g} {unit}: check the "
+            "reading and its unit").replace(" %", "%")
+
+
+def item_label(item: str, spo2_scale: int = 1) -> str:
+    """An item's name as charted, e.g. ``SpO2 (scale 2)`` (the scale is part of the name)."""
+    label = ITEM_WORDS[item][0]
+    return f"{label} (scale {spo2_scale})" if item == "spo2" else label
+
+
+def amount(value: float, unit: str, *, decimals: int = 0) -> str:
+    """A value with its unit as written on a chart: ``94%``, ``25 /min``, ``37.2 °C``."""
+    number = f"{value:.{decimals}f}"
+    return f"{number}{unit}" if unit == "%" else f"{number} {unit}".rstrip()
+
+
+def value_text(item: str, value: object) -> str:
+    """An item's value in words with its unit, rounded as NEWS2 scores it."""
+    if item == "air_or_oxygen":
+        return "on supplemental oxygen" if value else "on room air"
+    if item == "consciousness":
+        letter = str(value).upper()
+        return f"{_ACVPU_WORDS.get(letter, letter)} ({letter})"
+    unit = ITEM_WORDS[item][1]
+    return amount(float(value), unit, decimals=1 if item == "temperature" else 0)  # type: ignore[arg-type]
+
+
+def _range_text(table: tuple[tuple[float, int], ...], value: float, unit: str, *,
+                step: float = 1.0, floor: float | None = None) -> str:
+    """The band of ``table`` that ``value`` falls in, e.g. ``21-24 /min``, ``<= 8 /min``."""
+    decimals = 1 if step < 1 else 0
+    lower = None if floor is None else floor - step
+    upper = math.inf
+    for upper, _ in table:
+        if value <= upper:
+            break
+        lower = upper
+    lo = None if lower is None else lower + step
+    if lo is None:
+        return f"≤ {amount(upper, unit, decimals=decimals)}"
+    if math.isinf(upper):
+        return f"≥ {amount(lo, unit, decimals=decimals)}"
+    if lo == upper:
+        return amount(lo, unit, decimals=decimals)
+    return f"{lo:.{decimals}f}-{amount(upper, unit, decimals=decimals)}"
+
+
+def band_text(item: str, value: object, *, spo2_scale: int = 1,
+              on_oxygen: bool | None = None) -> str:
+    """The NEWS2 band a measured value falls in (the threshold behind its points), in words;
+    "" for air or oxygen and consciousness, whose value is its own band."""
+    if item in ("air_or_oxygen", "consciousness"):
+        return ""
+    unit = ITEM_WORDS[item][1]
+    if item == "spo2":
+        s = round(float(value))  # type: ignore[arg-type]
+        if spo2_scale == 1:
+            return _range_text(_SPO2_1, s, unit)
+        if s <= 92:
+            return _range_text(_SPO2_2_LOW, s, unit)
+        if on_oxygen:
+            return _range_text(_SPO2_2_O2, s, unit, floor=93) + " on oxygen"
+        return f"≥ 93% on {'room air' if on_oxygen is False else 'air or unknown oxygen'}"
+    step = 0.1 if item == "temperature" else 1.0
+    v = round(float(value), 1) if item == "temperature" else round(float(value))  # type: ignore[arg-type]
+    return _range_text(_TABLES[item], v, unit, step=step)
+
+
 def news2(v: Vitals) -> News2:
     """Score one set of vitals."""
     points: dict[str, int] = {}

@@ -8,12 +8,23 @@ older than its staleness window (:data:`STALE_AFTER`) is not scored and is named
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from medtwin.core import codes
+from medtwin.core.errors import ValidationError
 from medtwin.core.records import Observation
 from medtwin.interop.codes import BLOOD_PRESSURE_PANELS
-from medtwin.monitor.news2 import Vitals
+from medtwin.monitor.news2 import (
+    ITEMS,
+    News2,
+    Vitals,
+    band_text,
+    item_label,
+    news2,
+    untrusted_text,
+)
 from medtwin.store.event_store import EventStore
 from medtwin.store.latest import latest_per_code
 
@@ -85,6 +96,7 @@ STALE_AFTER: Mapping[str, timedelta] = {
     "pulse": timedelta(hours=1), "consciousness": timedelta(hours=1),
     "temperature": timedelta(hours=1)}
 _NEWS2_NAME = {"on_oxygen": "air_or_oxygen"}
+_STORED_NAME = {"air_or_oxygen": "on_oxygen"}
 
 
 def vitals_from_items(items: dict[str, tuple[datetime, object]], *,
@@ -134,3 +146,90 @@ def latest_items(store: EventStore, patient_id: str, *, at: datetime | None = No
         if hit is not None:  # time-ordered: later readings overwrite earlier ones
             items[hit[0]] = (o.time, hit[1])
     return items
+
+
+class ItemStatus(StrEnum):
+    """Whether a NEWS2 item's latest reading was scored, and if not, why."""
+
+    SCORED = "scored"
+    STALE = "stale"  # measured, but longer ago than its window
+    MISSING = "missing"  # never measured (or only by readings the store did not trust)
+    UNTRUSTED = "untrusted"  # outside the plausible range: a data error, never scored
+
+
+@dataclass(frozen=True, slots=True)
+class ItemReading:
+    """One NEWS2 item as a chart shows it: its latest reading, when it was taken, and the
+    points it scored (None when it was not scored; ``status`` says why)."""
+
+    item: str  # the NEWS2 item name (:data:`medtwin.monitor.news2.ITEMS`)
+    label: str  # as charted, e.g. "SpO2 (scale 1)"
+    status: ItemStatus
+    value: object | None = None
+    time: datetime | None = None
+    points: int | None = None
+    band: str = ""  # the NEWS2 band the scored value fell in, e.g. "21-24 /min"
+    window: timedelta | None = None  # how old a reading may be and still be scored
+    problem: str = ""  # why an untrusted value was not scored
+
+
+@dataclass(frozen=True, slots=True)
+class News2Breakdown:
+    """A NEWS2 score with every item: what was scored for how many points, what was missing,
+    stale or untrusted. ``score`` is None when no item could be scored."""
+
+    score: News2 | None
+    items: tuple[ItemReading, ...]
+    at: datetime
+    spo2_scale: int = 1
+
+    def unscored(self) -> tuple[ItemReading, ...]:
+        """The items that did not count towards the score."""
+        return tuple(r for r in self.items if r.status is not ItemStatus.SCORED)
+
+
+def news2_breakdown(items: Mapping[str, tuple[datetime, object]], *, at: datetime,
+                    spo2_scale: int = 1,
+                    stale_after: Mapping[str, timedelta] = STALE_AFTER) -> News2Breakdown:
+    """Score the latest trusted (time, value) of each item as of ``at`` and say, item by
+    item, what counted: a reading older than its window is stale, a value outside the
+    plausible range is untrusted (neither is scored). The score's total is the sum of the
+    items' points."""
+    current: dict[str, object] = {}
+    stale: list[str] = []
+    pending: dict[str, ItemReading] = {}
+    for item in ITEMS:
+        key = _STORED_NAME.get(item, item)
+        label = item_label(item, spo2_scale)
+        window = stale_after.get(key, timedelta(hours=1))
+        if key not in items:
+            pending[item] = ItemReading(item, label, ItemStatus.MISSING, window=window)
+            continue
+        t, v = items[key]
+        if t < at - window:
+            stale.append(item)
+            pending[item] = ItemReading(item, label, ItemStatus.STALE, v, t, window=window)
+            continue
+        try:
+            Vitals(**{key: v})  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problem = untrusted_text(item, v) if isinstance(v, int | float) else exc.message
+            pending[item] = ItemReading(item, label, ItemStatus.UNTRUSTED, v, t,
+                                        window=window, problem=problem)
+            continue
+        current[key] = v
+        pending[item] = ItemReading(item, label, ItemStatus.SCORED, v, t, window=window)
+    if not current:
+        return News2Breakdown(None, tuple(pending.values()), at, spo2_scale)
+    score = news2(Vitals(spo2_scale=spo2_scale, stale=tuple(stale),
+                         **current))  # type: ignore[arg-type]
+    on_oxygen = current.get("on_oxygen")
+    out = []
+    for item, r in pending.items():
+        if r.status is ItemStatus.SCORED:
+            r = ItemReading(item, r.label, r.status, r.value, r.time, score.points[item],
+                            band_text(item, r.value, spo2_scale=spo2_scale,
+                                      on_oxygen=on_oxygen),  # type: ignore[arg-type]
+                            r.window)
+        out.append(r)
+    return News2Breakdown(score, tuple(out), at, spo2_scale)

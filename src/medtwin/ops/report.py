@@ -34,14 +34,18 @@ def figures(res: Results) -> list[go.Figure]:
                  "arrayminus": u["mean"] - u["ci_low"]}),
         layout={"title": "Utilisation by resource, 95% CI", "yaxis": {"range": [0, 1.05]}}))
     if not res.hourly.empty:
-        h = res.by_hour_of_day()
-        occ = go.Figure(layout={"title": "Occupancy over the day (mean, 95% CI)",
+        # every hour of the day, NaN where no replication has data: the lines break there
+        # instead of joining the hours either side of the gap
+        h = res.by_hour_of_day().reindex(range(24))
+        occ = go.Figure(layout={"title": "Occupancy over the day (mean, 95% CI; gaps: no "
+                                         "data for that hour)",
                                 "xaxis": {"title": "hour of day"},
                                 "yaxis": {"title": "patients"}})
         cols = ["in_system"] + [c for c in h.columns if c.startswith(("in_service:", "queue:"))
                                 and not c.endswith(" ci")]
         for c in cols:
-            occ.add_trace(go.Scatter(x=h.index, y=h[c], name=c, mode="lines+markers",
+            occ.add_trace(go.Scatter(x=list(h.index), y=h[c], name=c, mode="lines+markers",
+                                     connectgaps=False,
                                      error_y={"type": "data", "array": h[f"{c} ci"]}))
         figs.append(occ)
     return figs

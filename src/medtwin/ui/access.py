@@ -8,6 +8,7 @@ the policy's message; a hidden patient looks exactly like a missing one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -18,13 +19,20 @@ from medtwin.api.deps import Services
 from medtwin.core import codes
 from medtwin.core.errors import MedtwinError, NotFoundError
 from medtwin.interop.codes import to_canonical
-from medtwin.monitor.news2 import News2, Risk, news2
+from medtwin.monitor.news2 import News2, Risk
 from medtwin.monitor.rules import VITAL_WORDS
-from medtwin.monitor.vitals import latest_items_many, vitals_from_items
+from medtwin.monitor.vitals import (
+    News2Breakdown,
+    latest_items,
+    latest_items_many,
+    news2_breakdown,
+)
 from medtwin.security.policy import AccessDeniedError, Action, Grant
 from medtwin.security.roles import Principal, Role
 from medtwin.store.alerts import Alert, AlertStore
 from medtwin.store.latest import latest_per_code
+from medtwin.store.resources import ResourceStore
+from medtwin.store.search_index import Query
 from medtwin.store.snapshots import last_sync_times
 from medtwin.twin.service import (
     DOSE_RESOURCE,
@@ -38,6 +46,8 @@ from medtwin.twin.service import (
 )
 from medtwin.twin.vancomycin import PKView
 
+log = logging.getLogger(__name__)
+
 CGM, GLUCOSE_LAB = codes.GLUCOSE_INTERSTITIAL, codes.GLUCOSE_BLOOD
 CHART_CODES = {codes.HEART_RATE: ("Heart rate", "/min"),
                codes.RESPIRATORY_RATE: ("Respiratory rate", "/min"),
@@ -49,6 +59,35 @@ RISK_ORDER = {Risk.HIGH: 3, Risk.MEDIUM: 2, Risk.LOW_MEDIUM: 1, Risk.LOW: 0}
 SHOWN_VITALS = tuple((item, label, VITAL_WORDS[item][1]) for item, label in (
     ("pulse", "HR"), ("respiration_rate", "RR"), ("spo2", "SpO2"), ("systolic_bp", "SBP"),
     ("temperature", "Temp")))
+
+
+#: the FHIR ``meta.tag`` that synthetic patients carry (``medtwin synth`` and ``medtwin demo``)
+SYNTHETIC_TAG = ("urn:medtwin:tag", "synthetic")
+
+
+def _tagged_synthetic(resource: dict[str, object]) -> bool:
+    tags = (resource.get("meta") or {}).get("tag") or []  # type: ignore[union-attr]
+    return any((t.get("system"), t.get("code")) == SYNTHETIC_TAG for t in tags)
+
+
+def demo_store(svc: Services) -> bool:
+    """True when the store holds demo data: its first stored Patient carries the synthetic
+    tag (the demo fills an empty store with synthetic patients only). One small read."""
+    try:
+        page = ResourceStore(svc.store).search(Query("Patient"), count=1, total=False)
+        return bool(page.resources) and _tagged_synthetic(page.resources[0].resource())
+    except MedtwinError:
+        log.warning("could not tell whether the store holds demo data", exc_info=True)
+        return False
+
+
+def synthetic_patient(svc: Services, patient_id: str) -> bool:
+    """True when the patient's FHIR Patient resource carries the synthetic tag."""
+    try:
+        rtype, _, rid = svc.store.patient(patient_id).source_id.partition("/")
+        return _tagged_synthetic(ResourceStore(svc.store).read(rtype, rid).resource())
+    except MedtwinError:
+        return False
 
 
 class UiDeniedError(MedtwinError):
@@ -67,6 +106,8 @@ class WardRow:
     alerts: list[Alert] = field(default_factory=list)
     last_reading: datetime | None = None
     twin_synced: datetime | None = None  # the data time the patient's live twin has reached
+    breakdown: News2Breakdown | None = None  # every NEWS2 item: scored, stale, missing, untrusted
+    glucose_time: datetime | None = None  # when the glucose shown was measured
 
     @property
     def rank(self) -> tuple[int, int, int]:
@@ -79,14 +120,28 @@ class WardRow:
         return (max(band, worst), total, len(self.alerts))
 
 
+def refusal(who: Principal, exc: AccessDeniedError) -> str:
+    """The policy's refusal in words for these pages, with what the caller can do here
+    (the API's wording names headers and paths, which mean nothing on a page)."""
+    if who.role is Role.ADMIN:
+        return ("administrators open a patient's record only in an emergency: give the "
+                "reason below and open it (the reason is recorded in the audit trail)")
+    if who.role is Role.RESEARCHER:
+        return ("researchers see only de-identified data: the Trials and Operations pages "
+                "are yours")
+    return str(exc)
+
+
 def _check(svc: Services, request: Request | None, who: Principal, patient_id: str,
-           action: Action, resource: str) -> Grant:
+           action: Action, resource: str, break_glass: str | None = None) -> Grant:
     try:
-        return svc.policy.check(who, patient_id, action)
+        return svc.policy.check(who, patient_id, action, break_glass=break_glass)
     except AccessDeniedError as exc:
         svc.record(request, who, action.value, resource, "denied", patient_id=patient_id,
                    detail=str(exc))
-        raise UiDeniedError(str(exc)) from None
+        if exc.status == 404:  # a hidden patient looks exactly like a missing one
+            raise UiDeniedError(f"no patient with id {patient_id}") from None
+        raise UiDeniedError(refusal(who, exc)) from None
 
 
 def visible_patients(svc: Services, request: Request | None, who: Principal) -> list[str]:
@@ -95,10 +150,11 @@ def visible_patients(svc: Services, request: Request | None, who: Principal) -> 
         svc.policy.require_role(who, Role.CLINICIAN, Role.PATIENT)
     except AccessDeniedError as exc:
         svc.record(request, who, "read", "ward", "denied", detail=str(exc))
-        raise UiDeniedError("the ward shows identified clinical data: it is for clinicians and "
-                            "patients (admins use the API with a break-glass reason; "
-                            "researchers use the Trials page and the de-identified API "
-                            "/research)") from None
+        raise UiDeniedError("the ward shows identified clinical data, for clinicians and "
+                            "patients. Administrators manage users and the audit trail on "
+                            "the Admin page; researchers run trials and operations models "
+                            "on the Trials and Operations pages (de-identified data only)"
+                            ) from None
     ids = svc.policy.visible_patients(who, list(svc.store.patients()["id"]))
     svc.record(request, who, "read", "ward", "success", detail=f"{len(ids)} listed")
     return ids
@@ -141,20 +197,20 @@ def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[
     synced = last_sync_times(svc.store, ids)
     glucose = latest_per_code(svc.store, ids, [CGM, GLUCOSE_LAB])
     rows = []
+    now = datetime.now(UTC)
     for pid, items in latest_items_many(svc.store, ids).items():
-        try:
-            # current as of now: a monitor that went quiet hours ago gives no score, not an
-            # old one shown as today's
-            v, when = vitals_from_items(items, at=datetime.now(UTC))
-            score = news2(v) if when is not None and len(v.stale) < len(items) else None
-        except MedtwinError:  # an implausible stored value: show it, do not score it
-            score, when = None, max((t for t, _ in items.values()), default=None)
+        # current as of now: a monitor that went quiet hours ago gives no score, not an old
+        # one shown as today's; an implausible stored value is named, never scored
+        breakdown = news2_breakdown(items, at=now)
+        score = breakdown.score
+        when = max((t for t, _ in items.values()), default=None)
         shown = {}
         for item, label, unit in SHOWN_VITALS:
             if item in items:
                 value = items[item][1]
                 shown[label] = f"{value:.1f} {unit}" if item == "temperature" else \
                     f"{value:.0f} {unit}"
+        glucose_time = None
         if glucose[pid]:
             g = glucose[pid][-1]  # the newest of CGM and laboratory glucose
             if g.value is not None:  # type: ignore[attr-defined]
@@ -163,12 +219,13 @@ def ward_rows(svc: Services, request: Request | None, who: Principal, ids: list[
                     shown["Glucose"] = f"{value:.0f} {unit}"
                 except MedtwinError:  # may not be: show it as stored
                     shown["Glucose"] = f"{g.value:g} {g.unit}"  # type: ignore[attr-defined]
+                glucose_time = g.time  # type: ignore[attr-defined]
                 when = g.time if when is None else max(when, g.time)  # type: ignore[attr-defined]
         if pid not in names:
             names[pid] = _name(svc, pid)
         name, mrn = names[pid]
         rows.append(WardRow(pid, name, mrn, shown, score, active.get(pid, []), when,
-                            synced.get(pid)))
+                            synced.get(pid), breakdown, glucose_time))
     if audit:
         svc.record_many(request, who, "read", "ward-summary", "success", list(ids))
     return sorted(rows, key=lambda r: r.rank, reverse=True)
@@ -183,18 +240,21 @@ class PatientData:
     mrn: str
     series: pd.DataFrame  # time, code, value, unit
     alerts: list[Alert]
+    news2: News2Breakdown | None = None  # NEWS2 now, item by item
 
 
 def patient_data(svc: Services, request: Request | None, who: Principal, patient_id: str, *,
-                 hours: float = 48.0, audit: bool = True) -> PatientData:
-    """The charted series of the last ``hours`` and all alerts of one patient."""
-    grant = _check(svc, request, who, patient_id, Action.READ, "patient-page")
+                 hours: float = 48.0, audit: bool = True, break_glass: str | None = None
+                 ) -> PatientData:
+    """The charted series of the last ``hours``, NEWS2 now and all alerts of one patient
+    (``break_glass``: an admin's emergency reason, audited with the read)."""
+    grant = _check(svc, request, who, patient_id, Action.READ, "patient-page", break_glass)
     try:
         name, mrn = _name(svc, patient_id)
         frame = svc.store.timeline_frame(patient_id, kinds=["observation"],
                                          codes=list(CHART_CODES))
     except NotFoundError:
-        raise UiDeniedError(f"no patient {patient_id!r}") from None
+        raise UiDeniedError(f"no patient with id {patient_id}") from None
     if len(frame):
         frame = frame[frame["time"] >= frame["time"].max() - timedelta(hours=hours)]
     bp = svc.store.timeline(patient_id, kinds=["observation"],
@@ -208,10 +268,13 @@ def patient_data(svc: Services, request: Request | None, who: Principal, patient
         frame = pd.concat([frame[["time", "code", "value", "unit"]], extra], ignore_index=True)
     if audit:
         svc.record(request, who, grant.action.value, "patient-page", "success",
-                   patient_id=patient_id)
+                   patient_id=patient_id, detail=f"break-glass: {grant.break_glass}"
+                   if grant.break_glass else None)
     series = frame[["time", "code", "value", "unit"]].sort_values("time") if len(frame) else \
         pd.DataFrame(columns=["time", "code", "value", "unit"])
-    return PatientData(patient_id, name, mrn, series, AlertStore(svc.store).all(patient_id))
+    breakdown = news2_breakdown(latest_items(svc.store, patient_id), at=datetime.now(UTC))
+    return PatientData(patient_id, name, mrn, series, AlertStore(svc.store).all(patient_id),
+                       breakdown)
 
 
 def acknowledge(svc: Services, request: Request | None, who: Principal, alert_id: int
@@ -253,7 +316,7 @@ def glucose_twin(svc: Services, request: Request | None, who: Principal, patient
         view = glucose_view(svc.store, patient_id, horizon=horizon, plan=plan)
     except NotFoundError:
         svc.record(request, who, "read", GLUCOSE_RESOURCE, "not-found", patient_id=patient_id)
-        raise UiDeniedError(f"no patient {patient_id!r}") from None
+        raise UiDeniedError(f"no patient with id {patient_id}") from None
     if audit:
         svc.record(request, who, "read", GLUCOSE_RESOURCE, "success", patient_id=patient_id)
     return view
@@ -286,6 +349,6 @@ def dose(svc: Services, request: Request | None, who: Principal, patient_id: str
         alt = dose_view(svc.store, patient_id, regimen=what_if) if what_if else None
     except NotFoundError:
         svc.record(request, who, "read", DOSE_RESOURCE, "not-found", patient_id=patient_id)
-        raise UiDeniedError(f"no patient {patient_id!r}") from None
+        raise UiDeniedError(f"no patient with id {patient_id}") from None
     svc.record(request, who, "read", DOSE_RESOURCE, "success", patient_id=patient_id)
     return DoseComparison(recommended, current, regimen, alt, what_if)

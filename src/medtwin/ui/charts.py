@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -61,18 +61,47 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def vitals_figure(series: pd.DataFrame, zone: tzinfo = UTC) -> go.Figure:
-    """Heart rate, respiratory rate, SpO2, systolic BP and temperature over time (x axis in
-    ``zone``)."""
-    fig = go.Figure()
+def vital_panels(series: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """The vitals chart's panels: one per unit (rate /min, %, mmHg, °C), each with the codes
+    that have readings, in chart order; units without readings get no panel."""
+    panels: dict[str, list[str]] = {}
     for code in VITAL_CODES:
-        part = series[series["code"] == code]
-        if len(part):
-            label, unit = CHART_CODES[code]
+        if (series["code"] == code).any():
+            panels.setdefault(CHART_CODES[code][1], []).append(code)
+    return list(panels.items())
+
+
+def vitals_figure(series: pd.DataFrame, zone: tzinfo = UTC) -> go.Figure:
+    """Heart rate, respiratory rate, SpO2, systolic BP and temperature over time: one panel
+    per unit, each y axis titled with what it shows and its unit (x axis in ``zone``)."""
+    panels = vital_panels(series) if len(series) else []
+    if not panels:
+        fig = go.Figure()
+        fig.add_annotation(text="No vital signs recorded in the last 48 h", showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5)
+        fig.update_layout(title="Vital signs", xaxis=_time_axis(zone), **_LAYOUT)
+        return fig
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.05)
+    for row, (unit, panel_codes) in enumerate(panels, 1):
+        labels = []
+        for code in panel_codes:
+            part = series[series["code"] == code]
+            label = CHART_CODES[code][0]
+            labels.append(label)
             fig.add_trace(go.Scatter(x=_local(part["time"], zone), y=_values(part["value"]),
                                      mode="lines+markers", name=f"{label} [{unit}]",
-                                     marker={"size": 4}))
-    fig.update_layout(title="Vital signs", xaxis=_time_axis(zone), **_LAYOUT)
+                                     marker={"size": 4}), row=row, col=1)
+        what = ", ".join([labels[0], *(x[:1].lower() + x[1:] for x in labels[1:])])
+        fig.update_yaxes(title_text=f"{what} [{unit}]", row=row, col=1)
+    fig.update_xaxes(title_text=_time_axis(zone)["title"]["text"],  # type: ignore[index]
+                     row=len(panels), col=1)
+    height = 160 + 170 * len(panels)
+    plot = height - 40 - 120  # the plotting area between the top and bottom margins
+    fig.update_layout(title="Vital signs (one panel per unit)",
+                      **{**_LAYOUT, "height": height,
+                         "margin": {**_LAYOUT["margin"], "b": 120},  # type: ignore[dict-item]
+                         "legend": {"orientation": "h", "yanchor": "top",
+                                    "y": -70 / plot}})  # below the time axis and its title
     return fig
 
 
@@ -132,10 +161,18 @@ def pk_figure(levels: pd.DataFrame, course: pd.DataFrame, zone: tzinfo = UTC, *,
 
 
 def what_if_figure(view: GlucoseView | None, history: pd.DataFrame,
-                   zone: tzinfo = UTC) -> go.Figure:
+                   zone: tzinfo = UTC, *, marks: Sequence[tuple[str, datetime]] = ()
+                   ) -> go.Figure:
     """The glucose twin's predicted course under the current plan next to the what-if's
-    (each mean with its 90% band), after the last hours of glucose readings."""
+    (each mean with its 90% band), after the last hours of glucose readings; ``marks``
+    (name, time) draws each planned meal and bolus as a labelled vertical line."""
     fig = go.Figure()
+    names, times = [n for n, _ in marks], _local([t for _, t in marks], zone) if marks else []
+    for name, x in zip(names, times, strict=True):
+        fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, yref="paper",
+                      line={"color": "#7f7f7f", "dash": "dot", "width": 1})
+        fig.add_annotation(x=x, y=1, yref="paper", text=name, showarrow=False,
+                           yanchor="bottom")
     low, high = TARGET_RANGE
     fig.add_hrect(y0=low, y1=high, fillcolor="green", opacity=0.08, line_width=0)
     if len(history):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -14,7 +14,7 @@ from nicegui import app, ui
 from medtwin.api.deps import Services
 from medtwin.monitor.news2 import News2, Risk
 from medtwin.security.roles import Principal, Role
-from medtwin.ui import session
+from medtwin.ui import access, session
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,37 @@ def local_time(t: datetime | None, zone: tzinfo | None = None) -> str:
     return t.astimezone(zone or user_zone()).strftime("%d %b %H:%M:%S %Z")
 
 
+def age_text(t: datetime | None, now: datetime | None = None) -> str:
+    """How long ago ``t`` was, as a clinician says it: ``just now``, ``12 min ago``,
+    ``1 h 5 min ago``, ``7 h ago``, ``3 days ago`` (a time up to the clock-skew tolerance
+    ahead is "just now")."""
+    if t is None:
+        return "never"
+    seconds = ((now or datetime.now(UTC)) - t).total_seconds()
+    if seconds < 60:
+        return "just now"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min ago"
+    hours = minutes // 60
+    if hours < 6:  # minutes still matter next to a 1 h window
+        rest = minutes % 60
+        return f"{hours} h {rest} min ago" if rest else f"{hours} h ago"
+    if hours < 48:
+        return f"{hours} h ago"
+    return f"{hours // 24} days ago"
+
+
+def duration_text(d: timedelta) -> str:
+    """A window in words: ``1 h``, ``30 min``, ``2 days``."""
+    minutes = int(d.total_seconds() // 60)
+    if minutes % (24 * 60) == 0 and minutes >= 48 * 60:
+        return f"{minutes // (24 * 60)} days"
+    if minutes % 60 == 0:
+        return f"{minutes // 60} h"
+    return f"{minutes} min"
+
+
 async def ask_zone() -> ZoneInfo | None:
     """Ask this browser for its time zone and keep it in the session (None if it did not
     answer in time: times stay in UTC, labelled so, and the next page asks again)."""
@@ -92,10 +123,23 @@ def risk_badge(score: News2 | None) -> None:
         f'aria-label="NEWS2 score {score.total}, {text.lower()} risk{partial}"')
 
 
+DEMO_BANNER = ("Demo data — not a real patient. Every patient on these pages is made up "
+               "(synthetic) for the demonstration; do not use it for care.")
+
+
+def demo_banner(svc: Services) -> None:
+    """A banner saying the data are a demo's, when the store holds the demo's synthetic
+    patients (nothing otherwise)."""
+    if access.demo_store(svc):
+        ui.label(DEMO_BANNER).classes(
+            "w-full bg-yellow-300 text-black font-semibold px-3 py-1 rounded").props(
+            'data-demo-banner role="note"')
+
+
 def header(ctx: UiContext, who: Principal, on_sign_out: Any) -> None:
     """The top bar: navigation for the caller's role, who is signed in, the time zone times
-    are shown in, sign-out. A browser not yet asked for its zone is asked (then the page
-    reloads once, in that zone)."""
+    are shown in, sign-out, and the demo-data banner when the store is the demo's. A browser
+    not yet asked for its zone is asked (then the page reloads once, in that zone)."""
     if not session.zone_known(storage()):
         async def ask() -> None:
             if await ask_zone() is not None:
@@ -117,3 +161,4 @@ def header(ctx: UiContext, who: Principal, on_sign_out: Any) -> None:
                 'data-zone')
             ui.label(f"{who.name} ({who.role.value})").classes("text-white")
             ui.button("Sign out", on_click=on_sign_out).props("outline color=white")
+        demo_banner(ctx.svc)

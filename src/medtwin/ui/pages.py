@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from medtwin.core.errors import MedtwinError
 from medtwin.monitor.rules import SEVERITY_WORDS
+from medtwin.monitor.vitals import News2Breakdown
 from medtwin.security.roles import Principal, Role
 from medtwin.twin.service import GlucoseView, TwinNotReadyError
 from medtwin.twin.vancomycin import REGIMEN_MAX_DOSE
@@ -30,13 +31,14 @@ from medtwin.ui.cardio import CardioPanel, cardiac_diagnoses
 from medtwin.ui.layout import (
     UiContext,
     ask_zone,
+    demo_banner,
     header,
     local_time,
     storage,
     user_zone,
     zone_label,
 )
-from medtwin.ui.ward import LiveWard
+from medtwin.ui.ward import LiveWard, badge_html, news2_table_html, why_html
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ def register(ctx: UiContext) -> None:
     @ui.page("/login", title="medtwin · sign in")
     def login_page(request: Request, expired: str | None = None) -> None:
         with ui.card().classes("absolute-center w-96 max-w-full"):
+            demo_banner(ctx.svc)
             ui.label("medtwin").classes("text-2xl font-bold")
             ui.label("Sign in with your medtwin account.").classes("text-gray-700")
             if expired:
@@ -129,18 +132,33 @@ def register(ctx: UiContext) -> None:
         if isinstance(who, RedirectResponse):
             return who
         header(ctx, who, _sign_out(ctx, request, who))
+        reason = _emergency_reasons().get(patient_id) if who.role is Role.ADMIN else None
         try:
-            data = access.patient_data(ctx.svc, request, who, patient_id)
+            data = access.patient_data(ctx.svc, request, who, patient_id, break_glass=reason)
         except access.UiDeniedError as exc:
             ui.label(f"Not shown: {exc}").classes("text-red-800").props('role="alert"')
+            if who.role is Role.ADMIN:
+                _emergency_form(patient_id)
             ui.link("Back to the pages you may use", home_of(who))
             return None
         kind = twins.patient_kind(ctx.svc.store, patient_id)
         zone = user_zone()
-        ui.link("← Ward", "/")
+        if who.role in (Role.CLINICIAN, Role.PATIENT):
+            ui.link("← Ward", "/")
+        if reason:
+            ui.label(f"Emergency access: your reason \"{reason}\" is recorded in the audit "
+                     "trail with every read of this record.").classes(
+                "bg-red-100 text-red-900 px-3 py-1 rounded").props('role="note"')
+        if not access.demo_store(ctx.svc) and access.synthetic_patient(ctx.svc, patient_id):
+            ui.label("Synthetic test patient — not a real person.").classes(
+                "bg-yellow-300 text-black font-semibold px-3 py-1 rounded").props(
+                'data-demo-banner role="note"')
         ui.label(f"{data.name}").classes("text-2xl font-semibold")
         ui.label(f"MRN {data.mrn} · {KIND_TEXT.get(kind, kind)} · id {patient_id}").classes(
             "text-gray-700")
+        ui.label("NEWS2 now").classes("text-xl font-semibold mt-2")
+        news2_block = ui.html(_news2_html(data.news2), sanitize=False).classes(
+            "w-full max-w-3xl").props("data-news2-now")
         chart = {"series": data.series, "forecast": None}
         vitals = ui.plotly(charts.vitals_figure(data.series, zone)).classes("w-full")
         gfig = charts.glucose_figure(data.series, zone, always=kind == "t1d")
@@ -149,7 +167,8 @@ def register(ctx: UiContext) -> None:
 
         @ui.refreshable
         def alert_list() -> None:
-            alerts = access.patient_data(ctx.svc, request, who, patient_id, audit=False).alerts
+            alerts = access.patient_data(ctx.svc, request, who, patient_id, audit=False,
+                                         break_glass=reason).alerts
             ui.label("Alerts").classes("text-xl font-semibold")
             if not alerts:
                 ui.label("No alerts for this patient.").classes("text-gray-700")
@@ -181,8 +200,12 @@ def register(ctx: UiContext) -> None:
         def tick() -> None:
             if _live_session(ctx, request) is None:
                 return
-            fresh = access.patient_data(ctx.svc, request, who, patient_id, audit=False)
+            fresh = access.patient_data(ctx.svc, request, who, patient_id, audit=False,
+                                        break_glass=reason)
             chart["series"] = fresh.series
+            text = _news2_html(fresh.news2)
+            if text != news2_block.content:  # send it only when it changed
+                news2_block.set_content(text)
             vitals.update_figure(charts.vitals_figure(fresh.series, zone))
             if glucose is not None:
                 g = charts.glucose_figure(fresh.series, zone, chart["forecast"],
@@ -198,23 +221,31 @@ def register(ctx: UiContext) -> None:
             if _live_session(ctx, request) is None:
                 return
             now = [(a.id, a.resolved, a.acknowledged_by) for a in access.patient_data(
-                ctx.svc, request, who, patient_id, audit=False).alerts]
+                ctx.svc, request, who, patient_id, audit=False, break_glass=reason).alerts]
             if now != shown:
                 shown[:] = now
                 alert_list.refresh()
 
         ui.timer(ctx.refresh_seconds * 5, refresh_alerts_if_changed)
+        if reason:  # emergency access shows the record; the twins are the care team's
+            ui.label("The patient's twins (forecasts, what-ifs, dosing) are shown to the "
+                     "care team only.").classes("text-gray-700 mt-4")
+            return None
         diagnoses = cardiac_diagnoses(ctx.svc.store, patient_id)
         if kind not in ("t1d", "vancomycin") and not diagnoses:
             return None
+        # the vancomycin section and its loading indicator go out with the page
+        pk = _PKPanel(ctx, request, who, patient_id, zone) if kind == "vancomycin" else None
+        if pk is not None:
+            pk.placeholder()
         try:  # the page is sent first; the twins are computed while the user looks at it
             await ui.context.client.connected(timeout=60)
         except ClientConnectionTimeout:
             return None
         if kind == "t1d":
             await _GlucosePanel(ctx, request, who, patient_id, chart, zone).build()
-        if kind == "vancomycin":
-            await _PKPanel(ctx, request, who, patient_id, zone).build()
+        if pk is not None:
+            await pk.build()
         if diagnoses:
             await CardioPanel(ctx.svc, request, who, patient_id, diagnoses, zone,
                               lambda: _live_session(ctx, request)).build()
@@ -267,6 +298,43 @@ def register(ctx: UiContext) -> None:
 
     trials_page.register(ctx)
     ops_page.register(ctx)
+
+
+def _news2_html(b: News2Breakdown | None) -> str:
+    """NEWS2 now, as on the ward tile: the badge, why it is partial, every parameter."""
+    if b is None or not any(i.time for i in b.items):
+        return '<div class="text-gray-700">No vital signs recorded yet: no NEWS2 score.</div>'
+    badge = badge_html(access.WardRow("", "", "", {}, b.score, breakdown=b))
+    return f'<div class="mb-1">{badge}</div>{why_html(b)}{news2_table_html(b)}'
+
+
+EMERGENCY = "emergency"  # session key: {patient id: an admin's emergency reason}
+
+
+def _emergency_reasons() -> dict[str, str]:
+    """The emergency reasons this admin's browser session has given, by patient."""
+    return dict(storage().get(EMERGENCY) or {})
+
+
+def _emergency_form(patient_id: str) -> None:
+    """An admin's emergency (break-glass) access: a reason, then the record opens; the
+    reason is audited with every read of it."""
+    with ui.column().classes("gap-2 max-w-xl").props("data-emergency"):
+        why = ui.textarea("Reason for emergency access (recorded in the audit trail)").classes(
+            "w-full")
+        problem = ui.label("").classes("text-red-800")
+
+        def open_record() -> None:
+            text = (why.value or "").strip()
+            if len(text) < 10:
+                problem.set_text("Give the reason in a few words (at least 10 characters): "
+                                 "it is what the audit trail will show.")
+                return
+            storage()[EMERGENCY] = {**_emergency_reasons(), patient_id: text}
+            ui.navigate.reload()
+
+        ui.button("Open the record (emergency access)", on_click=open_record).props(
+            'color=negative data-action="emergency-open"')
 
 
 KIND_TEXT = {"t1d": "type 1 diabetes (CGM, insulin)", "vancomycin": "on vancomycin",
@@ -385,13 +453,14 @@ class _GlucosePanel:
                               ).classes("max-w-full").props("dense")
         self.plot = ui.plotly(charts.what_if_figure(self.view, self._history(), self.zone)
                               ).classes("w-full what-if-plot")
+        self.marks: list[tuple[str, object]] = []
 
     @ui.refreshable_method
     def _rows(self) -> None:
         if not self.rows:
             ui.label("No meal or bolus planned: add one, or set a basal rate.").classes(
                 "text-sm text-gray-700")
-        for n, row in enumerate(self.rows, 1):
+        for row, n in twins.numbered(self.rows):  # Meal 1, Meal 2, Bolus 1: per kind
             name = "Meal" if row.kind == "meal" else "Bolus"
             what = "carbohydrate [g]" if row.kind == "meal" else "insulin [U]"
             with ui.row().classes("items-end gap-3 flex-wrap").props(
@@ -438,6 +507,7 @@ class _GlucosePanel:
         if view is None:
             return
         self.view = self.what_if = view
+        self.marks = twins.plan_marks(self.rows, view.twin_time)  # type: ignore[assignment]
         self._show(view)
         o = view.what_if_outlook
         assert o is not None
@@ -449,7 +519,8 @@ class _GlucosePanel:
     def _show(self, view: GlucoseView) -> None:
         self.table.rows = _outlook_rows(view)
         self.table.update()
-        self.plot.update_figure(charts.what_if_figure(view, self._history(), self.zone))
+        self.plot.update_figure(charts.what_if_figure(view, self._history(), self.zone,
+                                                      marks=self.marks))  # type: ignore[arg-type]
 
 
 class _PKPanel:
@@ -463,26 +534,42 @@ class _PKPanel:
         self.ctx, self.request, self.who, self.patient_id = ctx, request, who, patient_id
         self.zone = zone
 
-    async def build(self) -> None:
-        """Fit, recommend, draw; then the what-if inputs."""
+    def placeholder(self) -> None:
+        """The section's heading and a loading indicator, sent with the page (the fit takes
+        a few seconds)."""
         ui.label("Vancomycin twin").classes("text-xl font-semibold mt-4")
-        spinner = ui.spinner()
+        self.box = ui.column().classes("w-full gap-2")
+        with self.box:
+            with ui.row().classes("items-center gap-3").props(
+                    'data-pk-loading role="status" aria-live="polite"') as self.loading:
+                ui.spinner(size="lg")
+                ui.label("Fitting this patient's vancomycin twin to the measured levels and "
+                         "working out the recommended dose… this takes a few seconds.")
+
+    async def build(self) -> None:
+        """Fit, recommend, draw; then the what-if inputs (in the placeholder's section)."""
         try:
             cmp = await run.io_bound(access.dose, self.ctx.svc, self.request, self.who,
                                      self.patient_id)
         except TwinNotReadyError:
-            spinner.delete()
-            ui.label("No vancomycin twin yet: it needs at least one recorded dose and one "
-                     "measured level. Record them (FHIR import or the API); this page shows "
-                     "the twin when you reload it.")
+            self.loading.delete()
+            with self.box:
+                ui.label("No vancomycin twin yet: it needs at least one recorded dose and one "
+                         "measured level. Record them (FHIR import or the API); this page "
+                         "shows the twin when you reload it.")
             return
         except MedtwinError as exc:
-            spinner.delete()
-            ui.label(f"The PK twin could not be fitted: {exc}").classes("text-red-800")
+            self.loading.delete()
+            with self.box:
+                ui.label(f"The PK twin could not be fitted: {exc}").classes("text-red-800")
             return
-        spinner.delete()
+        self.loading.delete()
         if cmp is None:
             return
+        with self.box:
+            self._show_section(cmp)
+
+    def _show_section(self, cmp: access.DoseComparison) -> None:
         view = cmp.recommended
         self.plot = ui.plotly(self._figure(cmp)).classes("w-full pk-plot")
         self.lines = ui.column().classes("gap-1").props('aria-live="polite" data-pk-result')

@@ -25,7 +25,8 @@ from medtwin.twin.vancomycin import (
     pk_view,
 )
 
-__all__ = ["PKView", "PlanRow", "glucose_plan", "patient_kind", "pk_view", "regimen"]
+__all__ = ["PKView", "PlanRow", "glucose_plan", "numbered", "patient_kind", "pk_view",
+           "plan_marks", "regimen"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,33 @@ class PlanRow:
         return "g" if self.kind == "meal" else "U"
 
 
+def numbered(rows: Iterable[PlanRow]) -> list[tuple[PlanRow, int]]:
+    """Each row with its number among the rows of its kind, from 1: a meal then a bolus are
+    Meal 1 and Bolus 1 (not Bolus 2)."""
+    seen: dict[str, int] = {}
+    out = []
+    for row in rows:
+        seen[row.kind] = seen.get(row.kind, 0) + 1
+        out.append((row, seen[row.kind]))
+    return out
+
+
+def row_name(row: PlanRow, n: int) -> str:
+    """A row's name as the panel and the chart show it, e.g. ``Bolus 1``."""
+    return f"{'Meal' if row.kind == 'meal' else 'Bolus'} {n}"
+
+
+def plan_marks(rows: Iterable[PlanRow], twin_time: datetime) -> list[tuple[str, datetime]]:
+    """(name, time) of each planned meal and bolus with a valid time, for the chart's markers."""
+    marks = []
+    for row, n in numbered(rows):
+        minutes = row.minutes
+        if isinstance(minutes, int | float) and math.isfinite(minutes) and \
+                0 <= minutes <= MAX_AHEAD:
+            marks.append((row_name(row, n), twin_time + timedelta(minutes=minutes)))
+    return marks
+
+
 def _number(value: float | None, what: str, low: float, high: float) -> float:
     if value is None or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValidationError(f"{what} is empty: give a number from {low:g} to {high:g}",
@@ -73,7 +101,7 @@ def glucose_plan(rows: Iterable[PlanRow], basal: float | None, twin_time: dateti
     glucose twin; :class:`ValidationError` names the first bad input."""
     meals: list[tuple[datetime, float]] = []
     boluses: list[tuple[datetime, float]] = []
-    for n, row in enumerate(rows, 1):
+    for row, n in numbered(rows):
         label = f"{row.kind} {n}"
         minutes = _number(row.minutes, f"{label} time [min]", 0, MAX_AHEAD)
         at = twin_time + timedelta(minutes=minutes)

@@ -1,8 +1,9 @@
 """The ward overview's tiles: one per patient, sickest first, kept live.
 
-A tile is a card holding the patient link and one HTML block (NEWS2 badge, vitals, alerts,
-last reading, the twin's last synchronisation): three page elements per patient, so a ward
-of 100 renders quickly. Four times a second a timer asks the store two tiny questions (the
+A tile is a card holding the patient link and one HTML block (NEWS2 badge, every NEWS2
+parameter with its value, points and age, what was not scored and why, glucose, alerts, last
+reading, the twin's last synchronisation): three page elements per patient, so a ward of 100
+renders quickly. Four times a second a timer asks the store two tiny questions (the
 newest event number, the newest alert numbers); only patients with new events are re-read
 (batched), only tiles whose text changed are sent, and cards move only when the order by
 risk changed. The link is a real element that is never replaced, so keyboard focus survives
@@ -14,17 +15,26 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable
-from datetime import tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from nicegui import ui
 from starlette.requests import Request
 
+from medtwin.monitor.news2 import ITEMS, value_text
+from medtwin.monitor.vitals import ItemReading, ItemStatus, News2Breakdown
 from medtwin.security.roles import Principal
 from medtwin.store.alerts import AlertStore
 from medtwin.store.latest import ChangeFeed
 from medtwin.ui import access
 from medtwin.ui.access import WardRow
-from medtwin.ui.layout import RISK_STYLE, UiContext, local_time, user_zone
+from medtwin.ui.layout import (
+    RISK_STYLE,
+    UiContext,
+    age_text,
+    duration_text,
+    local_time,
+    user_zone,
+)
 
 LIVE_PERIOD = 0.25  # seconds between checks for new readings
 FULL_EVERY = 10.0  # seconds between re-reading the whole ward (a care-team change shows)
@@ -34,30 +44,125 @@ def badge_html(r: WardRow) -> str:
     """NEWS2 score and band in colour and in words (never colour alone)."""
     base = "px-2 py-1 rounded font-semibold inline-block"
     if r.score is None:
-        return (f'<span class="{base} bg-gray-300 text-black" aria-label="NEWS2: no vital '
-                f'signs yet">NEWS2 -- no vitals</span>')
+        seen = r.breakdown is not None and any(i.time for i in r.breakdown.items)
+        what = "no current vital signs" if seen else "no vital signs yet"
+        return (f'<span class="{base} bg-gray-300 text-black" aria-label="NEWS2: {what}">'
+                f'NEWS2 -- {what}</span>')
     cls, text = RISK_STYLE[r.score.risk]
     partial = " (partial)" if r.score.partial else ""
     return (f'<span class="{base} {cls}" aria-label="NEWS2 score {r.score.total}, '
             f'{text.lower()} risk{partial}">NEWS2 {r.score.total} · {text}{partial}</span>')
 
 
-def tile_html(r: WardRow, zone: tzinfo) -> str:
-    """The tile's text block (every value escaped: names and messages are data)."""
-    vitals = "   ".join(f"{k} {v}" for k, v in r.vitals.items()) or "no vital signs yet"
+def _points(n: int) -> str:
+    return "1 point" if n == 1 else f"{n} points"
+
+
+def _why_not(i: ItemReading, now: datetime) -> str:
+    """Why an item did not count, in words (e.g. "last reading 3 days ago, older than 1 h")."""
+    if i.status is ItemStatus.MISSING:
+        return "not measured"
+    if i.status is ItemStatus.STALE:
+        window = duration_text(i.window) if i.window is not None else "its window"
+        return f"last reading {age_text(i.time, now)}, older than {window}"
+    return "reading not trusted: " + i.problem
+
+
+def _in_sentence(label: str) -> str:
+    """A label inside a sentence: "Heart rate" -> "heart rate"; "SpO2" stays."""
+    first = label.split()[0]
+    return label if any(c.isupper() for c in first[1:]) else label[:1].lower() + label[1:]
+
+
+def partial_text(b: News2Breakdown, now: datetime | None = None) -> str:
+    """Why a score is partial, in plain words ("" when every parameter counted)."""
+    left = b.unscored()
+    if not left:
+        return ""
+    now = now or b.at
+    parts = [f"{_in_sentence(i.label)} ({_why_not(i, now)})" for i in left]
+    counted = len(ITEMS) - len(left)
+    return (f"Partial score: {counted} of {len(ITEMS)} parameters counted. Not counted: "
+            + "; ".join(parts) + ". The full score may be higher.")
+
+
+def why_html(b: News2Breakdown, now: datetime | None = None) -> str:
+    """Why the score is partial, or why there is none, as a block ("" for a whole score)."""
+    why = partial_text(b, now) if b.score is not None else (
+        "No current vital signs: every reading is older than its window, so no NEWS2 score "
+        "is given.")
+    return f'<div class="text-sm text-orange-900" data-partial>{html.escape(why)}</div>' \
+        if why else ""
+
+
+def news2_table_html(b: News2Breakdown, now: datetime | None = None) -> str:
+    """Every NEWS2 parameter: value with unit, points and the band behind them, the age of
+    the reading; a parameter that did not count says why. The total row is the sum of the
+    points shown (the score)."""
+    now = now or b.at
+    rows = []
+    for i in b.items:
+        age = age_text(i.time, now) if i.time is not None else "—"
+        if i.status is ItemStatus.SCORED:
+            value = value_text(i.item, i.value)
+            points = f"{_points(i.points or 0)} ({i.band})" if i.band else \
+                _points(i.points or 0)
+        elif i.status is ItemStatus.STALE:
+            value = value_text(i.item, i.value)
+            points = f"not scored: older than {duration_text(i.window)}" \
+                if i.window is not None else "not scored"
+        elif i.status is ItemStatus.UNTRUSTED:
+            value = "reading not trusted"
+            points = f"not scored: {i.problem}"
+        else:
+            value, points = "not measured", "not scored"
+        muted = "" if i.status is ItemStatus.SCORED else ' class="text-gray-600"'
+        data = f' data-points="{i.points}"' if i.points is not None else ""
+        rows.append(f'<tr data-item="{i.item}" data-status="{i.status.value}"{data}{muted}>'
+                    f'<td class="pr-2">{html.escape(i.label)}</td>'
+                    f'<td class="pr-2">{html.escape(value)}</td>'
+                    f'<td class="pr-2">{html.escape(points)}</td>'
+                    f'<td>{html.escape(age)}</td></tr>')
+    if b.score is not None:
+        rows.append(f'<tr data-total="{b.score.total}" class="font-semibold border-t">'
+                    f'<td class="pr-2">NEWS2 total</td><td></td>'
+                    f'<td class="pr-2">{_points(b.score.total)}</td><td></td></tr>')
+    head = ('<thead><tr class="text-left text-gray-700"><th class="pr-2">Parameter</th>'
+            '<th class="pr-2">Value</th><th class="pr-2">NEWS2 points</th>'
+            '<th>Measured</th></tr></thead>')
+    return (f'<table class="text-sm w-full" data-news2>{head}<tbody>{"".join(rows)}'
+            f'</tbody></table>')
+
+
+def tile_html(r: WardRow, zone: tzinfo, now: datetime | None = None) -> str:
+    """The tile's text block (every value escaped: names and messages are data); ages are
+    counted back from ``now`` (default: the time the score is for)."""
+    now = now or (r.breakdown.at if r.breakdown is not None else datetime.now(UTC))
+    if r.breakdown is not None and any(i.time for i in r.breakdown.items):
+        vitals = why_html(r.breakdown, now) + news2_table_html(r.breakdown, now)
+    else:
+        vitals = '<div class="text-sm text-gray-700">no vital signs yet</div>'
+    if "Glucose" in r.vitals:
+        vitals += (f'<div class="text-sm" data-glucose>Glucose {html.escape(r.vitals["Glucose"])}'
+                   f' · {age_text(r.glucose_time, now)}</div>')
     if r.alerts:
         unacked = sum(a.acknowledged_by is None for a in r.alerts)
+        first = r.alerts[0]
         alerts = (f'<div class="text-sm text-red-800">{len(r.alerts)} active alert(s), '
-                  f'{unacked} unacknowledged: {html.escape(r.alerts[0].message)}</div>')
+                  f'{unacked} unacknowledged: {html.escape(first.message)} '
+                  f'(raised {age_text(first.raised_at, now)})</div>')
     else:
         alerts = '<div class="text-sm text-gray-700">no active alerts</div>'
     twin = (f"twin synced to {local_time(r.twin_synced, zone)}" if r.twin_synced is not None
             else "no live twin")
+    last = local_time(r.last_reading, zone)
+    if r.last_reading is not None:
+        last += f" ({age_text(r.last_reading, now)})"
     return (f'<div class="mb-1">{badge_html(r)}</div>'
             f'<div class="text-sm text-gray-700">MRN {html.escape(r.mrn)}</div>'
-            f'<div class="font-mono text-sm" data-vitals>{html.escape(vitals)}</div>{alerts}'
+            f'<div data-vitals>{vitals}</div>{alerts}'
             f'<div class="text-xs text-gray-600">last reading '
-            f'{html.escape(local_time(r.last_reading, zone))} · '
+            f'{html.escape(last)} · '
             f'<span data-twin>{html.escape(twin)}</span></div>')
 
 
