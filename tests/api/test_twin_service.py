@@ -112,3 +112,25 @@ def test_api_what_if_takes_a_basal_rate(store):
         assert out["what_if"][-1]["mean"] > out["forecast"][-1]["mean"] + 5
         bad = client.post(url, json={"basal": -1}, headers=head)
         assert bad.status_code == 422
+
+
+def test_the_regimen_starts_when_the_next_dose_is_due_and_keeps_every_dose_given(store):
+    """Doses given after the last level stay in the course; recommended and current courses
+    are the same course until the next dose is due (they part only where they differ)."""
+    import numpy as np
+
+    from medtwin.core.records import Intervention
+    from medtwin.twin.vancomycin import pk_view
+
+    pid = store.ids["vancomycin"]
+    doses = [r for r in store.timeline(pid, kinds=["intervention"])
+             if isinstance(r, Intervention) and r.unit == "mg"]
+    now = doses[-1].time + timedelta(hours=3)
+    current = current_regimen(store, pid)
+    rec = pk_view(store, pid, now=now)
+    cur = pk_view(store, pid, now=now, constraints=current.constraints())
+    next_due = doses[-1].time + (doses[-1].time - doses[-2].time)
+    before = rec.course["time"] < next_due
+    assert before.sum() > 10
+    np.testing.assert_allclose(rec.course.loc[before, "mode"], cur.course.loc[before, "mode"],
+                               rtol=1e-9)

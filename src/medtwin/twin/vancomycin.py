@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -58,20 +58,24 @@ def _age(store: EventStore, patient_id: str, at: datetime) -> float | None:
 
 
 def pk_view(store: EventStore, patient_id: str, *, days: float = 2.0, seed: int = 0,
-            target: Target | None = None, constraints: DoseConstraints | None = None
-            ) -> PKView | None:
+            target: Target | None = None, constraints: DoseConstraints | None = None,
+            now: datetime | None = None) -> PKView | None:
     """Personalise the vancomycin twin to the patient's doses and levels (Bayesian MAP) and
     recommend the regimen with the highest probability of AUC24 in 400-600 mg.h/L.
 
-    None when the patient has no vancomycin doses or levels.
+    Every dose given up to ``now`` (default: the current time) stays in the course; the
+    regimen starts when the next dose is due (the last dose plus the interval between the
+    last two, and not before ``now`` when the record reaches within two days of it), so the
+    recommended and current courses part only where they differ. None when the patient has
+    no vancomycin doses or levels.
     """
     recs = store.timeline(patient_id, kinds=["intervention", "observation"])
     doses = [r for r in recs if isinstance(r, Intervention)
              and r.kind in (InterventionKind.INFUSION, InterventionKind.DRUG_DOSE)]
     obs = [r for r in recs if isinstance(r, Observation)]
     levels = [o for o in obs if o.code == VANCO_LEVEL and o.value is not None]
-    if levels:  # doses after the last level cannot inform the fit; the forecast replaces them
-        doses = [d for d in doses if d.time <= levels[-1].time]
+    now = now or datetime.now(UTC)
+    doses = [d for d in doses if d.time <= now]  # given already: they stay in the course
     if not doses or not levels:
         return None
     weight = next((o.value for o in reversed(obs) if o.code == WEIGHT and o.value), 70.0)
@@ -88,9 +92,14 @@ def pk_view(store: EventStore, patient_id: str, *, days: float = 2.0, seed: int 
                          constraints or DoseConstraints(), n_samples=1000, seed=seed)
     i = twin.index(rec.subject)
     data = twin.data_
-    last = max([0.0, *data.times[i][data.observed.mask[i]].tolist(),
-                *data.doses.time[i][data.doses.route[i] >= 0].tolist()])
-    start = math.ceil(last)
+    given = np.sort(data.doses.time[i][data.doses.route[i] >= 0])
+    last = max([0.0, *data.times[i][data.observed.mask[i]].tolist(), *given.tolist()])
+    gap = float(given[-1] - given[-2]) if given.size > 1 else rec.interval
+    start = max(last, float(given[-1]) + gap if given.size else last)
+    now_h = (now - t0).total_seconds() / 3600.0
+    if last <= now_h <= last + 48.0:  # a current record: nothing is due in the past
+        start = max(start, now_h)
+    start = math.ceil(start)
     planned = regimen_doses(twin, rec, start, int(math.ceil(days * 24 / rec.interval)))
     hours = np.linspace(0.0, start + days * 24.0, 400)
     band = twin.prediction_interval(hours, rec.subject, planned, n=300, seed=seed)
