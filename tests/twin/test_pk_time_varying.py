@@ -107,3 +107,18 @@ def test_dose_recommendation_and_course_plot_use_the_latest_covariates(tmp_path)
     assert rec.median == pytest.approx(np.median(rec.dose * 24 / rec.interval / cl), rel=1e-9)
     path = plot_course(twin, rec, tmp_path / "course.png", days=1, n_samples=50)
     assert path.stat().st_size > 10_000
+
+
+def test_a_closed_form_file_may_choose_locf():
+    from dataclasses import replace
+
+    model = replace(load_model("vancomycin-grimsley1999"), covariate_interpolation="locf")
+    table = EventTable.from_frame(_rows([40.0, 60.0, 80.0, 120.0]))
+    twin = PKTwin(model).fit(table)
+    eta = twin.eta_[0]
+    # LOCF: each interval runs with the creatinine of the record that starts it
+    cl = [3.56 * 1.5 / s * np.exp(eta[0]) for s in (40.0, 60.0, 80.0)]
+    v = 0.669 * 1.5 * np.exp(eta[1])
+    got = predictor(twin.model_, twin.data_)(twin.eta_[:, None])[0, 0, :2]
+    np.testing.assert_allclose(got, _piecewise(cl, v), rtol=1e-10)
+    assert model.to_dict()["covariate_interpolation"] == "locf"

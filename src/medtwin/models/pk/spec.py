@@ -106,6 +106,7 @@ class PopulationModel:
     lloq: float | None = None
     units: Mapping[str, str] = field(default_factory=dict)
     observation_loinc: str | None = None
+    covariate_interpolation: str = "nocb"
 
     # --- structure ------------------------------------------------------------------------
     @property
@@ -261,6 +262,7 @@ class PopulationModel:
             "covariates": {c.name: {k: v for k, v in (("unit", c.unit), ("min", c.minimum),
                                                       ("max", c.maximum)) if v is not None}
                            for c in self.covariates.values()},
+            "covariate_interpolation": self.covariate_interpolation,
             "individual": individual, "compartments": comps, "odes": odes,
             "observations": {"concentration": {
                 "cmt": self.central, "value": "central / V", "error": error,
@@ -306,6 +308,7 @@ class PopulationModel:
             "error": err,
             "lloq": self.lloq,
             "observation": {"loinc": self.observation_loinc},
+            "covariate_interpolation": self.covariate_interpolation,
         }
 
 
@@ -452,6 +455,7 @@ def parse_model(spec: Mapping[str, Any], file: str = "<model>") -> PopulationMod
         lloq=None if lloq is None else _num(lloq, "lloq", positive=True),
         units=dict(spec.get("units") or {}),
         observation_loinc=(spec.get("observation") or {}).get("loinc"),
+        covariate_interpolation=str(spec.get("covariate_interpolation", "nocb")),
     )
 
 

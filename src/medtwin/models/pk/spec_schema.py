@@ -80,6 +80,10 @@ class ClosedFormFile(BaseModel):
     structure: Structure = Field(default_factory=Structure)
     units: dict[str, str] = Field(default_factory=dict)
     covariates: dict[str, Covariate | None] = Field(default_factory=dict)
+    covariate_interpolation: Literal["nocb", "locf"] = Field(
+        "nocb", description="Which record's covariates hold between two records when they "
+        "change within a subject: the next one (NOCB, NONMEM's and mrgsolve's default) or the "
+        "last one (LOCF).")
     parameters: dict[Literal["CL", "V", "Q", "V2", "Q3", "V3", "KA", "F", "ALAG"],
                      Parameter | float]
     omega: Omega
