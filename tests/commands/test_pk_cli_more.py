@@ -373,3 +373,29 @@ def test_fit_vpc_without_the_plot_extra_says_what_to_install_before_fitting(theo
                               str(theoph), "--vpc", str(tmp_path / "v.png")])
     assert res.exit_code == 2
     assert "pip install 'medtwin[plot]'" in res.output and "--vpc" in res.output
+
+
+def test_simulate_a_model_language_file_gives_each_observed_quantity(tmp_path):
+    (tmp_path / "pm.yaml").write_text("""
+name: pm
+thetas: {CL: 5.0, V: 40.0, FM: 0.6, CLM: 2.0, VM: 20.0}
+omega: {etas: [ECL], variance: [0.1]}
+individual: {K: CL * exp(ECL) / V, KM: CLM / VM}
+compartments: [parent, metabolite]
+odes: {parent: -K * parent, metabolite: FM * K * parent - KM * metabolite}
+observations:
+  parent: {cmt: 1, value: parent / V, error: {proportional_sd: 0.1}}
+  metabolite: {cmt: 2, value: metabolite / VM, error: {proportional_sd: 0.1}}
+""")
+    (tmp_path / "d.csv").write_text("ID,TIME,EVID,AMT,CMT,DV,MDV\nA,0,1,1000,1,.,1\n")
+    out = tmp_path / "sim.csv"
+    res = runner.invoke(app, ["pk", "simulate", "--model", str(tmp_path / "pm.yaml"),
+                              "--data", str(tmp_path / "d.csv"), "--times", "0:12:3",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    sim = pd.read_csv(out)
+    t = sim["TIME"].to_numpy()
+    k, km = 5 / 40, 0.1
+    np.testing.assert_allclose(sim["parent"], 25 * np.exp(-k * t), rtol=1e-10)
+    np.testing.assert_allclose(sim["metabolite"], 0.6 * k * 1000 / (km - k)
+                               * (np.exp(-k * t) - np.exp(-km * t)) / 20, rtol=1e-10, atol=1e-14)

@@ -505,6 +505,7 @@ def simulate_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Simulate the table's regimens: concentrations per subject (and draw) at the times."""
+    from medtwin.models.pk.language.model import LanguageModel
     from medtwin.twin.pk_data import prepare
 
     _check_out(out, force)
@@ -518,6 +519,11 @@ def simulate_cmd(
                               where="--times"))
     try:
         m, table = _load(model, data)
+        if isinstance(m, LanguageModel):
+            frame = _simulate_language(m, table, start, stop, step, draws, seed)
+            _emit_simulation(frame, out, f"{len(table.subjects)} subjects x "
+                             f"{max(draws, 1)} draw(s) x {frame['TIME'].nunique()} times")
+            return
         d = prepare(m, table, for_fit=False)
         S = len(d.subjects)
         tv = m.typical_values(d.covariates, S)
@@ -536,11 +542,37 @@ def simulate_cmd(
         "TIME": np.tile(grid, S * k),
         "CONC": conc.reshape(-1),
     })
+    _emit_simulation(frame, out, f"{S} subjects x {k} draw(s) x {grid.size} times")
+
+
+def _emit_simulation(frame: pd.DataFrame, out: Path | None, what: str) -> None:
     if out is None:
         typer.echo(frame.to_csv(index=False), nl=False)
     else:
         _write(out, lambda p: frame.to_csv(p, index=False))
-        typer.echo(f"{S} subjects x {k} draw(s) x {grid.size} times -> {out}")
+        typer.echo(f"{what} -> {out}")
+
+
+def _simulate_language(m: Any, table: Any, start: float, stop: float,
+                       step: float, draws: int, seed: int) -> pd.DataFrame:
+    """A model-language model's observed quantities (one column each) at the grid, per
+    subject and draw of the etas (all zero without draws)."""
+    from medtwin.twin.pk_language import predict_at, prepare_language
+
+    grid = np.arange(start, stop + 1e-9 * max(1.0, stop), step)
+    k = max(draws, 1)
+    rng = np.random.default_rng(seed)
+    frames = []
+    for sid in table.subjects:
+        sub = table.select([sid])
+        omega = m.omega_all(prepare_language(m, sub).n_occasions)
+        eta = (rng.multivariate_normal(np.zeros(len(omega)), omega, size=k) if draws
+               else np.zeros((k, len(omega))))
+        cols = {o.name: predict_at(m, sub, grid, eta, o.name).reshape(-1)
+                for o in m.observations}
+        frames.append(pd.DataFrame({"ID": sid, "DRAW": np.repeat(np.arange(k), grid.size),
+                                    "TIME": np.tile(grid, k), **cols}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def dose_cmd(
