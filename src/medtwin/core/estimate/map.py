@@ -267,13 +267,7 @@ def _optimise(
     for it in range(1, max_iter - it_gn + 1):  # noqa: B007 - reported (one budget for both)
         ofv, g, gn, H = _newton_parts(predict, eta, data, oi, error)
         step = _descent_step(g, H, gn)
-        # at a bound, drop the components that push outward
-        out = ((eta <= lo) & (step < 0)) | ((eta >= hi) & (step > 0))
-        step[out] = 0.0
-        cand = np.clip(eta[:, None] + _ALPHAS[None, :, None] * step[:, None],
-                       lo[:, None], hi[:, None])
-        ofv_c = _ofv(predict(cand), cand, data, oi, error)
-        better = ofv_c < ofv[:, None] - 1e-12 * np.abs(ofv[:, None])
+        cand, better = _line_search(predict, eta, step, ofv, data, oi, error, lo, hi)
         first = np.where(better.any(axis=1), better.argmax(axis=1), -1)
         moved = np.zeros(S)
         for s in range(S):
@@ -297,6 +291,19 @@ def _optimise(
     return eta, ofv, H, converged, it + it_gn
 
 
+def _line_search(
+    predict: Predict, eta: np.ndarray, step: np.ndarray, ofv: np.ndarray, data: ObservedData,
+    oi: np.ndarray, error: AnyError, lo: np.ndarray, hi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backtracking candidates ``eta + alpha step`` within the bounds (a component pushing
+    out of a bound it sits on is dropped) and which of them lower each subject's OFV."""
+    step = np.where(((eta <= lo) & (step < 0)) | ((eta >= hi) & (step > 0)), 0.0, step)
+    cand = np.clip(eta[:, None] + _ALPHAS[None, :, None] * step[:, None],
+                   lo[:, None], hi[:, None])
+    ofv_c = _ofv(predict(cand), cand, data, oi, error)
+    return cand, ofv_c < ofv[:, None] - 1e-12 * np.abs(ofv[:, None])
+
+
 def _gauss_newton(
     predict: Predict, eta: np.ndarray, data: ObservedData, oi: np.ndarray, error: AnyError,
     lo: np.ndarray, hi: np.ndarray, max_iter: int, near: float = 1e-4,
@@ -313,12 +320,7 @@ def _gauss_newton(
         step = _descent_step(g, np.full_like(gn, np.nan), np.where(active[:, None, None], gn,
                                                                    np.eye(gn.shape[-1])))
         step[~active] = 0.0
-        out = ((eta <= lo) & (step < 0)) | ((eta >= hi) & (step > 0))
-        step[out] = 0.0
-        cand = np.clip(eta[:, None] + _ALPHAS[None, :, None] * step[:, None],
-                       lo[:, None], hi[:, None])
-        ofv_c = _ofv(predict(cand), cand, data, oi, error)
-        better = ofv_c < ofv[:, None] - 1e-12 * np.abs(ofv[:, None])
+        cand, better = _line_search(predict, eta, step, ofv, data, oi, error, lo, hi)
         for s in np.flatnonzero(active):
             if not better[s].any():
                 active[s] = False

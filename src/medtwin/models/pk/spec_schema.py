@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medtwin.models.pk.language.schema import Omega
+from medtwin.models.pk.language.schema import Omega, published_schema
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
@@ -94,7 +94,4 @@ class ClosedFormFile(BaseModel):
 
 def closed_form_json_schema() -> dict[str, Any]:
     """The published JSON Schema of common-case (closed-form) model files."""
-    schema = ClosedFormFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "medtwin PK model (closed form)"
-    return schema
+    return published_schema(ClosedFormFile, "medtwin PK model (closed form)")

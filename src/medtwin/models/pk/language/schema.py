@@ -154,9 +154,14 @@ class ModelFile(BaseModel):
     solver: Solver = Field(default_factory=Solver)
 
 
+def published_schema(model: type[BaseModel], title: str) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a file schema, as editors read it."""
+    schema = model.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = title
+    return schema
+
+
 def model_json_schema() -> dict[str, Any]:
     """The published JSON Schema of model-language files."""
-    schema = ModelFile.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "medtwin PK model"
-    return schema
+    return published_schema(ModelFile, "medtwin PK model")
