@@ -41,9 +41,9 @@ def test_import_reports_and_exits_nonzero_on_rejections(tmp_path):
 def test_unknown_patient_and_bad_store_say_how_to_fix(tmp_path):
     db = str(tmp_path / "s.sqlite")
     out = runner.invoke(app, ["timeline", "ghost", "--db", db])  # no store there (issue 16)
-    assert out.exit_code == 2 and "no medtwin store" in out.output
+    assert out.exit_code == 3 and "no medtwin store" in out.output  # a store error: 3
     assert runner.invoke(app, ["db", "upgrade", "--db", db]).exit_code == 0
     out = runner.invoke(app, ["timeline", "ghost", "--db", db])
     assert out.exit_code == 2 and "medtwin patients" in out.output
     out = runner.invoke(app, ["patients", "--db", "mysql://x/y"])
-    assert out.exit_code == 2 and "unsupported store URL" in out.output
+    assert out.exit_code == 3 and "unsupported store URL" in out.output

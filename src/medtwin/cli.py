@@ -59,7 +59,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("db:app", "The store's schema: create or upgrade it, show its version and the "
            "migrations."),
 }
-_SETTINGS: dict[str, Any] = {"add_completion": False, "pretty_exceptions_enable": False}
+_SETTINGS: dict[str, Any] = {"add_completion": False, "pretty_exceptions_enable": False,
+                              "rich_markup_mode": None}
+#: the same for every command (see :mod:`medtwin.commands._common`)
+EXIT_CODES = ("Exit codes: 0 ok; 1 findings (e.g. an import with rejections, a failed check); "
+              "2 usage or bad input (including an output file that exists without --force); "
+              "3 runtime error (the store, a simulation, the broker, an unexpected failure; "
+              "-v shows its traceback). --json prints one JSON document on stdout.")
 
 
 def simulate_group() -> typer.Typer:
@@ -97,7 +103,40 @@ def load_command(name: str) -> Any:
         root.add_typer(obj, name=name)
     else:
         root.command(name)(obj)
-    return typer.main.get_group(root).commands[name]
+    return tidy(typer.main.get_group(root).commands[name])
+
+
+#: typer's type labels -> the words click uses in help (no Python type names)
+_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "int range": "INTEGER",
+          "float range": "NUMBER", "bool": "BOOLEAN", "datetime": "ISO-TIME", "path": "PATH",
+          "file": "FILE", "dir": "FOLDER", "Path": "PATH"}
+
+
+def _no_type(ctx: Any = None) -> str:
+    return ""
+
+
+def tidy(cmd: Any) -> Any:
+    """Plain help for ``cmd`` and its subcommands: no Rich markup (which would swallow a unit
+    such as ``[mg]``) and no Python type names as metavars (``<bool>``, ``<list[Path]>``,
+    ``<str>``): an argument shows its name, an option the kind of value (TEXT, INTEGER,
+    NUMBER, PATH...), unless the command set a ``metavar``."""
+    if hasattr(cmd, "rich_markup_mode"):
+        cmd.rich_markup_mode = None
+    for p in cmd.params:
+        if p.metavar is not None or getattr(p, "is_flag", False) or \
+                not hasattr(p, "display_type"):
+            continue
+        shown = p.display_type(None).strip("<>")
+        if p.param_type_name == "argument":
+            p.metavar = (p.name or "value").upper()
+            p.display_type = p.display_type_rich = _no_type
+        else:
+            p.metavar = _WORDS.get(shown.removeprefix("list[").removesuffix("]"),
+                                   shown.replace("[", "").replace("]", "").upper())
+    for sub in getattr(cmd, "commands", {}).values():
+        tidy(sub)
+    return cmd
 
 
 class LazyGroup(TyperGroup):
@@ -126,6 +165,16 @@ class LazyGroup(TyperGroup):
         finally:
             self._listing = False
 
+    def invoke(self, ctx: Any) -> Any:
+        """Every error a command did not catch ends in one line and its exit code
+        (:func:`medtwin.commands._common.handle_error`), with the traceback under ``-v``."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from medtwin.commands._common import handle_error
+
+            handle_error(exc, verbose=bool(ctx.params.get("verbose")))
+
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         try:
             return super().resolve_command(ctx, args)
@@ -142,6 +191,7 @@ class LazyGroup(TyperGroup):
 app = typer.Typer(
     name="medtwin",
     help="medtwin: healthcare digital twins (patients, devices, hospitals) kept in step with data.",
+    epilog=EXIT_CODES,
     no_args_is_help=True,
     cls=LazyGroup,
     **_SETTINGS,
@@ -156,7 +206,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", "--debug", help="Log progress to "
+                                 "stderr; an unexpected failure shows its traceback."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
 ) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)

@@ -49,7 +49,7 @@ def test_a_newer_store_is_refused_by_every_command_with_what_to_do(tmp_path):
     engine.dispose()
     for cmd in (["patients"], ["db", "current"], ["db", "upgrade"], ["import", db]):
         out = runner.invoke(app, [*cmd, "--db", db])
-        assert out.exit_code == 2, (cmd, out.output)
+        assert out.exit_code == 3, (cmd, out.output)  # a store error (issue 17: exit 3)
         assert "schema version 9001" in out.output and f"its newest is {head()}" in out.output
         assert "pip install -U medtwin" in out.output
 
@@ -58,7 +58,7 @@ def test_a_newer_store_is_refused_by_every_command_with_what_to_do(tmp_path):
 def test_read_commands_refuse_a_missing_store_and_create_nothing(tmp_path, cmd):
     db = tmp_path / "typo" / "ward.sqlite"
     out = runner.invoke(app, [*cmd, "--db", str(db)])
-    assert out.exit_code == 2, out.output
+    assert out.exit_code == 3, out.output  # a store error (issue 17: exit 3)
     assert "no medtwin store" in out.output and "--db" in out.output
     assert not (tmp_path / "typo").exists()
 
@@ -68,7 +68,7 @@ def test_secure_read_commands_refuse_a_missing_store(tmp_path, monkeypatch):
     assert runner.invoke(app, ["keys", "generate"]).exit_code == 0
     for cmd in (["user", "list"], ["audit", "verify"], ["audit", "export"]):
         out = runner.invoke(app, [*cmd, "--db", str(tmp_path / "typo" / "w.sqlite")])
-        assert out.exit_code == 2 and "no medtwin store" in out.output, (cmd, out.output)
+        assert out.exit_code == 3 and "no medtwin store" in out.output, (cmd, out.output)
     assert not (tmp_path / "typo").exists()
 
 

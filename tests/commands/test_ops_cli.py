@@ -220,6 +220,9 @@ def test_compare_with_one_replication_and_a_runtime_error_exits_3(tmp_path):
     assert "NaN" not in r.output and "nan" not in r.output and "needs >= 2" in r.output
     r = runner.invoke(app, ["ops", "run", "nelson", "--reps", "2", "--out",
                             str(tmp_path / "no" / "such" / "dir.csv")])
-    assert r.exit_code == 3 and "error:" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output  # checked before the run
+    r = runner.invoke(app, ["ops", "calibrate", "--out", str(tmp_path / "m.yaml"), "--db",
+                            str(tmp_path / "none.sqlite")])
+    assert r.exit_code == 3 and "no medtwin store" in r.output  # a store error
     r = runner.invoke(app, ["ops", "run", "nelson", "--compare"])
     assert r.exit_code == 2 and "--scenario" in r.output

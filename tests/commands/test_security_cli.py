@@ -82,7 +82,10 @@ def test_serve_refuses_production_without_a_secret(env, monkeypatch):
 
 def test_audit_anchor_and_verify_name_the_anchor_file(env):
     db, keyfile = env
-    assert runner.invoke(app, ["audit", "anchor", "--db", db]).exit_code == 2  # empty chain
+    assert runner.invoke(app, ["audit", "anchor", "--db", db]).exit_code == 3  # no store
+    assert runner.invoke(app, ["db", "upgrade", "--db", db]).exit_code == 0
+    empty = runner.invoke(app, ["audit", "anchor", "--db", db])
+    assert empty.exit_code == 2 and "nothing to anchor" in empty.output
     runner.invoke(app, ["key", "add", "--device", "d1", "--patient", "p1", "--db", db])
     out = runner.invoke(app, ["audit", "anchor", "--db", db])
     anchors = keyfile.parent / "audit-anchors"

@@ -6,8 +6,16 @@ from pathlib import Path
 
 import typer
 
-from medtwin.commands._common import fail
-from medtwin.core.errors import MedtwinError
+from medtwin.commands._common import (
+    FORCE_HELP,
+    JSON_HELP,
+    USAGE,
+    check_outputs,
+    echo_json,
+    fail,
+    records,
+)
+from medtwin.core.errors import MedtwinError, ValidationError
 
 
 def simulate_cardio_cmd(
@@ -20,6 +28,8 @@ def simulate_cardio_cmd(
     set_: list[str] = typer.Option(  # noqa: B008
         [], "--set", help="Parameter change 'name [unit]=value' (repeat)."),
     out: Path | None = typer.Option(None, help="Beat-to-beat table of the scenario (CSV)."),  # noqa: B008
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Simulate the Smith 2004 / Ursino 1998 circulation, heartbeat by heartbeat, under a
     scenario next to the unchanged baseline, and print the last beats' averages."""
@@ -29,13 +39,9 @@ def simulate_cardio_cmd(
     from medtwin.models.cardio.parameters import cardio_cohort
     from medtwin.twin.cardio import run_scenario, virtual_population
 
+    check_outputs(force, out=out)
+    changes = _pairs(set_, "--set", "name [unit]=value")
     try:
-        changes = {}
-        for item in set_:
-            name, sep, value = item.rpartition("=")
-            if not sep:
-                raise MedtwinError(f"--set {item!r}: expected 'name [unit]=value'")
-            changes[name.strip()] = float(value)
         if subjects > 1:
             cohort = virtual_population(subjects, seed=seed)
             for k, v in changes.items():
@@ -49,11 +55,31 @@ def simulate_cardio_cmd(
             rows = [dict(subject=s, beat=b, **dict(zip(BEAT_NAMES, r.beats[i, b], strict=True)))
                     for i, s in enumerate(r.subjects) for b in range(int(r.n_beats[i]))]
             pd.DataFrame(rows).to_csv(out, index=False)
-    except (MedtwinError, ValueError, OSError) as exc:
+    except (MedtwinError, OSError) as exc:
         fail(exc)
     cols = ["SBP", "DBP", "MAP", "HR", "SV", "EF", "CO", "CVP", "mPAP"]
+    means = table.groupby("run", sort=False)[cols].mean()
+    if as_json:
+        echo_json({"scenario": what.scenario.name, "description": what.scenario.description,
+                   "subjects": subjects, "duration [s]": duration, "warmup [s]": warmup,
+                   "means": records(means, "run"), "out": out})
+        return
     typer.echo(f"{what.scenario.name}: {what.scenario.description}")
-    typer.echo(table.groupby("run", sort=False)[cols].mean().round(2).to_string())
+    typer.echo(means.round(2).to_string())
+
+
+def _pairs(items: list[str], option: str, form: str) -> dict[str, float]:
+    """``name [unit]=number`` items of a repeated option; a malformed one is a usage error."""
+    found = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            if not sep:
+                raise ValueError
+            found[name.strip()] = float(value)
+        except ValueError:
+            fail(ValidationError(f"{item!r}: expected '{form}'", where=option), USAGE)
+    return found
 
 
 def trial_cardio_cmd(
@@ -74,6 +100,8 @@ def trial_cardio_cmd(
     workers: int = typer.Option(2, help="Workers of the local cluster."),
     chunk_size: int | None = typer.Option(None, help="Subjects per chunk."),
     progress: bool = typer.Option(True, help="Progress bar (only on a terminal)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run a cardio scenario (e.g. a drug) on a virtual population and print its effects.
 
@@ -88,22 +116,19 @@ def trial_cardio_cmd(
     from medtwin.core.cluster import dask_client
     from medtwin.jobs.kinds import cardio_trial_kind, run_cardio_spec
 
+    check_outputs(force, out=out)
     spec: dict = {"scenario": scenario, "subjects": subjects, "duration": duration,
                   "warmup": warmup, "seed": seed}
+    if cv:
+        spec["cv"] = _pairs(cv, "--cv", "name [unit]=cv")
+    if chunk_size is not None and chunk_size < 1:
+        fail(ValidationError(f"must be >= 1, got {chunk_size}", where="--chunk-size"))
     try:
-        if cv:
-            spreads = {}
-            for item in cv:
-                name, sep, value = item.rpartition("=")
-                if not sep:
-                    raise MedtwinError(f"--cv {item!r}: expected 'name [unit]=cv'")
-                spreads[name.strip()] = float(value)
-            spec["cv"] = spreads
-        if chunk_size is not None and chunk_size < 1:
-            raise MedtwinError(f"--chunk-size must be >= 1, got {chunk_size}")
         spec = cardio_trial_kind(None, None).validate(spec)
-    except (MedtwinError, ValueError) as exc:
+    except MedtwinError as exc:
         fail(exc)
+    except ValueError as exc:  # the spec's own checks: bad input
+        fail(exc, USAGE)
     if scheduler != "serial" and not logging.getLogger().isEnabledFor(logging.INFO):
         from medtwin.extras import require  # Dask: the trials extra
 
@@ -125,8 +150,15 @@ def trial_cardio_cmd(
                                                          on_progress=tick)
         if out is not None:
             table.to_csv(out, index=False)
-    except (MedtwinError, ValueError, OSError) as exc:
+    except (MedtwinError, OSError) as exc:
         fail(exc)
+    if as_json:
+        echo_json({"scenario": sc.name, "description": sc.description,
+                   "subjects": spec["subjects"], "duration [s]": spec["duration"],
+                   "warmup [s]": spec["warmup"], "seed": spec["seed"],
+                   "difference": "scenario - baseline (paired), means of the last 5 beats",
+                   "effects": records(effects), "out": out})
+        return
     typer.echo(f"{sc.name}: {sc.description}; {spec['subjects']} virtual subjects, "
                f"{spec['duration']:g} s after a {spec['warmup']:g} s warm-up, seed {spec['seed']}")
     shown = effects.set_index("output").rename(columns={"ci_low": "95% low",

@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from medtwin.commands._common import DB_HELP, fail
+from medtwin.commands._common import DB_HELP, FINDINGS, JSON_HELP, echo_json, fail
 from medtwin.core.errors import MedtwinError
 
 app = typer.Typer(help="The store's schema: create or upgrade it, show its version and the "
@@ -16,7 +16,8 @@ app = typer.Typer(help="The store's schema: create or upgrade it, show its versi
 @app.command("upgrade")
 def upgrade_cmd(db: str | None = typer.Option(None, "--db", help=DB_HELP),
                 revision: str = typer.Option("head", "--revision", help="Upgrade to this "
-                                             "version (default: the newest).")) -> None:
+                                             "version (default: the newest)."),
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Create the store or bring its schema up to date.
 
     Safe while other processes open it: one runs the migrations, the others wait."""
@@ -32,7 +33,10 @@ def upgrade_cmd(db: str | None = typer.Option(None, "--db", help=DB_HELP),
     except MedtwinError as exc:
         fail(exc)
     where = describe(engine)
-    if done.before is None:
+    if as_json:
+        echo_json({"store": where, "before": done.before, "after": done.after,
+                   "created": done.before is None, "upgraded": bool(done.ran)})
+    elif done.before is None:
         typer.echo(f"created a new store at {where} (schema {done.after})")
     elif done.ran:
         typer.echo(f"upgraded the store at {where} from schema {done.before} to {done.after}")
@@ -42,7 +46,7 @@ def upgrade_cmd(db: str | None = typer.Option(None, "--db", help=DB_HELP),
 
 @app.command("current")
 def current_cmd(db: str | None = typer.Option(None, "--db", help=DB_HELP),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Show the store's schema version next to the newest this medtwin knows.
 
     Exit 1 when the store is behind; a store newer than this medtwin is an error."""
@@ -70,11 +74,11 @@ def current_cmd(db: str | None = typer.Option(None, "--db", help=DB_HELP),
         typer.echo(f"{found}: the store at {describe(engine)} is behind {newest}; "
                    "`medtwin db upgrade` (or any command opening it) upgrades it")
     if found != newest:
-        raise typer.Exit(1)
+        raise typer.Exit(FINDINGS)
 
 
 @app.command("history")
-def history_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def history_cmd(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List the migrations this medtwin knows, oldest first."""
     from medtwin.store.migrate import history
 

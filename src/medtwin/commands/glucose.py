@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from medtwin.commands._common import FORCE_HELP, JSON_HELP, check_outputs, echo_json, fail
 from medtwin.core.errors import MedtwinError
 
 simulate_app = typer.Typer(help="Simulate one virtual patient (a twin) and write its trace.",
@@ -63,10 +64,13 @@ def simulate_glucose_cmd(
     days: int = typer.Option(1, help="Days to simulate from midnight."),
     out: Path = typer.Option(Path("trace.csv"), help="Per-minute trace (CSV)."),  # noqa: B008
     plot: Path | None = typer.Option(None, help="Plot of the trace (.png or .html)."),  # noqa: B008
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Simulate one subject (UVA/Padova, simglucose 0.2.11 conventions) and write the trace."""
     from medtwin.devices.scenario import parse_meal, simulate_scenario
 
+    check_outputs(force, out=out, plot=plot)
     try:
         meals = [parse_meal(m) for m in meal]
         df = simulate_scenario(subject, meals, controller=controller, sensor=sensor, pump=pump,
@@ -75,8 +79,14 @@ def simulate_glucose_cmd(
         if plot is not None:
             _plot_trace(df, plot, f"{subject}, {controller}, sensor {sensor}")
     except (MedtwinError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
+    if as_json:
+        echo_json({"subject": subject, "days": days, "controller": controller,
+                   "sensor": sensor, "pump": pump, "seed": seed,
+                   "bg_mean [mg/dL]": df["BG"].mean(), "bg_min [mg/dL]": df["BG"].min(),
+                   "bg_max [mg/dL]": df["BG"].max(), "insulin [U]": df["insulin"].sum(),
+                   "cho [g]": df["CHO"].sum(), "out": out, "plot": plot})
+        return
     typer.echo(
         f"{subject}: {days} day(s), BG mean {df['BG'].mean():.1f} mg/dL "
         f"(min {df['BG'].min():.1f}, max {df['BG'].max():.1f}), insulin "
@@ -110,13 +120,12 @@ def trial_glucose_cmd(
     ),
     chunk_size: int | None = typer.Option(None, help="Subjects per chunk."),
     progress: bool = typer.Option(True, help="Progress bar (only on a terminal)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " Includes the outcome "
+                                 "table, one record a subject."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run a glucose in-silico trial and write the outcome table (and a report)."""
-    if out.exists() and not force:
-        typer.echo(f"error: {out} exists; give another --out, or --force to replace it",
-                   err=True)
-        raise typer.Exit(2)
+    check_outputs(force, out=out, report=report, traces=traces)
     from medtwin.trials.protocol import FixedMeals, RandomMeals
     from medtwin.trials.runner import Trial, load_cohort, run_trial
 
@@ -140,9 +149,18 @@ def trial_glucose_cmd(
         if report is not None:
             result.write_report(str(report))
     except (MedtwinError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        fail(exc)
     zones = result.table["cvga zone"].value_counts().reindex(list("ABCDE"), fill_value=0)
+    if as_json:
+        from medtwin.commands._common import records
+
+        echo_json({"subjects": len(result.table), "days": days, "controller": controller,
+                   "seed": seed, "mean [mg/dL]": result.table["mean [mg/dL]"].mean(),
+                   "time 70-180 [%]": result.table["time 70-180 [%]"].mean(),
+                   "cvga": {z: int(c) for z, c in zones.items()}, "out": out,
+                   "report": report, "traces": traces,
+                   "table": records(result.table, "subject")})
+        return
     typer.echo(
         f"{len(result.table)} subjects x {days:g} days: mean glucose "
         f"{result.table['mean [mg/dL]'].mean():.1f} mg/dL, time in 70-180 "

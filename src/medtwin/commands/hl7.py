@@ -12,7 +12,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 
-from medtwin.commands._common import DB_HELP, fail, open_store
+from medtwin.commands._common import (
+    DB_HELP,
+    FINDINGS,
+    JSON_HELP,
+    RUNTIME,
+    echo_json,
+    fail,
+    open_store,
+    usage,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="HL7 v2 over MLLP: ADT (admissions, transfers, discharges) and ORU "
@@ -46,7 +55,7 @@ def listen_cmd(
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        fail(ValueError(f"--tz {tz!r} is not a time zone name (e.g. UTC, Europe/Berlin)"))
+        usage(f"{tz!r} is not a time zone name (e.g. UTC, Europe/Berlin)", "--tz")
     with open_store(db, need_key=True, create=True) as store:
         handler = Hl7Handler(store, tz=zone, processing_ids=tuple(processing_id))
         listener = MllpListener(handler.handle, host=host, port=port,
@@ -56,8 +65,8 @@ def listen_cmd(
             listener.run(on_started=lambda p: typer.echo(
                 f"listening for HL7 v2 (MLLP) on {host}:{p}, storing into {store!r}", err=True))
         except OSError as exc:
-            fail(OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another "
-                         "listener using the port? (--port)"))
+            fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}; is another "
+                 "listener using the port? (--port)", RUNTIME)
         typer.echo(f"stopped: {handler.stats}", err=True)
 
 
@@ -102,26 +111,31 @@ def send_cmd(
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for each ACK."),
     retry_for: float = typer.Option(0.0, "--retry-for", help="Keep trying to connect for "
                                     "this many seconds (a listener still starting)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " One record a message: "
+                                 "its acknowledgment code and its MSA and ERR segments."),
 ) -> None:
     """Send each message of FILE over MLLP and print its acknowledgment (MSA and ERR).
 
-    Exit status: 0 when every message was accepted (AA), 1 when one was not, 2 when no
-    acknowledgment came."""
+    Exit status: 0 when every message was accepted (AA), 1 when one was not, 2 for a file
+    without messages, 3 when no acknowledgment came."""
     messages = split_messages(file.read_bytes())
     if not messages:
-        fail(ValueError(f"{file} holds no HL7 v2 message (none starts with MSH)"))
+        usage(f"{file} holds no HL7 v2 message (none starts with MSH)", "FILE")
     try:
         acks = asyncio.run(_send(host, port, messages, timeout, retry_for))
     except (OSError, TimeoutError) as exc:
-        fail(OSError(f"no acknowledgment from {host}:{port}: {exc or 'timed out'}; is "
-                     "`medtwin hl7 listen` running there?"))
-    codes = []
+        fail(f"no acknowledgment from {host}:{port}: {exc or 'timed out'}; is "
+             "`medtwin hl7 listen` running there?", RUNTIME)
+    results = []
     for ack in acks:
         lines = ack.decode("utf-8", "replace").split("\r")
         msa = next((line for line in lines if line.startswith("MSA")), "")
-        codes.append(msa.split("|")[1] if msa.count("|") else "")
-        for line in lines:
-            if line.startswith(("MSA", "ERR")):
+        shown = [line for line in lines if line.startswith(("MSA", "ERR"))]
+        results.append({"code": msa.split("|")[1] if msa.count("|") else "", "segments": shown})
+        if not as_json:
+            for line in shown:
                 typer.echo(line)
-    if any(c != "AA" for c in codes):
-        raise typer.Exit(1)
+    if as_json:
+        echo_json({"sent": len(messages), "acknowledgments": results})
+    if any(r["code"] != "AA" for r in results):
+        raise typer.Exit(FINDINGS)

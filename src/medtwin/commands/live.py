@@ -12,7 +12,15 @@ from pathlib import Path
 
 import typer
 
-from medtwin.commands._common import open_store
+from medtwin.commands._common import (
+    DB_HELP,
+    JSON_HELP,
+    RUNTIME,
+    USAGE,
+    echo_json,
+    fail,
+    open_store,
+)
 from medtwin.core.errors import MedtwinError, NotFoundError
 from medtwin.core.records import Patient
 from medtwin.interop.quality import FUTURE_TOLERANCE
@@ -65,7 +73,7 @@ def live_cmd(
     require_keys: bool = typer.Option(False, "--require-device-keys", help="Dead-letter "
                                       "readings of devices without a device key (medtwin key "
                                       "add); keyed devices are always held to their patient."),
-    db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     prefix: str = typer.Option("medtwin", "--prefix", help="Topic prefix."),
     client_id: str = typer.Option("medtwin-ingester", "--client-id",
                                   help="MQTT client id: the persistent session's name."),
@@ -79,6 +87,8 @@ def live_cmd(
     glucose_twin: bool = typer.Option(True, "--glucose-twin/--no-glucose-twin",
                                       help="Keep a glucose twin per CGM patient and alert on "
                                       "predicted lows."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " Printed when it stops: "
+                                 "the ingester's counts and the alerts raised."),
 ) -> None:
     """Run ingestion until Ctrl-C or SIGTERM; every acknowledged reading is stored."""
     logging.getLogger("medtwin").setLevel(logging.INFO)
@@ -92,7 +102,12 @@ def live_cmd(
             ingester = Ingester(store, broker=spec, prefix=prefix, client_id=client_id,
                                 group=group, on_stored=monitor.on_stored,
                                 on_gap=monitor.on_gap, require_device_keys=require_keys,
-                                future_tolerance=timedelta(seconds=clock_skew)).start()
+                                future_tolerance=timedelta(seconds=clock_skew))
+            try:
+                ingester.start()
+            except MedtwinError as exc:
+                monitor.stop()
+                fail(exc, _connect_code(exc))
             typer.echo(f"ingesting {ingester.topic} from {spec.url} into {store!r}", err=True)
             try:
                 while not stop.wait(report_every):
@@ -103,8 +118,12 @@ def live_cmd(
             monitor.stop()
             typer.echo(f"stopped: {ingester.stats}; alerts raised: {monitor.raised}", err=True)
     except MedtwinError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(exc)
+    if as_json:
+        from dataclasses import asdict
+
+        echo_json({"broker": spec.url, "topic": ingester.topic, **asdict(ingester.stats),
+                   "alerts_raised": monitor.raised})
 
 
 @app.command("stream")
@@ -133,7 +152,8 @@ def stream_cmd(
     seed: int = typer.Option(0, "--seed", min=0),
     register: bool = typer.Option(False, "--register", help="Add the patients to --db first "
                                   "(the ingester refuses readings of unknown patients)."),
-    db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Publish live readings of simulated patients, or replay a recorded signal.
 
@@ -168,16 +188,32 @@ def stream_cmd(
                 store.append([Patient(id=i, source_id=f"Patient/{i}") for i in ids])
         typer.echo(f"publishing readings of {len(ids)} patient(s) to {spec.url}"
                    + ("" if replay is not None or steps else " until Ctrl-C"), err=True)
-        with DevicePublisher(broker=spec, site=site, device=device) as pub:
+        pub = DevicePublisher(broker=spec, site=site, device=device)
+        try:
+            pub.open()
+        except MedtwinError as exc:
+            fail(exc, _connect_code(exc))
+        try:
             total = paced(batches, pub, rate=tick_rate, stop=stop, stamp_now=replay is None)
+        finally:
+            pub.__exit__(None, None, None)
     except MedtwinError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    typer.echo(f"published {total} readings for {len(ids)} patient(s) to {spec.url}")
+        fail(exc)
+    if as_json:
+        echo_json({"published": total, "patients": len(ids), "broker": spec.url,
+                   "registered": register})
+    else:
+        typer.echo(f"published {total} readings for {len(ids)} patient(s) to {spec.url}")
     if not register:
         typer.echo("note: the ingester stores readings only of patients in its store and "
                    "dead-letters the others; give --register --db STORE to add these "
                    "patients first", err=True)
+
+
+def _connect_code(exc: MedtwinError) -> int:
+    """Connecting to the broker: not reaching it is a runtime error (3); a broker that
+    answered and refused (credentials, a plain client on a TLS port) is bad input (2)."""
+    return RUNTIME if isinstance(exc.__cause__, OSError) else USAGE
 
 
 def _is_numerics(record: Path) -> bool:
@@ -194,8 +230,8 @@ def alerts_cmd(
     all_: bool = typer.Option(False, "--all", help="Include resolved alerts."),
     ack: int | None = typer.Option(None, "--ack", help="Acknowledge the alert with this id."),
     by: str = typer.Option("cli", "--by", help="Who acknowledges."),
-    db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List active alerts (newest first), or acknowledge one."""
     try:
@@ -207,8 +243,7 @@ def alerts_cmd(
                 return
             rows = alerts.all(patient) if all_ else alerts.active(patient)
     except MedtwinError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(exc)
     if as_json:
         typer.echo(json.dumps([a.to_dict() for a in rows], indent=2))
         return

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import typer
 
-from medtwin.commands._common import open_store
+from medtwin.commands._common import DB_HELP, JSON_HELP, echo_json, fail, open_store
 from medtwin.core.errors import MedtwinError
 from medtwin.monitor.news2 import ITEMS, Vitals, news2
 from medtwin.monitor.vitals import latest_vitals
@@ -31,11 +31,11 @@ def news2_cmd(
     pulse: float | None = typer.Option(None, "--pulse", help="Pulse (/min)."),
     acvpu: str | None = typer.Option(None, "--acvpu", help="A, C, V, P or U."),
     temp: float | None = typer.Option(None, "--temp", help="Temperature (Celsius)."),
-    db: str | None = typer.Option(None, "--db", help="Store URL or SQLite path."),
+    db: str | None = typer.Option(None, "--db", help=DB_HELP),
     at: datetime | None = typer.Option(None, "--at", help="Score the record as it stood at "
                                        "this ISO time (default: now); each vital counts only "
                                        "if it is current then."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Print the NEWS2 total, each item's points and the risk band."""
     try:
@@ -46,6 +46,9 @@ def news2_cmd(
             with open_store(db) as store:
                 vitals, when = latest_vitals(store, patient, spo2_scale=scale, at=ref)
             if when is not None and all(getattr(vitals, f) is None for f in _MEASURED):
+                if as_json:
+                    echo_json({"scored": False, "at": ref, "newest_reading": when,
+                               "stale": list(vitals.stale)})
                 typer.echo(f"NEWS2 not scored: no current vitals at {ref.isoformat()} (newest "
                            f"reading {when.isoformat()}; stale: {', '.join(vitals.stale)}); "
                            "pass --at TIME to score the record as it stood then", err=True)
@@ -56,8 +59,7 @@ def news2_cmd(
                             spo2_scale=scale)
         result = news2(vitals)
     except MedtwinError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(exc)
     if as_json:
         out = result.to_dict()
         out["at"] = when.isoformat() if when else None

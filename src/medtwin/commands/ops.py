@@ -7,21 +7,22 @@ JSON on stdout; the store defaults to ``$MEDTWIN_DB`` like every other command."
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import sys
 from difflib import get_close_matches
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from medtwin.core.errors import MedtwinError, NotFoundError, ValidationError
+from medtwin.commands._common import DB_HELP, FORCE_HELP, JSON_HELP
+from medtwin.commands._common import check_outputs as _outputs
+from medtwin.commands._common import echo_json as _json
+from medtwin.commands._common import fail as _fail
+from medtwin.commands._common import records as _records
+from medtwin.core.errors import MedtwinError, ValidationError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from medtwin.ops.schema import Model
 
 app = typer.Typer(help="Hospital operations twin: patient flow (SimPy), calibration from the "
@@ -29,20 +30,8 @@ app = typer.Typer(help="Hospital operations twin: patient flow (SimPy), calibrat
                   no_args_is_help=True)
 
 MODEL_HELP = "Model file (YAML) or a shipped model name (nelson, ed_inpatient, mm1, mm2, mm3)."
-DB_HELP = "Store URL or SQLite path (default: $MEDTWIN_DB, else medtwin.sqlite in the user " \
-    "data directory)."
-JSON_HELP = "Print the results as JSON."
-FORCE_HELP = "Overwrite output files that exist."
 NEEDS_TWO = "95% CI needs >= 2 replications"
 log = logging.getLogger(__name__)
-
-
-def _fail(exc: Exception, code: int | None = None) -> NoReturn:
-    """``error: ...`` on stderr; exit 2 for a bad input, 3 for a runtime failure."""
-    if code is None:
-        code = 2 if isinstance(exc, ValidationError | NotFoundError | ValueError) else 3
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code)
 
 
 def _model(name: str) -> Model:
@@ -56,42 +45,8 @@ def _model(name: str) -> Model:
         _fail(exc, 3)
 
 
-def _outputs(force: bool, **paths: Path | None) -> None:
-    """Refuse to overwrite an existing output file unless ``--force`` (checked before a run)."""
-    for opt, p in paths.items():
-        if p is not None and p.exists() and not force:
-            _fail(ValidationError(f"{p} exists; pass --force to overwrite it, or choose "
-                                  "another path", where=f"--{opt.replace('_', '-')}"), 2)
-
-
 def _fmt(x: float) -> str:
     return "nan" if x != x else f"{x:.4g}"
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe: NaN/inf -> null, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_clean(v) for v in x]
-    if hasattr(x, "isoformat"):
-        return x.isoformat()
-    if hasattr(x, "item") and not isinstance(x, str):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def _records(df: pd.DataFrame, index: str | None = None) -> list[dict]:
-    d = df.reset_index() if index else df
-    if index and "index" in d.columns:
-        d = d.rename(columns={"index": index})
-    return _clean(d.to_dict(orient="records"))
-
-
-def _json(obj: Any) -> None:
-    typer.echo(json.dumps(_clean(obj), indent=2))
 
 
 def _overrides(base: Model, resource: list[str], warm_up: float | None,

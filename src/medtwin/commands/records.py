@@ -9,7 +9,16 @@ from pathlib import Path
 
 import typer
 
-from medtwin.commands._common import DB_HELP, fail, open_store, progress
+from medtwin.commands._common import (
+    DB_HELP,
+    JSON_HELP,
+    USAGE,
+    echo_json,
+    fail,
+    open_store,
+    progress,
+    usage,
+)
 from medtwin.core.errors import MedtwinError
 from medtwin.core.records import KIND_OF
 from medtwin.interop.importer import auto_workers, import_paths, iter_fhir_files, warm_up
@@ -24,13 +33,13 @@ def import_cmd(
     workers: int | None = typer.Option(
         None, "--workers", "-j", min=1,
         help="Parallel parser processes (default: one per core for a large import, else 1)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Import FHIR R4 bundles or resources; print read / stored / duplicates / rejected."""
     try:  # the files first: a mistyped path creates no store
         files = list(iter_fhir_files(paths))
     except (MedtwinError, FileNotFoundError) as exc:
-        fail(exc)
+        fail(exc, USAGE)  # a path the user gave
     store = open_store(db, create=True)
     try:
         jobs = workers or auto_workers(files)
@@ -50,7 +59,7 @@ def import_cmd(
 @app.command("patients")
 def patients_cmd(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List stored patients (no identifying fields)."""
     with open_store(db) as store:
@@ -70,7 +79,7 @@ def timeline_cmd(
     since: datetime | None = typer.Option(None, "--since", help="ISO time, e.g. 2020-01-01."),
     until: datetime | None = typer.Option(None, "--until", help="ISO time (exclusive)."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " (the records)"),
 ) -> None:
     """Show a patient's timeline, filtered by code and time."""
     since, until = (t.replace(tzinfo=UTC) if t and t.tzinfo is None else t
@@ -111,12 +120,12 @@ def export_cmd(
     from medtwin.core.records import Consent
 
     if bundle_type not in {"collection", "transaction"}:
-        fail(ValueError("--type must be collection or transaction"))
+        usage("--type must be collection or transaction")
     if deidentify and limited:
-        fail(ValueError("--deidentify (Safe Harbor) and --limited-data-set are two different "
-                        "exports; give one of them"))
+        usage("--deidentify (Safe Harbor) and --limited-data-set are two different exports; "
+              "give one of them")
     if table and not (deidentify or limited):
-        fail(ValueError("--table needs --deidentify or --limited-data-set"))
+        usage("--table needs --deidentify or --limited-data-set")
     with open_store(db) as store:
         try:
             who = store.patient(patient)
@@ -148,14 +157,25 @@ def synth_cmd(
     patients: int = typer.Option(6, "--patients", min=1, max=10_000),
     days: int = typer.Option(2, "--days", min=1, max=365),
     seed: int = typer.Option(0, "--seed", min=0),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    force: bool = typer.Option(False, "--force", help="Write into a folder that already "
+                               "holds JSON files (files of the same patients are replaced)."),
 ) -> None:
     """Write seeded synthetic patients as FHIR R4 transaction bundles (for demos and tests)."""
     from medtwin.interop.fhir.synthetic import generate_patients, write_bundles
 
+    if out.exists() and not out.is_dir():
+        usage(f"{out} is a file; give a folder", "OUT")
+    if not force and out.is_dir() and any(out.glob("*.json")):
+        usage(f"{out} already holds JSON files; pass --force to write into it (bundles of "
+              "the same patients are replaced), or give another folder", "OUT")
     try:
         paths = write_bundles(generate_patients(patients, seed=seed, days=days), out)
-    except MedtwinError as exc:
+    except (MedtwinError, OSError) as exc:
         fail(exc)
+    if as_json:
+        echo_json({"folder": out, "bundles": len(paths), "files": paths})
+        return
     typer.echo(f"wrote {len(paths)} bundles to {out}")
 
 
@@ -182,6 +202,13 @@ def demo_cmd(
     from medtwin.demo import live_demo, run_demo
 
     live = sys.stdout.isatty() if serve is None else serve
+    if db is not None and ("://" in db or (not force and Path(db).exists())):
+        from medtwin.demo import _fresh
+
+        try:  # before any work: a store the demo may not replace is refused (nothing deleted)
+            _fresh(db, force=False)
+        except MedtwinError as exc:  # the refusal itself is bad input; reaching a store is not
+            fail(exc, USAGE if type(exc) is MedtwinError else None)
     try:
         if live:
             live_demo(db, n_patients=patients, seed=seed, port=port, duration=duration,

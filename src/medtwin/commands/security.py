@@ -5,13 +5,22 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import typer
 
-from medtwin.commands._common import open_store, progress
+from medtwin.commands._common import (
+    DB_HELP,
+    FINDINGS,
+    JSON_HELP,
+    USAGE,
+    echo_json,
+    open_store,
+    progress,
+)
+from medtwin.commands._common import fail as _fail
 from medtwin.core.errors import MedtwinError
-from medtwin.security.audit import AuditLog
+from medtwin.security.audit import AuditError, AuditLog
 from medtwin.security.crypto import (
     ENV_KEY,
     ENV_KEY_FILE,
@@ -26,18 +35,11 @@ if TYPE_CHECKING:
     from medtwin.api.settings import Settings
     from medtwin.security.directory import Directory
 
-DB_HELP = "Store URL or SQLite path (default: medtwin.sqlite in the user data directory)."
-
 user_app = typer.Typer(help="Users of the service: add, list, disable.", no_args_is_help=True)
 key_app = typer.Typer(help="Device API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 keys_app = typer.Typer(help="Encryption keys of identifying fields.", no_args_is_help=True)
 serve_app = typer.Typer(help="Run the HTTP service.")
-
-
-def _fail(exc: Exception | str, code: int = 2) -> NoReturn:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code)
 
 
 def open_secure_store(db: str | None, *, create: bool = False) -> EventStore:
@@ -52,8 +54,8 @@ def _settings() -> Settings:
 
     try:
         return Settings.from_env()
-    except MedtwinError as exc:
-        _fail(exc)
+    except MedtwinError as exc:  # the MEDTWIN_* configuration: the user fixes it
+        _fail(exc, USAGE)
 
 
 def _directory(store: EventStore) -> Directory:
@@ -102,6 +104,7 @@ def user_add(
     patient: str | None = typer.Option(None, "--patient", help="For a patient user: who."),
     team: list[str] = typer.Option([], "--team", help="Care team(s) of a clinician."),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Add a user; the password is asked for (or read from MEDTWIN_PASSWORD)."""
     password = os.environ.get("MEDTWIN_PASSWORD") or typer.prompt(
@@ -115,12 +118,16 @@ def user_add(
         except MedtwinError as exc:
             _fail(exc)
         _audit(store, "create", f"user:{username}", patient_id=user.patient_id)
+    if as_json:
+        echo_json({"id": user.id, "username": user.username, "role": user.role.value,
+                   "patient_id": user.patient_id, "teams": team})
+        return
     typer.echo(f"added {user.role.value} {user.username} ({user.id})")
 
 
 @user_app.command("list")
 def user_list(db: str | None = typer.Option(None, "--db", help=DB_HELP),
-              as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """List users (never their password hashes)."""
     with open_secure_store(db) as store:
         users = _directory(store).users()
@@ -137,8 +144,9 @@ def user_list(db: str | None = typer.Option(None, "--db", help=DB_HELP),
 
 
 @user_app.command("disable")
-def user_disable(username: str = typer.Argument(...),
-                 db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def user_disable(username: str = typer.Argument(..., help="Login name."),
+                 db: str | None = typer.Option(None, "--db", help=DB_HELP),
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Disable a user: their tokens stop working at once."""
     with open_secure_store(db) as store:
         try:
@@ -146,6 +154,9 @@ def user_disable(username: str = typer.Argument(...),
         except MedtwinError as exc:
             _fail(exc)
         _audit(store, "disable", f"user:{username}")
+    if as_json:
+        echo_json({"username": username, "disabled": True})
+        return
     typer.echo(f"disabled {username}")
 
 
@@ -153,7 +164,8 @@ def user_disable(username: str = typer.Argument(...),
 def user_team(team: str = typer.Argument(..., help="Care team name."),
               patient: list[str] = typer.Option([], "--patient", help="Patient id(s) to add."),
               member: list[str] = typer.Option([], "--member", help="Clinician(s) to add."),
-              db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+              db: str | None = typer.Option(None, "--db", help=DB_HELP),
+              as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Add patients and clinicians to a care team."""
     with open_secure_store(db) as store:
         d = _directory(store)
@@ -161,7 +173,7 @@ def user_team(team: str = typer.Argument(..., help="Care team name."),
             for name in member:
                 u = d.find(name)
                 if u is None:
-                    _fail(f"no user {name!r}")
+                    _fail(f"no user {name!r}; `medtwin user list` shows them")
                 d.add_to_team(team, user_id=u.id)
             for pid in patient:
                 d.add_to_team(team, patient_id=pid)
@@ -169,6 +181,9 @@ def user_team(team: str = typer.Argument(..., help="Care team name."),
             _fail(exc)
         _audit(store, "update", f"care-team:{team}",
                detail=f"+{len(member)} members, +{len(patient)} patients")
+    if as_json:
+        echo_json({"team": team, "members_added": member, "patients_added": patient})
+        return
     typer.echo(f"care team {team}: added {len(member)} member(s), {len(patient)} patient(s)")
 
 
@@ -181,8 +196,9 @@ INGESTER_HELP = ("Broker username of the ingester (default: MEDTWIN_MQTT_USERNAM
 
 
 def _broker_files(store: EventStore, folder: Path, *, prefix: str, ingester: str | None,
-                  new_keys: dict[str, str] | None = None) -> None:
-    """Rewrite the broker's password and ACL files from the store's device keys."""
+                  new_keys: dict[str, str] | None = None) -> dict:
+    """Rewrite the broker's password and ACL files from the store's device keys; what was
+    written, for ``--json``."""
     from medtwin.live.acl import RELOAD_HINT, device_accounts, write_broker_files
 
     s = _settings()
@@ -209,6 +225,9 @@ def _broker_files(store: EventStore, folder: Path, *, prefix: str, ingester: str
     if files.ingester_password:
         typer.echo(f"new broker password of the ingester {user!r} (shown once; set "
                    f"MEDTWIN_MQTT_PASSWORD to it): {files.ingester_password}", err=True)
+    return {"folder": str(files.folder), "device_accounts": files.devices,
+            "removed": files.removed, "skipped": files.skipped, "missing": files.missing,
+            "ingester": user, "ingester_password_generated": bool(files.ingester_password)}
 
 
 @key_app.command("add")
@@ -218,7 +237,9 @@ def key_add(device: str = typer.Option(..., "--device", help="Device id."),
             broker_dir: Path | None = typer.Option(None, "--broker-dir", help=BROKER_DIR_HELP),
             prefix: str = typer.Option("medtwin", "--prefix", help=PREFIX_HELP),
             ingester_user: str | None = typer.Option(None, "--ingester-user",
-                                                     help=INGESTER_HELP)) -> None:
+                                                     help=INGESTER_HELP),
+            as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " The key is "
+                                         "in it: a bearer token, shown only now.")) -> None:
     """Issue a device API key bound to one patient; it is printed once, keep it safe. It is
     also the device's MQTT password (username ``mtk_<key id>``), allowed by the broker's ACL
     to publish only this patient's and device's topics."""
@@ -232,15 +253,23 @@ def key_add(device: str = typer.Option(..., "--device", help="Device id."),
             _fail(exc)
         _audit(store, "create", f"device-key:{device}", patient_id=patient)
         user = device_username(key)
-        typer.echo(key)
-        typer.echo("the line above is a bearer token, shown only now: whoever holds it can "
+        if not as_json:
+            typer.echo(key)
+        where = "'key' above" if as_json else "line above"
+        typer.echo(f"the {where} is a bearer token, shown only now: whoever holds it can "
                    "send this patient's readings (HTTP header 'Authorization: Bearer KEY'); "
                    "store it like a password, revoke it with `medtwin key revoke`", err=True)
         typer.echo(f"MQTT: username {user}, password the key above; it may publish only "
                    f"{prefix}/<site>/{patient}/{device}/<metric>", err=True)
+        files = None
         if folder is not None:
-            _broker_files(store, folder, prefix=prefix, ingester=ingester_user,
-                          new_keys={user: key})
+            files = _broker_files(store, folder, prefix=prefix, ingester=ingester_user,
+                                  new_keys={user: key})
+    if as_json:
+        echo_json({"key": key, "kind": "bearer token (shown only now)", "device": device,
+                   "patient": patient, "mqtt_username": user,
+                   "topics": f"{prefix}/<site>/{patient}/{device}/<metric>",
+                   "broker_files": files})
 
 
 @key_app.command("revoke")
@@ -250,7 +279,8 @@ def key_revoke(key_id: str = typer.Argument(..., help="The key id (mtk_<id> or <
                                                       help=BROKER_DIR_HELP),
                prefix: str = typer.Option("medtwin", "--prefix", help=PREFIX_HELP),
                ingester_user: str | None = typer.Option(None, "--ingester-user",
-                                                        help=INGESTER_HELP)) -> None:
+                                                        help=INGESTER_HELP),
+               as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Revoke a device key at once (the API refuses it; the broker after its files are
     rewritten and reloaded, done here when a broker folder is configured)."""
     kid = key_id.removeprefix("mtk_")
@@ -261,9 +291,13 @@ def key_revoke(key_id: str = typer.Argument(..., help="The key id (mtk_<id> or <
         except MedtwinError as exc:
             _fail(exc)
         _audit(store, "revoke", f"device-key:{kid}")
-        typer.echo(f"revoked device key {kid}")
+        if not as_json:
+            typer.echo(f"revoked device key {kid}")
+        files = None
         if folder is not None:
-            _broker_files(store, folder, prefix=prefix, ingester=ingester_user)
+            files = _broker_files(store, folder, prefix=prefix, ingester=ingester_user)
+    if as_json:
+        echo_json({"revoked": kid, "broker_files": files})
 
 
 @key_app.command("broker-config")
@@ -273,7 +307,9 @@ def key_broker_config(out: Path | None = typer.Option(None, "--out", help="Folde
                       db: str | None = typer.Option(None, "--db", help=DB_HELP),
                       prefix: str = typer.Option("medtwin", "--prefix", help=PREFIX_HELP),
                       ingester_user: str | None = typer.Option(None, "--ingester-user",
-                                                               help=INGESTER_HELP)) -> None:
+                                                               help=INGESTER_HELP),
+                      as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
+                      ) -> None:
     """Write Mosquitto's password file and ACL from the device keys: each device publishes
     only its own patient's and device's topics, the ingester reads them all. Keys issued
     earlier keep their entries; revoked keys lose theirs."""
@@ -281,13 +317,15 @@ def key_broker_config(out: Path | None = typer.Option(None, "--out", help="Folde
     if folder is None:
         _fail("give --out DIR (or set MEDTWIN_MQTT_BROKER_DIR)")
     with open_secure_store(db) as store:
-        _broker_files(store, folder, prefix=prefix, ingester=ingester_user)
+        files = _broker_files(store, folder, prefix=prefix, ingester=ingester_user)
+    if as_json:
+        echo_json(files)
 
 
 # --- audit ---------------------------------------------------------------------------------
 @audit_app.command("verify")
 def audit_verify(db: str | None = typer.Option(None, "--db", help=DB_HELP),
-                 as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Check the audit chain (HMACs under the key ring, links, head) and that every anchor
     outside the database agrees with it; exit 1 and say what was found. Reads the chain a
     page at a time (constant memory)."""
@@ -306,20 +344,26 @@ def audit_verify(db: str | None = typer.Option(None, "--db", help=DB_HELP),
     else:
         typer.echo(v.text())
     if not v.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(FINDINGS)
 
 
 @audit_app.command("anchor")
-def audit_anchor(db: str | None = typer.Option(None, "--db", help=DB_HELP)) -> None:
+def audit_anchor(db: str | None = typer.Option(None, "--db", help=DB_HELP),
+                 as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Anchor the audit chain's head outside the database now (the service also anchors
     every N entries and T seconds: MEDTWIN_AUDIT_ANCHOR_EVERY / _SECONDS)."""
     with open_secure_store(db) as store:
         log = audit_log(store)
         try:
             a = log.anchor()
+        except AuditError as exc:  # no anchor sink configured, or nothing to anchor yet
+            _fail(exc, USAGE)
         except MedtwinError as exc:
             _fail(exc)
     where = log.anchors.describe() if log.anchors else "?"
+    if as_json:
+        echo_json({"seq": a.seq, "hash": a.hash, "anchored_in": where})
+        return
     typer.echo(f"anchored entry #{a.seq} {a.hash[:16]} in {where}")
 
 
@@ -338,8 +382,11 @@ def audit_export(db: str | None = typer.Option(None, "--db", help=DB_HELP),
 @keys_app.command("generate")
 def keys_generate(out: Path | None = typer.Option(None, "--out", help="Where to write the "
                                                   "key file (default: MEDTWIN_KEY_FILE, else "
-                                                  "keys.json in the user data directory)."),
-                  ) -> None:
+                                                  "keys.json in the user data directory). An "
+                                                  "existing key file is never replaced (there "
+                                                  "is no --force: losing a key loses the data "
+                                                  "sealed under it)."),
+                  as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Create a new key file (0600); an existing file is never replaced. Back it up: what
     is sealed under it cannot be read without it."""
     path = (out.expanduser() if out else configured_key_file())
@@ -349,6 +396,9 @@ def keys_generate(out: Path | None = typer.Option(None, "--out", help="Where to 
         ring = create_key_file(path)
     except (MedtwinError, OSError) as exc:
         _fail(exc)
+    if as_json:
+        echo_json({"key_file": str(path), "key": ring.current})
+        return
     typer.echo(f"created key file {path} (key {ring.current}); back it up, and set "
                f"{ENV_KEY_FILE}={path} when it is not the default location")
 
@@ -356,8 +406,8 @@ def keys_generate(out: Path | None = typer.Option(None, "--out", help="Where to 
 @keys_app.command("rotate")
 def keys_rotate(db: str | None = typer.Option(None, "--db", help=DB_HELP),
                 drop_old: bool = typer.Option(False, "--drop-old", help="Remove old keys from "
-                                              "the file once everything is re-encrypted.")
-                ) -> None:
+                                              "the file once everything is re-encrypted."),
+                as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Make a new key, re-encrypt every identity under it, and save the key file."""
     if os.environ.get(ENV_KEY):
         _fail(f"{ENV_KEY} holds a single key; rotate with a key file ({ENV_KEY_FILE})")
@@ -380,6 +430,10 @@ def keys_rotate(db: str | None = typer.Option(None, "--db", help=DB_HELP),
                detail=f"{n} identities, {m} resource versions under {new.current}")
     if drop_old:
         new.without_old_keys().save(path)
+    if as_json:
+        echo_json({"identities": n, "resource_versions": m, "key": new.current,
+                   "key_file": str(path), "old_keys_dropped": drop_old})
+        return
     typer.echo(f"re-encrypted {n} patient identities and {m} FHIR resource versions under "
                f"key {new.current}; key file {path}")
 
@@ -420,8 +474,8 @@ def serve(db: str | None = typer.Option(None, "--db", help=DB_HELP),
         settings = Settings.from_env(db=db)
         if settings.mode == "production" and not key_configured():
             _fail("production mode needs MEDTWIN_KEY or MEDTWIN_KEY_FILE")
-    except MedtwinError as exc:
-        _fail(exc)
+    except MedtwinError as exc:  # the MEDTWIN_* configuration: the user fixes it
+        _fail(exc, USAGE)
     if workers > 1 and not (settings.db or "").startswith("postgresql"):
         _fail(f"--workers {workers} needs a PostgreSQL store (--db postgresql://... or "
               "MEDTWIN_DB): workers share sessions and login limits through it, and a SQLite "
