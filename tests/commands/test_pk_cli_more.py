@@ -399,3 +399,13 @@ observations:
     np.testing.assert_allclose(sim["parent"], 25 * np.exp(-k * t), rtol=1e-10)
     np.testing.assert_allclose(sim["metabolite"], 0.6 * k * 1000 / (km - k)
                                * (np.exp(-k * t) - np.exp(-km * t)) / 20, rtol=1e-10, atol=1e-14)
+
+
+def test_simulate_json_is_one_document(tmp_path):
+    (tmp_path / "d.csv").write_text("ID,TIME,EVID,AMT,CMT,RATE,DV,MDV,WT,CRCL,DIAL\n"
+                                    "A,0,1,1000,1,1000,.,1,80,90,0\n")
+    res = runner.invoke(app, ["pk", "simulate", "--model", "vancomycin-goti2018", "--data",
+                              str(tmp_path / "d.csv"), "--times", "0:12:6", "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["rows"] == 3 and [r["TIME"] for r in doc["records"]] == [0.0, 6.0, 12.0]

@@ -503,6 +503,8 @@ def simulate_cmd(
     seed: int = typer.Option(0, min=0, help="Seed of the draws."),
     out: Path | None = typer.Option(None, "--out", help="Write CSV here (default: stdout)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (the rows, or with --out "
+                                 "a summary)."),
 ) -> None:
     """Simulate the table's regimens: concentrations per subject (and draw) at the times."""
     from medtwin.models.pk.language.model import LanguageModel
@@ -522,7 +524,8 @@ def simulate_cmd(
         if isinstance(m, LanguageModel):
             frame = _simulate_language(m, table, start, stop, step, draws, seed)
             _emit_simulation(frame, out, f"{len(table.subjects)} subjects x "
-                             f"{max(draws, 1)} draw(s) x {frame['TIME'].nunique()} times")
+                             f"{max(draws, 1)} draw(s) x {frame['TIME'].nunique()} times",
+                             as_json)
             return
         d = prepare(m, table, for_fit=False)
         S = len(d.subjects)
@@ -542,14 +545,20 @@ def simulate_cmd(
         "TIME": np.tile(grid, S * k),
         "CONC": conc.reshape(-1),
     })
-    _emit_simulation(frame, out, f"{S} subjects x {k} draw(s) x {grid.size} times")
+    _emit_simulation(frame, out, f"{S} subjects x {k} draw(s) x {grid.size} times", as_json)
 
 
-def _emit_simulation(frame: pd.DataFrame, out: Path | None, what: str) -> None:
-    if out is None:
+def _emit_simulation(frame: pd.DataFrame, out: Path | None, what: str, as_json: bool) -> None:
+    if out is not None:
+        _write(out, lambda p: frame.to_csv(p, index=False))
+    if as_json:
+        doc: dict[str, Any] = {"rows": len(frame), "out": str(out) if out else None}
+        if out is None:
+            doc["records"] = json.loads(frame.to_json(orient="records"))
+        typer.echo(json.dumps(doc))
+    elif out is None:
         typer.echo(frame.to_csv(index=False), nl=False)
     else:
-        _write(out, lambda p: frame.to_csv(p, index=False))
         typer.echo(f"{what} -> {out}")
 
 
