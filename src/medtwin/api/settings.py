@@ -44,6 +44,10 @@ class Settings(BaseModel):
     cardio_max_subjects: int = Field(30, ge=1, description="Most subjects of one cardio trial.")
     cardio_max_seconds: float = Field(600.0, gt=0, description="Longest simulated duration "
                                       "(and warm-up) of one cardio trial [s].")
+    cardio_twin_interval_seconds: float = Field(
+        60.0, gt=0, le=24 * 3600, description="Least wall-clock time between two live-loop "
+        "updates of one cardiac patient's cardio twin; the readings in between are batched "
+        "(default: medtwin.twin.cardio_sync.LIVE_MIN_INTERVAL_S).")
     jobs_run: bool = Field(True, description="This worker runs queued jobs (False: it only "
                            "queues them, for API-only replicas).")
     jobs_local_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster "

@@ -87,6 +87,11 @@ def live_cmd(
     glucose_twin: bool = typer.Option(True, "--glucose-twin/--no-glucose-twin",
                                       help="Keep a glucose twin per CGM patient and alert on "
                                       "predicted lows."),
+    cardio_twin: bool = typer.Option(False, "--cardio-twin/--no-cardio-twin",
+                                     help="Keep each cardiac patient's cardiovascular twin "
+                                     "in step with its vitals, in the background (at most "
+                                     "once per MEDTWIN_CARDIO_TWIN_INTERVAL_SECONDS, 60 by "
+                                     "default, per patient)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " Printed when it stops: "
                                  "the ingester's counts and the alerts raised."),
 ) -> None:
@@ -97,7 +102,13 @@ def live_cmd(
     try:
         spec = broker_from(broker, username, ca, cert, key)
         with open_store(db, need_key=True, create=True) as store:  # writes need the key
-            hooks = [GlucoseHook(GlucoseSync(store))] if glucose_twin else []
+            hooks: list = [GlucoseHook(GlucoseSync(store))] if glucose_twin else []
+            if cardio_twin:
+                from medtwin.api.settings import Settings
+                from medtwin.live.sync import CardioHook
+
+                every = Settings.from_env().cardio_twin_interval_seconds
+                hooks.append(CardioHook(store, min_interval=timedelta(seconds=every)))
             monitor = MonitorLoop(store, broker=spec, prefix=prefix, hooks=hooks).start()
             ingester = Ingester(store, broker=spec, prefix=prefix, client_id=client_id,
                                 group=group, on_stored=monitor.on_stored,

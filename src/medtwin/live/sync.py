@@ -11,6 +11,13 @@ a whole round's alerts in one transaction, and publishes new ones on
 remembered nor scored; it raises a data-quality alert naming its device. One loop per
 store: it trusts its own memory of which alerts are active; the store stays the truth, and
 a restarted loop rebuilds from it.
+
+Twins ride along as hooks. :class:`GlucoseHook` assimilates CGM readings in the worker and
+warns of a predicted low. :class:`CardioHook` keeps the cardiovascular twin of each patient
+with a cardiac diagnosis in step with HR, BP (panels too), MAP, CO and EF on its own thread,
+at most once per ``min_interval`` per patient (readings in between are batched into the next
+update), so neither ingestion nor scoring waits for it; the store stays the truth, so an
+update that did not run (stop, failure) is made up by the next one.
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ from medtwin.monitor.vitals import (
 )
 from medtwin.store.alerts import Alert, AlertStore, Raise
 from medtwin.store.event_store import EventStore
+from medtwin.twin import cardio_sync
+from medtwin.twin.cardio_service import CARDIO_CODES, cardiac_conditions
 from medtwin.twin.glucose import GLUCOSE_CODES
 from medtwin.twin.glucose_sync import GlucoseSync
 
@@ -88,6 +97,138 @@ class GlucoseHook:
         return self.sync.update(patient)
 
 
+#: the stored codes that bring a cardiac patient's cardio twin up to date: every vital the
+#: twin assimilates (HR, SBP, DBP, MAP, EF, CO) and the blood-pressure panels
+CARDIO_LIVE_CODES = frozenset((*cardio_sync.VITALS, *CARDIO_CODES))
+#: default least time between two updates of one patient's cardio twin (one source:
+#: ``cardio_sync.LIVE_MIN_INTERVAL_S``, also the default of the service setting
+#: ``cardio_twin_interval_seconds``)
+CARDIO_MIN_INTERVAL = timedelta(seconds=cardio_sync.LIVE_MIN_INTERVAL_S)
+
+
+@dataclass
+class CardioHook:
+    """The cardiovascular twin as a hook, updated in the background.
+
+    Called by the monitor loop (cheaply: it only notes the patient) when a patient gets new
+    trusted readings with one of ``codes``; its own thread then runs
+    :func:`~medtwin.twin.cardio_sync.personalise_from_store` (which stores a snapshot) for
+    patients with a cardiac diagnosis (:func:`~medtwin.twin.cardio_service.cardiac_conditions`,
+    the dashboard's test), at most once per ``min_interval`` (wall clock) per patient: the
+    readings that arrive in between are assimilated together by the next update, which is
+    due ``min_interval`` after the last one started. Quarantined readings never reach it (the
+    loop does not hook them, and the twin reads the store's trusted feed). It returns no
+    finding: the twin's parameters have no cited plausible band to alert on (the model's
+    parameter data give one resting adult, not a population range).
+
+    ``updates``, ``update_seconds`` (total), ``max_update_seconds``, ``skipped`` (patients
+    without a cardiac diagnosis) and ``failures`` say what it did; :meth:`wait_idle` waits
+    until nothing is due; :meth:`close` stops the thread (the monitor loop's ``stop`` does)."""
+
+    store: EventStore
+    min_interval: timedelta = CARDIO_MIN_INTERVAL
+    settings: cardio_sync.CardioSyncSettings | None = None
+    codes: frozenset[str] = CARDIO_LIVE_CODES
+    updates: int = field(default=0, init=False)
+    update_seconds: float = field(default=0.0, init=False)
+    max_update_seconds: float = field(default=0.0, init=False)
+    skipped: int = field(default=0, init=False)
+    failures: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.min_interval < timedelta(0):
+            raise MedtwinError(f"min_interval must be >= 0, got {self.min_interval}")
+        self._cv = threading.Condition()
+        self._due: dict[str, float] = {}  # patient -> monotonic time its update may start
+        self._last: dict[str, float] = {}  # patient -> when its last update started
+        self._cardiac: set[str] = set()  # patients known to have a cardiac diagnosis
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, patient: str) -> list[Finding]:
+        """Note that ``patient`` has new cardio readings; returns at once (no finding)."""
+        with self._cv:
+            if self._closed:
+                return []
+            if patient not in self._due:
+                last = self._last.get(patient)
+                now = time.monotonic()
+                self._due[patient] = now if last is None else max(
+                    now, last + self.min_interval.total_seconds())
+                self._cv.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="medtwin-cardio-twin",
+                                                daemon=True)
+                self._thread.start()
+        return []
+
+    def pending(self) -> int:
+        """Patients whose update is due or waiting for its interval."""
+        with self._cv:
+            return len(self._due) + self._busy
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until every noted patient was updated (True) or ``timeout`` s passed."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self._due or self._busy:
+                left = end - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cv.wait(min(left, 0.1))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop after the update under way (the waiting ones are left to the next start:
+        the store keeps every reading)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+                while not self._closed:
+                    now = time.monotonic()
+                    ready = [p for p, t in self._due.items() if t <= now]
+                    if ready:
+                        break
+                    nxt = min(self._due.values(), default=None)
+                    self._cv.wait(None if nxt is None else max(nxt - now, 0.001))
+                if self._closed:
+                    return
+                patient = min(ready, key=lambda p: self._due[p])  # longest waiting first
+                del self._due[patient]
+                self._last[patient] = now
+                self._busy = True
+            self._update(patient)
+
+    def _update(self, patient: str) -> None:
+        try:
+            if patient not in self._cardiac:
+                if not cardiac_conditions(self.store, patient):
+                    self.skipped += 1
+                    return
+                self._cardiac.add(patient)
+            t0 = time.perf_counter()
+            est = cardio_sync.personalise_from_store(self.store, patient, settings=self.settings,
+                                                     forecast=False, rescue=True)
+            took = time.perf_counter() - t0
+            self.updates += 1
+            self.update_seconds += took
+            self.max_update_seconds = max(self.max_update_seconds, took)
+            log.debug("cardio twin of %s: %d reading(s) to %s in %.3f s", patient,
+                      est.n_readings, est.time, took)
+        except Exception:  # logged; the next readings try again from the stored twin
+            self.failures += 1
+            log.exception("updating a cardio twin failed")
+
+
 @dataclass
 class _Patient:
     """What the loop remembers of one patient."""
@@ -109,7 +250,8 @@ class MonitorLoop:
     so a value hovering at a threshold does not raise, resolve and raise again.
     ``hooks`` are extra rule sources run for a patient whose new readings carry one of the
     hook's codes, e.g. :class:`GlucoseHook` (the twin's forecast of a low); their findings
-    are alerted like the rest.
+    are alerted like the rest. A hook with a ``close()`` (:class:`CardioHook`, which works on
+    its own thread) is closed by :meth:`stop`.
     """
 
     store: EventStore
@@ -160,6 +302,10 @@ class MonitorLoop:
         self._stop.set()
         if self._thread:
             self._thread.join(10)
+        for hook in self.hooks:  # background hooks (CardioHook) finish their update
+            close = getattr(hook, "close", None)
+            if callable(close):
+                close()
         if self._client:
             self._client.disconnect()
             self._client.loop_stop()

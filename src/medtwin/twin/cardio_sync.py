@@ -45,7 +45,7 @@ import pandas as pd
 
 from medtwin.core import codes
 from medtwin.core.cohort import Cohort
-from medtwin.core.errors import ValidationError
+from medtwin.core.errors import SimulationError, ValidationError
 from medtwin.core.estimate import (
     Dynamics,
     EnsembleKalmanFilter,
@@ -76,6 +76,11 @@ VITAL_NAMES = ("HR", "SBP", "DBP", "MAP", "EF", "CO")
 _UNITS = {"mm[Hg]": ("mm[Hg]", "mmHg"), "/min": ("/min", "{beats}/min", "beats/min", "bpm"),
           "1": ("1", "", "{ratio}"), "L/min": ("L/min",)}
 _PAGE = 1000
+#: least wall-clock seconds between two live-loop updates of one patient's twin (the live
+#: loop's default, ``medtwin.live.sync.CardioHook``; setting ``cardio_twin_interval_seconds``):
+#: an update costs about 0.1 s per 5-min group of new vitals on one core, so a minute keeps a
+#: ward of hundreds of cardiac patients within one core while the twin lags at most a minute
+LIVE_MIN_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +224,8 @@ class BeatDynamics(Dynamics):
         self.settle_s = settle_s
         self.first_settle_s = first_settle_s
         self._labels = list(self.model.parameter_labels)
+        self.collapsed_: list[int] = []  # members without a circulation in the last run
+        self.rescue = False  # run a failed ensemble member by member (``_one_by_one``)
 
     def initial(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The model's initial state, marked (phase < 0 is impossible) as not yet settled."""
@@ -242,10 +249,49 @@ class BeatDynamics(Dynamics):
         cohort = Cohort(pd.DataFrame(p, columns=self._labels,
                                      index=[f"member#{i}" for i in range(p.shape[0])]))
         duration = self.first_settle_s if fresh.any() else self.settle_s
-        res = run_beats(cohort, duration, x0=x0)
+        try:
+            res = run_beats(cohort, duration, x0=x0)
+        except SimulationError:
+            if not self.rescue:
+                raise
+            return self._one_by_one(cohort, p, x, x0, fresh)
         x[:] = res.final_state
         last = res.last(3)
         return {k: np.asarray(last[k], dtype=float) for k in VITAL_NAMES}
+
+    def _one_by_one(self, cohort: Cohort, p: np.ndarray, x: np.ndarray, x0: np.ndarray,
+                    fresh: np.ndarray) -> dict[str, np.ndarray]:
+        """A member whose analysis moved its parameters far from the state it carries can
+        collapse when started from that state (e.g. little volume left in the vena cava at a
+        higher resistance): each member is run alone, and one that fails from its own state
+        is settled again from the model's initial state (``first_settle_s``; the circulation
+        forgets its start within a few beats). A member that cannot run even from there has
+        parameters without a circulation: the :class:`SimulationError` stands."""
+        rest, _ = super().initial(p)
+        out = {k: np.empty(len(cohort)) for k in VITAL_NAMES}
+        restarted, collapsed = 0, []
+        for i, sid in enumerate(cohort.ids):
+            one = cohort.select([sid])
+            try:
+                res = run_beats(one, self.first_settle_s if fresh[i] else self.settle_s,
+                                x0=x0[i:i + 1])
+            except SimulationError:
+                restarted += 1
+                try:
+                    res = run_beats(one, self.first_settle_s, x0=rest[i:i + 1])
+                except SimulationError:
+                    collapsed.append(i)
+                    continue
+            x[i] = res.final_state[0]
+            last = res.last(3)
+            for k in VITAL_NAMES:
+                out[k][i] = float(np.asarray(last[k], dtype=float)[0])
+        self.collapsed_ = collapsed
+        if collapsed:
+            raise SimulationError(f"{len(collapsed)} ensemble member(s) have no circulation at "
+                                  "their parameters (they collapse even from rest)")
+        log.info("live cardio twin: %d member(s) settled again from rest", restarted)
+        return out
 
 
 # --- the filter --------------------------------------------------------------------------------
@@ -359,14 +405,54 @@ def _new_observations(store: EventStore, patient_id: str, after: int
             return obs, last
 
 
+def _assimilate(f: EnsembleKalmanFilter, readings: Sequence[Reading]) -> list[dict[str, Any]]:
+    """Assimilate ``readings`` one by one; returns the filter's flags. A member whose
+    parameters admit no circulation (it collapses even from rest, e.g. a doubled resistance
+    with a weak ventricle and little volume: the linear update can push the ensemble's tail
+    there) cannot be the patient, who has a blood pressure: the reading is taken again after
+    each such member was replaced by a copy of a surviving one (chosen with the filter's
+    seed; the random walk spreads the copies apart). With more than half the members
+    collapsed the :class:`SimulationError` stands."""
+    dyn = f.dynamics
+    if not f.started:
+        f.start()
+    flags: list[dict[str, Any]] = []
+    for r in readings:
+        before = f.state_dict()
+        try:
+            flags += f.assimilate([r]).flags_
+            continue
+        except SimulationError:
+            bad = sorted(set(getattr(dyn, "collapsed_", [])))
+            if not bad or 2 * len(bad) > f.n_members:
+                raise
+        z, m = np.asarray(before["arrays"]["z"]), np.asarray(before["arrays"]["m"])
+        good = [i for i in range(z.shape[0]) if i not in bad]
+        rng = np.random.default_rng([f.seed, f.n_readings_, len(bad)])
+        for i in bad:
+            j = int(rng.choice(good))
+            z[i], m[i % m.shape[0]] = z[j], m[j % m.shape[0]]
+        before["arrays"]["z"], before["arrays"]["m"] = z.tolist(), m.tolist()
+        log.warning("live cardio twin: %d collapsed ensemble member(s) replaced by copies of "
+                    "surviving ones at t = %g s", len(bad), r.time)
+        flags += f.load_state_dict(before).assimilate([r]).flags_
+    return flags
+
+
 def personalise_from_store(store: EventStore, patient_id: str, *,
                            settings: CardioSyncSettings | None = None,
                            base: Mapping[str, float] | None = None,
-                           save: bool = True) -> CardioEstimate:
+                           save: bool = True, forecast: bool = True,
+                           rescue: bool = False) -> CardioEstimate:
     """Bring the patient's live cardio twin up to date with its trusted stored vitals and
     return its estimate (module doc). ``settings``/``base`` apply to a twin started now (a
-    stored twin keeps its own); ``save=False`` stores no snapshot. A patient without any
-    vital yet gets ``started=False`` and empty estimates."""
+    stored twin keeps its own); ``save=False`` stores no snapshot; ``forecast=False`` skips
+    the predicted vitals and forecast band (empty ``vitals``/``forecast``: the live loop's
+    update, which only needs the snapshot and the parameters). ``rescue=True`` (the live
+    loop's): an ensemble member that collapses is settled again from rest, and one without a
+    circulation at its parameters is replaced by a surviving one (:func:`_assimilate`),
+    instead of the :class:`SimulationError` that makes ``cardio_service`` fall back to the
+    MAP fit. A patient without any vital yet gets ``started=False`` and empty estimates."""
     twin = _load(store, patient_id, settings, base)
     obs, last = _new_observations(store, patient_id, twin.cutoff)
     vitals, flags = vital_readings(obs)
@@ -383,8 +469,12 @@ def personalise_from_store(store: EventStore, patient_id: str, *,
     if vitals:
         if twin.origin is None:
             twin.origin = min(v[0] for v in vitals)
-        f.assimilate(group_readings(vitals, twin.origin, twin.settings.window_s))
-        flags += f.flags_
+        readings = group_readings(vitals, twin.origin, twin.settings.window_s)
+        if rescue:
+            f.dynamics.rescue = True
+            flags += _assimilate(f, readings)
+        else:
+            flags += f.assimilate(readings).flags_
         if save:
             save_snapshot(store, patient_id, {
                 "format": SNAPSHOT_FORMAT, "settings": twin.settings.to_dict(),
@@ -394,11 +484,11 @@ def personalise_from_store(store: EventStore, patient_id: str, *,
                 twin_time=twin.origin + timedelta(seconds=f.time_), data_cutoff=last)
     for fl in flags:
         log.warning("live cardio twin: %s", fl["reason"])
-    return _estimate(patient_id, twin, flags, last)
+    return _estimate(patient_id, twin, flags, last, forecast=forecast)
 
 
-def _estimate(patient_id: str, twin: _Twin, flags: list[dict[str, Any]], cutoff: int
-              ) -> CardioEstimate:
+def _estimate(patient_id: str, twin: _Twin, flags: list[dict[str, Any]], cutoff: int, *,
+              forecast: bool = True) -> CardioEstimate:
     f, s = twin.filter, twin.settings
     if twin.origin is None or not f.started:
         return CardioEstimate(patient_id, False, None, 0, s.level, {}, {}, [], flags, cutoff,
@@ -407,6 +497,10 @@ def _estimate(patient_id: str, twin: _Twin, flags: list[dict[str, Any]], cutoff:
     params = {k: ParameterEstimate(k, float(r["mean"]), float(r["sd"]), float(r["lower"]),
                                    float(r["upper"]), twin.base[k])
               for k, r in summary.iterrows()}
+    when = twin.origin + timedelta(seconds=f.time_)
+    if not forecast:
+        return CardioEstimate(patient_id, True, when, f.n_readings_, s.level, params, {}, [],
+                              flags, cutoff, twin.base)
     times = [f.time_ + 60.0 * m for m in s.forecast_min]
     if not s.forecast_min or s.forecast_min[0] > 0:
         times = [f.time_] + times
