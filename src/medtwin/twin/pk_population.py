@@ -15,11 +15,14 @@ from medtwin.core.errors import ValidationError
 from medtwin.core.estimate.focei import FOCEI
 from medtwin.core.estimate.saem import SAEM
 from medtwin.interop.nonmem import EventTable
+from medtwin.models.pk.language.model import LanguageModel
 from medtwin.models.pk.spec import PopulationModel
 from medtwin.twin.pk_data import PKData, prepare
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from medtwin.twin.pk_population_language import LanguageFit
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class PopulationFit:
 
 
 def fit_population(
-    model: PopulationModel,
+    model: PopulationModel | LanguageModel,
     table: EventTable,
     *,
     estimate: Sequence[str] | None = None,
@@ -75,7 +78,7 @@ def fit_population(
     on_batch: Callable[[int], None] | None = None,
     method: str = "focei",
     saem: SAEM | None = None,
-) -> PopulationFit:
+) -> PopulationFit | LanguageFit:
     """Fit ``model``'s typical values (``estimate``: default all structural parameters
     except F and ALAG), Omega and residual error, from ``model``'s values, by FOCE-I
     (``method="focei"``) or SAEM (``"saem"``; ``saem`` sets its options, e.g. iterations
@@ -85,7 +88,13 @@ def fit_population(
     ``client`` is given: FOCE-I evaluates the objective points of each gradient and of the
     covariance step there, SAEM the E-step of each block of subjects; the estimates are the
     same as in-process. ``on_batch(k)`` is called before the k-th batch of FOCE-I
-    evaluations or the k-th SAEM iteration (a progress signal; it may raise to stop)."""
+    evaluations or the k-th SAEM iteration (a progress signal; it may raise to stop).
+
+    A model-language model (:class:`~medtwin.models.pk.language.model.LanguageModel`) is
+    fitted by :func:`medtwin.twin.pk_population_language.fit_language_population`:
+    ``estimate`` names its thetas (default all), every observed quantity gets its own
+    residual error, and the result is a
+    :class:`~medtwin.twin.pk_population_language.LanguageFit`."""
     if method not in ("focei", "saem"):
         raise ValidationError(f"unknown method {method!r}: 'focei' or 'saem'", where="method")
     if client is None and (workers > 1 or scheduler is not None):
@@ -94,6 +103,13 @@ def fit_population(
                                   omega_structure=omega_structure,
                                   standard_errors=standard_errors, client=c,
                                   on_batch=on_batch, method=method, saem=saem)
+    if isinstance(model, LanguageModel):
+        from medtwin.twin.pk_population_language import fit_language_population
+
+        return fit_language_population(model, table, estimate=estimate,
+                                       omega_structure=omega_structure,
+                                       standard_errors=standard_errors, client=client,
+                                       on_batch=on_batch, method=method, saem=saem)
     names = tuple(estimate or [p for p in model.parameters if p not in ("F", "ALAG")])
     unknown = [n for n in names if n not in model.parameters]
     if unknown:

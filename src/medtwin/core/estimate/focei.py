@@ -11,8 +11,10 @@ M3 terms), ``J_j`` the gradient of prediction j by eta, ``dvar_j`` that of its v
 (Almquist et al., J Pharmacokinet Pharmacodyn 42:191, 2015; Wang, J Pharmacokinet
 Pharmacodyn 34:575, 2007). The conditional modes are found again at every evaluation (warm
 started); the outer problem is minimised by BFGS over log typical values, log-Cholesky Omega
-and log residual sds, with central-difference gradients. Standard errors come from the
-Hessian of -2LL (``cov = 2 H^-1``) on that estimation scale.
+and log residual sds (one error, or one per observation kind with
+:class:`~medtwin.core.estimate.residual.ResidualErrors`), with central-difference
+gradients. Standard errors come from the Hessian of -2LL (``cov = 2 H^-1``) on that
+estimation scale.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from scipy.optimize import minimize
 
 from medtwin.core.errors import ValidationError
 from medtwin.core.estimate.map import ObservedData, _derivatives, _optimise, check_omega
-from medtwin.core.estimate.residual import ResidualError
+from medtwin.core.estimate.residual import AnyError, ResidualError, ResidualErrors
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,21 @@ class FOCEI:
         return self._objective(x, count=False)
 
     # --- parameter packing ---------------------------------------------------------------
-    def _pack(self, theta: np.ndarray, omega: np.ndarray, error: ResidualError) -> np.ndarray:
+    def _pack(self, theta: np.ndarray, omega: np.ndarray, error: AnyError) -> np.ndarray:
         if self.omega_structure == "diagonal":
             om = 0.5 * np.log(np.diag(omega))
         else:
             L = np.linalg.cholesky(omega)
             om = np.concatenate([np.log(np.diag(L)), L[np.tril_indices_from(L, -1)]])
-        sig = [math.log(v) for v in (error.additive_sd, error.proportional_sd) if v > 0]
+        sig = [math.log(getattr(_errors(error)[k], comp)) for k, comp in self._sd_slots()]
         return np.concatenate([theta, om, sig])
 
-    def _unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, ResidualError]:
+    def _sd_slots(self) -> list[tuple[int, str]]:
+        """(error index, component) of each estimated residual sd, in ``x_`` order."""
+        return [(k, comp) for k, e in enumerate(_errors(self._error0))
+                for comp in ("additive_sd", "proportional_sd") if getattr(e, comp) > 0]
+
+    def _unpack(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, AnyError]:
         p, q = self._p, self._q
         theta = x[:p]
         if self.omega_structure == "diagonal":
@@ -87,10 +94,15 @@ class FOCEI:
             L[np.tril_indices(q, -1)] = x[p + q : p + q + n_off]
             omega = L @ L.T
             k = p + q + n_off
-        sig = iter(np.exp(x[k:]))
-        add = next(sig) if self._error0.additive_sd > 0 else 0.0
-        prop = next(sig) if self._error0.proportional_sd > 0 else 0.0
-        return theta, omega, ResidualError(add, prop, self._error0.log_scale)
+        errs0 = _errors(self._error0)
+        values = [{"additive_sd": 0.0, "proportional_sd": 0.0} for _ in errs0]
+        for (i, comp), v in zip(self._sd_slots(), np.exp(x[k:]), strict=True):
+            values[i][comp] = float(v)
+        errs = tuple(ResidualError(v["additive_sd"], v["proportional_sd"], e.log_scale)
+                     for v, e in zip(values, errs0, strict=True))
+        if isinstance(self._error0, ResidualErrors):
+            return theta, omega, ResidualErrors(errs, self._error0.names)
+        return theta, omega, errs[0]
 
     # --- objective -----------------------------------------------------------------------
     def _objective(self, x: np.ndarray, *, keep: bool = False, count: bool = True) -> float:
@@ -145,7 +157,7 @@ class FOCEI:
         data: ObservedData,
         theta0: np.ndarray,
         omega0: np.ndarray,
-        error0: ResidualError,
+        error0: AnyError,
     ) -> FOCEI:
         """Estimate theta, Omega and the residual error from ``data``; returns self."""
         if self.omega_structure not in ("diagonal", "full"):
@@ -203,6 +215,14 @@ class FOCEI:
                   f"log L[{i},{i}]" for i in range(q)]
         if self.omega_structure == "full":
             names += [f"L[{i},{j}]" for i, j in zip(*np.tril_indices(q, -1), strict=True)]
-        names += [n for n, v in (("log additive sd", self._error0.additive_sd),
-                                 ("log proportional sd", self._error0.proportional_sd)) if v > 0]
+        multi = isinstance(self._error0, ResidualErrors)
+        for k, comp in self._sd_slots():
+            label = comp.replace("_sd", " sd")
+            if multi:
+                label = f"{self._error0.names[k] if self._error0.names else k} {label}"
+            names.append(f"log {label}")
         return names
+
+
+def _errors(error: AnyError) -> tuple[ResidualError, ...]:
+    return error.errors if isinstance(error, ResidualErrors) else (error,)
