@@ -158,10 +158,10 @@ def mu_reference(model: PopulationModel, names: Sequence[str]) -> list[int | Non
     return out
 
 
-def _fit_saem(model: PopulationModel, data: PKData, names: tuple[str, ...],
-              theta0: np.ndarray, omega_structure: str, standard_errors: bool,
-              client: Client | None, on_batch: Callable[[int], None] | None,
-              options: SAEM | None) -> SAEM:
+def saem_estimator(options: SAEM | None, omega_structure: str, standard_errors: bool,
+                   client: Client | None, on_batch: Callable[[int], None] | None) -> SAEM:
+    """A fresh SAEM estimator from ``options`` (a template, left untouched) with the fit's
+    Omega structure, standard errors, Dask client and progress callback."""
     est = replace(options) if options is not None else SAEM()
     est.omega_structure = omega_structure
     est.standard_errors = standard_errors
@@ -169,6 +169,14 @@ def _fit_saem(model: PopulationModel, data: PKData, names: tuple[str, ...],
         est.client = client
     if on_batch is not None:
         est.on_iteration = on_batch
+    return est
+
+
+def _fit_saem(model: PopulationModel, data: PKData, names: tuple[str, ...],
+              theta0: np.ndarray, omega_structure: str, standard_errors: bool,
+              client: Client | None, on_batch: Callable[[int], None] | None,
+              options: SAEM | None) -> SAEM:
+    est = saem_estimator(options, omega_structure, standard_errors, client, on_batch)
     return est.fit(_predictor(model, data, names), data.observed, theta0, model.omega,
                    model.error, mu_index=mu_reference(model, names),
                    subset=lambda rows: _predictor(model, data.take(rows), names))

@@ -321,13 +321,9 @@ def fit_language_population(
 
         mapper = _signalling(mapper, on_batch)
     if method == "saem":
-        est = replace(saem) if saem is not None else SAEM()
-        est.omega_structure = omega_structure
-        est.standard_errors = standard_errors
-        if client is not None:
-            est.client = client
-        if on_batch is not None:
-            est.on_iteration = on_batch
+        from medtwin.twin.pk_population import saem_estimator
+
+        est = saem_estimator(saem, omega_structure, standard_errors, client, on_batch)
         est.fit(predict, data.observed, x0, model.omega, error0, mu_index=mu,
                 subset=predict.take)
         if standard_errors and not hasattr(est, "se_"):
